@@ -1,0 +1,42 @@
+# SERNF on ROS 2. Every target runs tools/bootstrap.sh first: it installs what is missing
+# (Debian packages, .venv with pinned wheels, the colcon build) and is a no-op otherwise.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+IN_ENV := source env.sh &&
+# Cap threads: the target machines have 2 cores and tests start several processes.
+export OMP_NUM_THREADS ?= 2
+PYTEST_ARGS ?=
+
+.PHONY: setup test test-fast lint demo bench lock clean
+
+setup:
+	@bash tools/bootstrap.sh
+
+lint: setup
+	@$(IN_ENV) ruff check .
+
+## Every test (unit, ROS integration over DDS, slow end-to-end); non-zero exit on any failure.
+test: lint
+	@$(IN_ENV) python -m pytest $(PYTEST_ARGS)
+
+## The same without the slow end-to-end tests, for quick local iteration.
+test-fast: lint
+	@$(IN_ENV) python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+## The main job: the simulated SERNF pipeline (IL -> critic warm-up -> offline RL -> online RL).
+demo: setup
+	@$(IN_ENV) python -m sernf_learner.demo $(DEMO_ARGS)
+
+## Speed / size figures (printed, never asserted).
+bench: setup
+	@$(IN_ENV) python bench/model_size.py
+	@$(IN_ENV) python bench/replay_throughput.py
+	@$(IN_ENV) python bench/learner_throughput.py
+
+## Regenerate the lock file from the current .venv.
+lock:
+	@{ echo "# Lock file: every package of the .venv, pinned (pip freeze). Used as pip -c by bootstrap."; \
+	  .venv/bin/pip freeze | grep -v -e '^-e' -e '@ file'; } > requirements/constraints.txt
+
+clean:
+	rm -rf build install log

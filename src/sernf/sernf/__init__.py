@@ -1,0 +1,1 @@
+"""SERNF bringup: launch files, parameter files and the node graph they describe."""
