@@ -55,6 +55,7 @@ build_hash=$(find src -maxdepth 3 \( -name package.xml -o -name setup.py -o -nam
 launch_hash=$(ls launch config 2>/dev/null | sha256sum | cut -c1-16)
 if [[ "$(cat install/.sernf-build 2>/dev/null)" != "$build_hash-$launch_hash" ]]; then
   log "building the colcon workspace"
+  mkdir -p log
   (
     export PATH="$VENV/bin:$PATH" AMENT_PREFIX_PATH="$VENV" CMAKE_PREFIX_PATH="$VENV"
     "$VENV/bin/colcon" --log-base log build --symlink-install --event-handlers console_cohesion- \
