@@ -52,7 +52,7 @@ fi
 build_hash=$(find src -maxdepth 3 \( -name package.xml -o -name setup.py -o -name setup.cfg \
   -o -name CMakeLists.txt -o -name '*.msg' -o -name '*.srv' \) -print0 | sort -z \
   | xargs -0 sha256sum | sha256sum | cut -c1-16)
-launch_hash=$(ls launch config 2>/dev/null | sha256sum | cut -c1-16)
+launch_hash=$( (ls launch config 2>/dev/null || true) | sha256sum | cut -c1-16)
 if [[ "$(cat install/.sernf-build 2>/dev/null)" != "$build_hash-$launch_hash" ]]; then
   log "building the colcon workspace"
   mkdir -p log
