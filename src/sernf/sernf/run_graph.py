@@ -1,0 +1,125 @@
+"""Start a SERNF node graph as plain processes — `ros2 launch` for machines without launch_ros.
+
+    python -m sernf.run_graph sim [--config-dir DIR] [--set node.param=value ...]
+
+Reads the graph from `sernf.graph` (the same description the launch files use), starts one
+process per node with `--ros-args` (node name, parameter file, remappings), forwards its
+output with a `[node]` prefix, and on Ctrl-C / SIGTERM or when any node exits, stops all of
+them (SIGINT, then SIGTERM, then SIGKILL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from sernf.graph import GRAPHS, SOURCE_CONFIG_DIR, NodeSpec
+
+
+class GraphProcesses:
+    """The running processes of a graph; a context manager that always stops them."""
+
+    def __init__(self, specs: Sequence[NodeSpec], config_dir: Path, env: dict[str, str] | None = None,
+                 log_dir: Path | None = None):
+        self.specs = list(specs)
+        self.config_dir = config_dir
+        self.env = dict(os.environ if env is None else env)
+        self.log_dir = log_dir
+        self.procs: dict[str, subprocess.Popen] = {}
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> GraphProcesses:
+        for spec in self.specs:
+            parameters = self.config_dir / spec.parameters_file
+            if not parameters.is_file():
+                raise FileNotFoundError(f"parameter file of node {spec.name!r} not found: {parameters}")
+            cmd = [sys.executable, "-m", spec.module, *spec.ros_args(self.config_dir)]
+            proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True, start_new_session=True)
+            self.procs[spec.name] = proc
+            thread = threading.Thread(target=self._pump, args=(spec.name, proc), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def _pump(self, name: str, proc: subprocess.Popen) -> None:
+        # One log file per node when asked (tests read them), and prefixed lines on stdout.
+        sink = open(self.log_dir / f"{name}.log", "w") if self.log_dir else None  # noqa: SIM115
+        try:
+            for line in proc.stdout:  # type: ignore[union-attr]
+                if sink:
+                    sink.write(line)
+                    sink.flush()
+                else:
+                    sys.stdout.write(f"[{name}] {line}")
+        finally:
+            if sink:
+                sink.close()
+
+    def exited(self) -> dict[str, int]:
+        return {name: p.returncode for name, p in self.procs.items() if p.poll() is not None}
+
+    def stop(self, timeout: float = 10.0) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+            alive = [p for p in self.procs.values() if p.poll() is None]
+            if not alive:
+                break
+            for proc in alive:
+                os.killpg(proc.pid, sig)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and any(p.poll() is None for p in alive):
+                time.sleep(0.05)
+        for thread in self._threads:
+            thread.join(timeout=2.0)
+
+    def __enter__(self) -> GraphProcesses:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _parse_overrides(items: Sequence[str]) -> dict[str, dict[str, object]]:
+    overrides: dict[str, dict[str, object]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        node, dot, param = key.partition(".")
+        if not sep or not dot or not node or not param:
+            raise SystemExit(f"--set expects node.param=value, got {item!r}")
+        overrides.setdefault(node, {})[param] = value
+    return overrides
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("graph", choices=sorted(GRAPHS), help="which graph to start")
+    parser.add_argument("--config-dir", type=Path, default=SOURCE_CONFIG_DIR,
+                        help="folder with the parameter files (default: the workspace config/)")
+    parser.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE",
+                        help="override one parameter of one node (repeatable)")
+    args = parser.parse_args(argv)
+
+    specs = GRAPHS[args.graph](_parse_overrides(args.set))
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with GraphProcesses(specs, args.config_dir) as graph:
+        print(f"[run_graph] started {', '.join(graph.procs)} (Ctrl-C stops all)", flush=True)
+        while not stop.is_set():
+            exited = graph.exited()
+            if exited:
+                print(f"[run_graph] node(s) exited: {exited}; stopping the graph", flush=True)
+                return 1
+            stop.wait(0.2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

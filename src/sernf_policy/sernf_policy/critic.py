@@ -1,0 +1,182 @@
+"""Action-chunked distributional critic ensemble (paper §IV-C, appendix G1).
+
+Each of the ``M`` critics is a transformer encoder (d_model 512, 8 heads, 3 layers, FF 256,
+GELU, dropout 0.1, LayerNorm, batch-first) over the token sequence::
+
+    [readout] + observation tokens (L) + prefix action tokens (P) + chunk action tokens (H)
+
+Actions (prefix and chunk alike, both normalised) are embedded by ``Linear(A, 512) + ELU``
+plus a learned positional bias per action position (``P + H`` positions: prefix first, in
+time order, then the chunk, DESIGN §6 / Fig. 7). Observation tokens are projected to d_model
+only if their width differs. The readout (CLS) token's output feeds ``Linear(512, Z=101)``:
+HL-Gauss logits (:mod:`hl_gauss`).
+
+Parameter count per critic (G1: ``3,999,077 + 512 x (A + T_a + 1)``) is reproduced exactly
+with ``T_a = P + H`` action positions: 3 encoder layers (3 x 1,315,584) + readout token (512)
++ head (51,813) = 3,999,077; action embedding ``512 A + 512``; positional bias
+``512 (P + H)``.
+
+The observation is encoded once (by the critic's own encoder, outside this module); ``score``
+broadcasts the encoded tokens over N candidate chunks (Alg. 2).
+
+Dimension names: ``B`` batch, ``N`` candidates, ``L`` observation tokens, ``D`` their width,
+``P`` prefix actions, ``H`` chunk length, ``A`` action dim, ``M`` critics, ``Z`` bins.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .config_io import build_dataclass
+from .hl_gauss import HLGauss
+
+__all__ = ["ChunkCritic", "ChunkCriticConfig"]
+
+
+@dataclass
+class ChunkCriticConfig:
+    """Configuration of :class:`ChunkCritic` (defaults: paper G1)."""
+
+    #: A: action dimensions per step.
+    action_dim: int
+    #: H: actions per chunk.
+    horizon: int
+    #: P: prefix actions (queued, not yet executed) given to the critic; may be 0.
+    prefix_len: int
+    #: D: width of the observation tokens coming from the critic's encoder.
+    obs_dim: int
+    #: Transformer width (paper: 512).
+    d_model: int = 512
+    #: Attention heads (paper: 8).
+    num_heads: int = 8
+    #: Encoder layers (paper: 3).
+    num_layers: int = 3
+    #: Feed-forward width (paper: 256).
+    ff_dim: int = 256
+    #: Dropout inside the encoder layers (paper: 0.1).
+    dropout: float = 0.1
+    #: M: critics in the ensemble; the minimum is used for targets and selection (paper: 2).
+    num_critics: int = 2
+    #: Z: HL-Gauss bins (paper: 101).
+    num_bins: int = 101
+    #: Lower end of the value support. Sparse 0/1 success rewards give returns in [0, 1];
+    #: widen for shaped or multi-subtask rewards.
+    v_min: float = 0.0
+    #: Upper end of the value support.
+    v_max: float = 1.0
+    #: HL-Gauss sigma as a fraction of the bin width (paper / Tarasov et al.: 0.75).
+    sigma_ratio: float = 0.75
+    #: Pre-norm encoder layers (PyTorch default False = post-norm, as nn.TransformerEncoder).
+    norm_first: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("action_dim", "horizon", "obs_dim", "d_model", "num_heads", "num_layers",
+                     "ff_dim", "num_critics", "num_bins"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ChunkCriticConfig.{name} must be a positive int, got {value!r}")
+        if isinstance(self.prefix_len, bool) or not isinstance(self.prefix_len, int) or self.prefix_len < 0:
+            raise ValueError(f"ChunkCriticConfig.prefix_len must be an int >= 0, got {self.prefix_len!r}")
+        if self.d_model % self.num_heads:
+            raise ValueError(
+                f"ChunkCriticConfig.d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads})"
+            )
+        if self.num_bins < 2:
+            raise ValueError(f"ChunkCriticConfig.num_bins must be >= 2, got {self.num_bins}")
+        self.dropout, self.v_min, self.v_max = float(self.dropout), float(self.v_min), float(self.v_max)
+        self.sigma_ratio = float(self.sigma_ratio)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"ChunkCriticConfig.dropout must be in [0, 1), got {self.dropout}")
+        if not (math.isfinite(self.v_min) and math.isfinite(self.v_max) and self.v_min < self.v_max):
+            raise ValueError(f"ChunkCriticConfig needs finite v_min < v_max, got [{self.v_min}, {self.v_max}]")
+        if not (math.isfinite(self.sigma_ratio) and self.sigma_ratio > 0):
+            raise ValueError(f"ChunkCriticConfig.sigma_ratio must be > 0, got {self.sigma_ratio}")
+        if not isinstance(self.norm_first, bool):
+            raise ValueError(f"ChunkCriticConfig.norm_first must be a bool, got {self.norm_first!r}")
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ChunkCriticConfig:
+        """Rebuild from the plain dict written by ``config_io.to_jsonable``."""
+        return build_dataclass(cls, data)
+
+
+class _CriticMember(nn.Module):
+    """One transformer critic: tokens -> Z logits."""
+
+    def __init__(self, cfg: ChunkCriticConfig) -> None:
+        super().__init__()
+        d = cfg.d_model
+        self.obs_proj = nn.Identity() if cfg.obs_dim == d else nn.Linear(cfg.obs_dim, d)
+        self.action_embed = nn.Sequential(nn.Linear(cfg.action_dim, d), nn.ELU())
+        self.action_pos = nn.Parameter(torch.randn(cfg.prefix_len + cfg.horizon, d) * 0.02)  # [P+H, d]
+        self.readout = nn.Parameter(torch.randn(d) * 0.02)
+        layer = nn.TransformerEncoderLayer(
+            d, cfg.num_heads, dim_feedforward=cfg.ff_dim, dropout=cfg.dropout,
+            activation="gelu", batch_first=True, norm_first=cfg.norm_first,
+        )
+        self.encoder = nn.TransformerEncoder(layer, cfg.num_layers, enable_nested_tensor=False)
+        self.head = nn.Linear(d, cfg.num_bins)
+
+    def forward(self, obs_tokens: Tensor, actions: Tensor) -> Tensor:
+        # obs_tokens [B', L, D], actions [B', P+H, A] -> logits [B', Z]
+        act = self.action_embed(actions) + self.action_pos
+        cls = self.readout.expand(obs_tokens.shape[0], 1, -1)
+        seq = torch.cat([cls, self.obs_proj(obs_tokens), act], dim=1)
+        return self.head(self.encoder(seq)[:, 0])
+
+
+class ChunkCritic(nn.Module):
+    """Ensemble of ``M`` independently initialised chunk critics with an HL-Gauss head."""
+
+    def __init__(self, config: ChunkCriticConfig) -> None:
+        super().__init__()
+        if not isinstance(config, ChunkCriticConfig):
+            raise ValueError(f"ChunkCritic needs a ChunkCriticConfig, got {type(config).__name__}")
+        self.config = config
+        self.members = nn.ModuleList(_CriticMember(config) for _ in range(config.num_critics))
+        self.hl_gauss = HLGauss(config.v_min, config.v_max, config.num_bins, config.sigma_ratio)
+
+    def _check(self, obs_tokens: Tensor, prefix: Tensor, chunk: Tensor, chunk_ndim: int) -> None:
+        cfg = self.config
+        if obs_tokens.ndim != 3 or obs_tokens.shape[-1] != cfg.obs_dim:
+            raise ValueError(f"critic obs_tokens must be [B, L, {cfg.obs_dim}], got {tuple(obs_tokens.shape)}")
+        b = obs_tokens.shape[0]
+        if tuple(prefix.shape) != (b, cfg.prefix_len, cfg.action_dim):
+            raise ValueError(
+                f"critic prefix must be [{b}, {cfg.prefix_len}, {cfg.action_dim}], got {tuple(prefix.shape)}"
+            )
+        if chunk.ndim != chunk_ndim or chunk.shape[0] != b or tuple(chunk.shape[-2:]) != (cfg.horizon, cfg.action_dim):
+            want = f"[{b}, {cfg.horizon}, {cfg.action_dim}]" if chunk_ndim == 3 else f"[{b}, N, {cfg.horizon}, {cfg.action_dim}]"
+            raise ValueError(f"critic chunk(s) must be {want}, got {tuple(chunk.shape)}")
+
+    def forward(self, obs_tokens: Tensor, prefix: Tensor, chunk: Tensor) -> Tensor:
+        """Logits ``[M, B, Z]`` for ``obs_tokens [B, L, D]``, ``prefix [B, P, A]``, ``chunk [B, H, A]``."""
+        self._check(obs_tokens, prefix, chunk, 3)
+        actions = torch.cat([prefix.to(chunk.dtype), chunk], dim=1)  # [B, P+H, A]
+        return torch.stack([m(obs_tokens, actions) for m in self.members])
+
+    def score(self, obs_tokens: Tensor, prefix: Tensor, chunks: Tensor) -> Tensor:
+        """Logits ``[M, B, N, Z]`` of N candidate ``chunks [B, N, H, A]`` per observation.
+
+        The already-encoded ``obs_tokens [B, L, D]`` and ``prefix [B, P, A]`` are broadcast over
+        the N candidates (the observation encoder runs once per observation, Alg. 2).
+        """
+        self._check(obs_tokens, prefix, chunks, 4)
+        b, n = chunks.shape[:2]
+        obs = obs_tokens.unsqueeze(1).expand(b, n, *obs_tokens.shape[1:]).flatten(0, 1)  # [B*N, L, D]
+        pre = prefix.unsqueeze(1).expand(b, n, *prefix.shape[1:]).flatten(0, 1)  # [B*N, P, A]
+        logits = self.forward(obs, pre, chunks.flatten(0, 1))  # [M, B*N, Z]
+        return logits.unflatten(1, (b, n))
+
+    def values(self, logits: Tensor) -> Tensor:
+        """HL-Gauss expected values ``[M, ...]`` of logits ``[M, ..., Z]``."""
+        return self.hl_gauss.to_value(logits)
+
+    def min_value(self, obs_tokens: Tensor, prefix: Tensor, chunks: Tensor) -> Tensor:
+        """``min_j Q_j`` ``[B, N]`` of candidate ``chunks [B, N, H, A]`` (Alg. 2, clipped double-Q)."""
+        return self.values(self.score(obs_tokens, prefix, chunks)).min(dim=0).values

@@ -1,0 +1,442 @@
+"""Conditional normalizing flow over action chunks: the SERNF actor (paper §III-c, §IV-B, G1).
+
+Bijection between a normalised action chunk ``a in (-1, 1)^{H x A}`` and a latent
+``z in R^{H x A}``::
+
+    a --atanh--> u = x_0 --coupling_1--> x_1 ... --coupling_K--> x_K = z ~ N(0, I)
+
+``log pi(a | c) = log N(z; 0, I) + sum_k log|det dx_k/dx_{k-1}| + sum log|d atanh(a)/da|``
+with ``d atanh(a)/da = 1 / (1 - a^2)`` (paper §IV-B: the elementwise ``tanh^{-1}`` gives the
+bounded support; its Jacobian is part of the exact likelihood).
+
+Affine coupling (RealNVP [13] as in NinA [50]): each layer partitions the chunk into a *kept*
+part ``x1`` and a *transformed* part ``x2``; a conditioner ``g(x1, c)`` gives ``s, b`` and
+``y2 = exp(tanh(s)) * x2 + b``, ``y1 = x1`` (the ``tanh`` bounds the per-layer scale to
+``[1/e, e]`` for stable training). ``log|det| = sum tanh(s)``.
+
+Partition (paper: "randomly partitioned into two equally sized subsets", fixed per layer):
+
+* ``H >= 2``: over the H *action tokens* (time steps). Layers come in pairs: layer ``2j``
+  draws a random permutation of the H tokens (from ``config.seed``) and keeps its first
+  ``floor(H/2)``; layer ``2j+1`` keeps the complement. Pairing guarantees every action is
+  transformed at least once every two layers, even for tiny K; for odd H the two halves differ
+  by one token.
+* ``H == 1``: a single token cannot be split, so the same scheme runs over the A action
+  *dimensions* instead.
+* ``H == A == 1``: nothing to keep; every layer is a context-conditioned affine map.
+
+The partition is stored per layer as a persistent boolean buffer ``keep_mask [H, A]``, so
+checkpoints carry it and a reloaded flow is the same bijection.
+
+Conditioner (one pre-norm transformer block per layer, hidden 256, 8 heads, G1): the H token
+positions enter as ``Linear(A -> hidden)(x * keep)``; positions with no kept entry carry a
+learned *query* embedding instead of data, so they can read out ``s, b`` for the transformed
+tokens without seeing them (invertibility: ``g`` depends on ``x1`` and ``c`` only).
+Self-attention uses RoPE on each token's time index in the chunk; cross-attention reads the
+context tokens (observation tokens + prefix-action tokens, ``[B, L, D]``); RMSNorm pre-norms;
+SwiGLU MLP; a final RMSNorm; two heads ``Linear(hidden, 2 hidden) -> GELU -> Linear(2 hidden,
+A)`` give ``s`` and ``b`` (G1: "final scale/shift heads use GELU"). The heads' last layers are
+zero-initialised, so every coupling starts as the identity (stable start of imitation learning).
+
+Parameter count vs. appendix G1 (``3,283,904 + 1,282 x A`` per layer): the action-dependent
+part ``1,282 x A`` is reproduced exactly by the input projection (``256 A``) and the two GELU
+heads of width 512 (``2 x 513 A``). The constant part is not pinned down by the paper (MLP
+width, projections, biases are unspecified); with a SwiGLU width of ``4 x hidden`` and bias-free
+attention ours is ``1,706,496 + 1,282 x A`` per layer (+ one shared 512-wide context RMSNorm),
+about half the paper's constant. ``bench/model_size.py`` prints both.
+
+Dimension names: ``B`` batch, ``N`` samples per context, ``H`` chunk length, ``A`` action dim,
+``L`` context tokens, ``D`` context width, ``K`` coupling layers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config_io import build_dataclass
+
+__all__ = ["ChunkFlow", "ChunkFlowConfig"]
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+@dataclass
+class ChunkFlowConfig:
+    """Configuration of :class:`ChunkFlow` (defaults: paper §IV-E, G1)."""
+
+    #: A: action dimensions per step.
+    action_dim: int
+    #: H: actions per chunk.
+    horizon: int
+    #: D: width of the context tokens the couplings cross-attend to.
+    context_dim: int
+    #: K: number of affine coupling layers (paper: 16).
+    num_layers: int = 16
+    #: Transformer width of each coupling's conditioner (paper: 256).
+    hidden_dim: int = 256
+    #: Attention heads in the conditioner (paper: 8); hidden_dim / num_heads must be even (RoPE).
+    num_heads: int = 8
+    #: Hidden width of the SwiGLU MLP as a multiple of hidden_dim (not given in the paper).
+    mlp_ratio: float = 4.0
+    #: Hidden width of the GELU s/b heads as a multiple of hidden_dim (2 reproduces G1's 1,282 A).
+    head_ratio: int = 2
+    #: Dropout in the conditioners (attention and residual branches). Paper G2: 0.5 for
+    #: imitation (0.2 real), 0.1 for RL; switch at run time with ChunkFlow.set_dropout.
+    dropout: float = 0.0
+    #: sigma_noise of the Gaussian perturbation of normalised training actions (paper: 0.05
+    #: sim, 0.01 real); used by log_prob(..., add_noise=True) in training mode only.
+    noise_std: float = 0.05
+    #: Seed of the fixed random token partitions (stored in the checkpoint as buffers).
+    seed: int = 0
+    #: Actions are clamped to [-1 + eps, 1 - eps] before atanh (and after tanh when sampling).
+    clamp_eps: float = 1e-6
+    #: Base of the rotary position embedding over the chunk's time index.
+    rope_base: float = 10000.0
+
+    def __post_init__(self) -> None:
+        for name in ("action_dim", "horizon", "context_dim", "num_layers", "hidden_dim", "num_heads", "head_ratio"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ChunkFlowConfig.{name} must be a positive int, got {value!r}")
+        if self.hidden_dim % self.num_heads or (self.hidden_dim // self.num_heads) % 2:
+            raise ValueError(
+                f"ChunkFlowConfig: hidden_dim ({self.hidden_dim}) / num_heads ({self.num_heads}) "
+                "must be an even integer (RoPE rotates pairs of channels)"
+            )
+        if not (isinstance(self.seed, int) and not isinstance(self.seed, bool)):
+            raise ValueError(f"ChunkFlowConfig.seed must be an int, got {self.seed!r}")
+        self.mlp_ratio = float(self.mlp_ratio)
+        self.dropout = float(self.dropout)
+        self.noise_std = float(self.noise_std)
+        self.clamp_eps = float(self.clamp_eps)
+        self.rope_base = float(self.rope_base)
+        if not (self.mlp_ratio > 0 and round(self.mlp_ratio * self.hidden_dim) >= 1):
+            raise ValueError(f"ChunkFlowConfig.mlp_ratio must be > 0, got {self.mlp_ratio}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"ChunkFlowConfig.dropout must be in [0, 1), got {self.dropout}")
+        if not (math.isfinite(self.noise_std) and self.noise_std >= 0.0):
+            raise ValueError(f"ChunkFlowConfig.noise_std must be >= 0, got {self.noise_std}")
+        if not 0.0 < self.clamp_eps < 0.1:
+            raise ValueError(f"ChunkFlowConfig.clamp_eps must be in (0, 0.1), got {self.clamp_eps}")
+        if not self.rope_base > 1.0:
+            raise ValueError(f"ChunkFlowConfig.rope_base must be > 1, got {self.rope_base}")
+
+    @property
+    def mlp_hidden_dim(self) -> int:
+        """SwiGLU hidden width."""
+        return int(round(self.mlp_ratio * self.hidden_dim))
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ChunkFlowConfig:
+        """Rebuild from the plain dict written by ``config_io.to_jsonable``."""
+        return build_dataclass(cls, data)
+
+
+def coupling_keep_masks(horizon: int, action_dim: int, num_layers: int, seed: int) -> list[Tensor]:
+    """The fixed partitions: one boolean ``keep_mask [H, A]`` per layer (see module docstring)."""
+    gen = torch.Generator().manual_seed(seed)
+    split_time = horizon >= 2
+    size = horizon if split_time else action_dim
+    masks = []
+    perm = torch.arange(size)
+    for k in range(num_layers):
+        if k % 2 == 0:
+            perm = torch.randperm(size, generator=gen)
+        kept_idx = perm[: size // 2] if k % 2 == 0 else perm[size // 2 :]
+        keep_1d = torch.zeros(size, dtype=torch.bool)
+        keep_1d[kept_idx] = True
+        if size == 1:  # H == A == 1: nothing can be kept
+            keep_1d[:] = False
+        if split_time:
+            mask = keep_1d[:, None].expand(horizon, action_dim)
+        else:
+            mask = keep_1d[None, :].expand(horizon, action_dim)
+        masks.append(mask.clone())
+    return masks
+
+
+def _rope(x: Tensor, base: float) -> Tensor:
+    """Rotary embedding over the token axis (-2) of ``x [..., H, hd]`` (rotate-half form)."""
+    h, hd = x.shape[-2], x.shape[-1]
+    half = hd // 2
+    inv_freq = base ** (-torch.arange(half, device=x.device, dtype=torch.float64) / half)
+    angles = torch.arange(h, device=x.device, dtype=torch.float64)[:, None] * inv_freq  # [H, hd/2]
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+class _SwiGLU(nn.Module):
+    """``W_down(silu(W_gate x) * W_up x)`` (bias-free, LLaMA style)."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.gate = nn.Linear(dim, hidden, bias=False)
+        self.up = nn.Linear(dim, hidden, bias=False)
+        self.down = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class _Conditioner(nn.Module):
+    """g(x1, c) -> (s, b): one pre-norm transformer block over the H token positions.
+
+    Works on ``x [B, N, H, A]`` (N samples share one context) and per-layer context keys /
+    values computed once from ``context [B, L, D]`` and broadcast over N.
+    """
+
+    def __init__(self, cfg: ChunkFlowConfig) -> None:
+        super().__init__()
+        hid, nh = cfg.hidden_dim, cfg.num_heads
+        self.num_heads, self.head_dim, self.rope_base = nh, hid // nh, cfg.rope_base
+        self.dropout_p = cfg.dropout
+        self.in_proj = nn.Linear(cfg.action_dim, hid)
+        # Stands in for a token whose actions are being transformed (no data from it enters g).
+        self.query_embed = nn.Parameter(torch.randn(hid) * 0.02)
+        self.norm_self = nn.RMSNorm(hid, eps=1e-6)
+        self.qkv = nn.Linear(hid, 3 * hid, bias=False)
+        self.self_out = nn.Linear(hid, hid, bias=False)
+        self.norm_cross = nn.RMSNorm(hid, eps=1e-6)
+        self.cross_q = nn.Linear(hid, hid, bias=False)
+        self.cross_kv = nn.Linear(cfg.context_dim, 2 * hid, bias=False)
+        self.cross_out = nn.Linear(hid, hid, bias=False)
+        self.norm_mlp = nn.RMSNorm(hid, eps=1e-6)
+        self.mlp = _SwiGLU(hid, cfg.mlp_hidden_dim)
+        self.norm_out = nn.RMSNorm(hid, eps=1e-6)
+        head_hidden = cfg.head_ratio * hid
+        self.head_s = nn.Sequential(
+            nn.Linear(hid, head_hidden), nn.GELU(), nn.Linear(head_hidden, cfg.action_dim)
+        )
+        self.head_b = nn.Sequential(
+            nn.Linear(hid, head_hidden), nn.GELU(), nn.Linear(head_hidden, cfg.action_dim)
+        )
+        self.resid_drop = nn.Dropout(cfg.dropout)
+        for head in (self.head_s, self.head_b):  # identity coupling at init
+            nn.init.zeros_(head[-1].weight)
+            nn.init.zeros_(head[-1].bias)
+
+    def _heads(self, t: Tensor) -> Tensor:
+        """``[..., T, hid]`` -> ``[..., heads, T, hd]``."""
+        return t.unflatten(-1, (self.num_heads, self.head_dim)).transpose(-3, -2)
+
+    def context_kv(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        """``context [B, L, D]`` -> keys, values ``[B, 1, heads, L, hd]`` (broadcast over N)."""
+        k, v = self.cross_kv(context).chunk(2, dim=-1)
+        return self._heads(k).unsqueeze(1), self._heads(v).unsqueeze(1)
+
+    def forward(
+        self, x: Tensor, keep: Tensor, ctx_kv: tuple[Tensor, Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        # x [B, N, H, A]; keep [H, A] bool; returns s, b [B, N, H, A] (unmasked).
+        b_, n_, h_, _ = x.shape
+        keep_f = keep.to(x.dtype)
+        is_query = (~keep.any(-1)).to(x.dtype)[:, None]  # [H, 1]
+        h = self.in_proj(x * keep_f) * (1 - is_query) + is_query * self.query_embed  # [B,N,H,hid]
+        p = self.dropout_p if self.training else 0.0
+
+        q, k, v = self.qkv(self.norm_self(h)).chunk(3, dim=-1)
+        q, k, v = self._heads(q), self._heads(k), self._heads(v)  # [B, N, heads, H, hd]
+        q, k = _rope(q, self.rope_base), _rope(k, self.rope_base)
+        att = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+        h = h + self.resid_drop(self.self_out(att.transpose(-3, -2).flatten(-2)))
+
+        q = self._heads(self.cross_q(self.norm_cross(h)))  # [B, N, heads, H, hd]
+        ck, cv = ctx_kv
+        shape = (b_, n_, *ck.shape[2:])
+        att = F.scaled_dot_product_attention(q, ck.expand(shape), cv.expand(shape), dropout_p=p)
+        h = h + self.resid_drop(self.cross_out(att.transpose(-3, -2).flatten(-2)))
+
+        h = h + self.resid_drop(self.mlp(self.norm_mlp(h)))
+        h = self.norm_out(h)
+        return self.head_s(h), self.head_b(h)
+
+
+class _AffineCoupling(nn.Module):
+    """``y = x * exp(tanh(s) * t) + b * t`` with ``t = 1 - keep`` and ``(s, b) = g(x * keep, c)``."""
+
+    def __init__(self, cfg: ChunkFlowConfig, keep_mask: Tensor) -> None:
+        super().__init__()
+        if keep_mask.shape != (cfg.horizon, cfg.action_dim) or keep_mask.dtype != torch.bool:
+            raise ValueError(f"keep_mask must be bool [{cfg.horizon}, {cfg.action_dim}]")
+        self.register_buffer("keep_mask", keep_mask.clone())  # [H, A], persistent
+        self.conditioner = _Conditioner(cfg)
+
+    def _scale_shift(self, kept: Tensor, ctx_kv: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        s, b = self.conditioner(kept, self.keep_mask, ctx_kv)
+        trans = (~self.keep_mask).to(kept.dtype)
+        return torch.tanh(s) * trans, b * trans  # log-scale and shift, zero on kept entries
+
+    def forward(self, x: Tensor, ctx_kv: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """Data direction ``x -> y``; returns ``y [B,N,H,A]``, ``log|det dy/dx| [B,N]``."""
+        log_s, shift = self._scale_shift(x, ctx_kv)
+        return x * torch.exp(log_s) + shift, log_s.sum(dim=(-2, -1))
+
+    def inverse(self, y: Tensor, ctx_kv: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """Latent direction ``y -> x``; returns ``x``, ``log|det dx/dy| [B,N]``."""
+        log_s, shift = self._scale_shift(y, ctx_kv)  # kept entries of y equal those of x
+        return (y - shift) * torch.exp(-log_s), -log_s.sum(dim=(-2, -1))
+
+
+class ChunkFlow(nn.Module):
+    """Conditional normalizing flow ``pi(a | c)`` over normalised action chunks ``[H, A]``."""
+
+    def __init__(self, config: ChunkFlowConfig) -> None:
+        super().__init__()
+        if not isinstance(config, ChunkFlowConfig):
+            raise ValueError(f"ChunkFlow needs a ChunkFlowConfig, got {type(config).__name__}")
+        self.config = config
+        # One shared norm of the incoming context tokens (encoders produce tokens of very
+        # different scales: ResNet features, projected low-dim values, prefix embeddings).
+        self.context_norm = nn.RMSNorm(config.context_dim, eps=1e-6)
+        masks = coupling_keep_masks(config.horizon, config.action_dim, config.num_layers, config.seed)
+        self.layers = nn.ModuleList(_AffineCoupling(config, m) for m in masks)
+
+    # -- helpers ------------------------------------------------------------------------------
+    def set_dropout(self, p: float) -> None:
+        """Change the conditioners' dropout rate in place (imitation 0.5 -> RL 0.1, G2)."""
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {p}")
+        self.config.dropout = float(p)
+        for module in self.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = float(p)
+            if isinstance(module, _Conditioner):
+                module.dropout_p = float(p)
+
+    def _check_context(self, context: Tensor) -> None:
+        if context.ndim != 3 or context.shape[-1] != self.config.context_dim or context.shape[1] < 1:
+            raise ValueError(
+                f"ChunkFlow context must be [B, L>=1, {self.config.context_dim}], got {tuple(context.shape)}"
+            )
+
+    def _check_chunk(self, x: Tensor, name: str, ndim: int) -> None:
+        cfg = self.config
+        if x.ndim != ndim or tuple(x.shape[-2:]) != (cfg.horizon, cfg.action_dim):
+            lead = "B, " if ndim == 3 else "B, N, "
+            raise ValueError(
+                f"ChunkFlow {name} must be [{lead}{cfg.horizon}, {cfg.action_dim}], got {tuple(x.shape)}"
+            )
+
+    def _context_kv(self, context: Tensor) -> list[tuple[Tensor, Tensor]]:
+        ctx = self.context_norm(context)
+        return [layer.conditioner.context_kv(ctx) for layer in self.layers]
+
+    def _couplings_forward(self, x: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
+        # x [B, N, H, A] (pre-tanh space) -> z, log|det dz/dx| [B, N]
+        kvs = self._context_kv(context)
+        logdet = x.new_zeros(x.shape[:2])
+        for layer, kv in zip(self.layers, kvs, strict=True):
+            x, ld = layer(x, kv)
+            logdet = logdet + ld
+        return x, logdet
+
+    def _couplings_inverse(self, z: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
+        # z [B, N, H, A] -> x (pre-tanh space), log|det dx/dz| [B, N]
+        kvs = self._context_kv(context)
+        logdet = z.new_zeros(z.shape[:2])
+        for layer, kv in zip(reversed(self.layers), reversed(kvs), strict=True):
+            z, ld = layer.inverse(z, kv)
+            logdet = logdet + ld
+        return z, logdet
+
+    @staticmethod
+    def _base_log_prob(z: Tensor) -> Tensor:
+        """``log N(z; 0, I)`` summed over the chunk: ``[..., H, A] -> [...]``."""
+        d = z.shape[-1] * z.shape[-2]
+        return -0.5 * (z * z).sum(dim=(-2, -1)) - 0.5 * d * _LOG_2PI
+
+    @staticmethod
+    def _log_dtanh(u: Tensor) -> Tensor:
+        """``log(1 - tanh(u)^2)`` elementwise, stable for large ``|u|``."""
+        return 2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))
+
+    # -- the bijection (tanh / atanh included) ------------------------------------------------
+    def forward_transform(self, actions: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
+        """Actions -> latent, *including* the elementwise ``atanh``.
+
+        ``actions [B, H, A]`` must lie strictly inside (-1, 1) (no clamping here: this is the
+        pure bijection; :meth:`log_prob` clamps). Returns ``z [B, H, A]`` and
+        ``log|det dz/da| [B]`` (couplings + ``atanh``).
+        """
+        self._check_chunk(actions, "actions", 3)
+        self._check_context(context)
+        u = torch.atanh(actions)
+        z, logdet = self._couplings_forward(u.unsqueeze(1), context)
+        logdet_atanh = -self._log_dtanh(u).sum(dim=(-2, -1))  # log 1/(1-a^2)
+        return z.squeeze(1), logdet.squeeze(1) + logdet_atanh
+
+    def inverse_transform(self, z: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
+        """Latent -> actions, *including* the final ``tanh``.
+
+        ``z [B, H, A]`` or ``[B, N, H, A]`` (N latents per context ``[B, L, D]``). Returns
+        actions of the same shape (in (-1, 1), unclamped) and ``log|det da/dz|`` ``[B]`` /
+        ``[B, N]``.
+        """
+        squeeze = z.ndim == 3
+        self._check_chunk(z, "z", 3 if squeeze else 4)
+        self._check_context(context)
+        zz = z.unsqueeze(1) if squeeze else z
+        if zz.shape[0] != context.shape[0]:
+            raise ValueError(f"batch mismatch: z {tuple(z.shape)} vs context {tuple(context.shape)}")
+        u, logdet = self._couplings_inverse(zz, context)
+        a = torch.tanh(u)
+        logdet = logdet + self._log_dtanh(u).sum(dim=(-2, -1))
+        return (a.squeeze(1), logdet.squeeze(1)) if squeeze else (a, logdet)
+
+    # -- densities and sampling ---------------------------------------------------------------
+    def log_prob(self, actions: Tensor, context: Tensor, add_noise: bool = False) -> Tensor:
+        """Exact ``log pi(a | c)`` ``[B]`` of normalised chunks ``actions [B, H, A]``.
+
+        With ``add_noise`` *and* in training mode, actions are first perturbed by
+        ``N(0, noise_std^2)`` (paper §IV-B: crucial for stable action modelling); the result is
+        then the density of the perturbed chunk. Actions are clamped to
+        ``[-1 + clamp_eps, 1 - clamp_eps]`` before ``atanh``.
+        """
+        self._check_chunk(actions, "actions", 3)
+        self._check_context(context)
+        if actions.shape[0] != context.shape[0]:
+            raise ValueError(f"batch mismatch: actions {tuple(actions.shape)} vs context {tuple(context.shape)}")
+        if self.training and add_noise and self.config.noise_std > 0:
+            actions = actions + self.config.noise_std * torch.randn_like(actions)
+        eps = self.config.clamp_eps
+        actions = actions.clamp(-1.0 + eps, 1.0 - eps)
+        z, logdet = self.forward_transform(actions, context)
+        return self._base_log_prob(z) + logdet
+
+    def sample(
+        self,
+        context: Tensor,
+        num_samples: int,
+        sigma: float = 0.7,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Draw ``N`` chunks per context: ``(actions [B, N, H, A], log_prob [B, N])``.
+
+        ``z = sigma * eps`` with ``eps ~ N(0, I)`` (reparameterised: differentiable w.r.t. the
+        flow parameters and the context, paper §IV-D III). ``sigma < 1`` concentrates samples on
+        likely chunks (§IV-B, default 0.7). ``log_prob`` is the density of the returned actions
+        under the *model* ``pi`` (the ``N(0, I)`` base), i.e. what :meth:`log_prob` computes for
+        them - not the density of the tempered sampler. Actions are clamped to
+        ``[-1 + clamp_eps, 1 - clamp_eps]`` (only ever active for ``|u| > atanh(1 - eps)``;
+        then ``log_prob`` refers to the unclamped value).
+        """
+        self._check_context(context)
+        if int(num_samples) != num_samples or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive int, got {num_samples}")
+        if not (math.isfinite(sigma) and sigma > 0):
+            raise ValueError(f"sigma must be > 0, got {sigma}")
+        cfg = self.config
+        shape = (context.shape[0], int(num_samples), cfg.horizon, cfg.action_dim)
+        eps = torch.randn(shape, generator=generator, device=context.device, dtype=context.dtype)
+        z = sigma * eps
+        actions, logdet = self.inverse_transform(z, context)  # [B, N, H, A], [B, N]
+        log_prob = self._base_log_prob(z) - logdet
+        bound = 1.0 - cfg.clamp_eps
+        return actions.clamp(-bound, bound), log_prob

@@ -1,0 +1,467 @@
+"""The SERNF policy: everything inference needs (DESIGN §2 "policy vs algorithm").
+
+:class:`Policy` holds
+
+* the **actor**: an observation encoder, a :class:`PrefixTokenizer` and the chunk flow
+  (:mod:`flow`). Prefix actions (queued, not yet executed, Fig. 7) enter the flow as extra
+  context tokens appended after the observation tokens;
+* optionally the **critic**: its *own* observation encoder plus the chunk-critic ensemble
+  (:mod:`critic`). Actor and critic parameters are disjoint, which the training stages rely on
+  (stage II trains the critic alone, stage III's actor loss must not move the critic);
+* the **normalizers** (buffers only): actions (and prefix) to ``[-1, 1]`` and each low-dim
+  observation key to ``[-1, 1]``, fitted on the dataset and saved in the checkpoint.
+
+Public methods take *raw* observations (dict of ``[B, T, ...]`` tensors; images uint8) and
+*normalised* actions (``*_norm``), except :meth:`Policy.act_batch` / :meth:`Policy.act`, which
+take raw prefixes and return raw chunks for the robot.
+
+Action selection (Alg. 2): sample N chunks, score them by the minimum over the critics and
+take the argmax; without a critic (or with ``selection="most_likely"``) take the candidate the
+flow finds most likely (§IV-D a); ``"single"`` draws one sample.
+
+Dimension names: ``B`` batch, ``N`` candidates, ``T`` observation steps, ``P`` prefix actions,
+``H`` chunk length, ``A`` action dim, ``L`` observation tokens, ``D`` token width.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .checkpoint import CheckpointError, load_state_strict, read_checkpoint, write_checkpoint
+from .config_io import build_dataclass
+from .critic import ChunkCritic, ChunkCriticConfig
+from .encoders import EncoderConfig, ObservationEncoder
+from .flow import ChunkFlow, ChunkFlowConfig
+from .normalizer import Normalizer
+from .spec import CACHED_FEATURES_SUFFIX, ObsKeySpec, parse_observation_spec
+
+__all__ = ["Policy", "PolicyConfig", "PrefixTokenizer"]
+
+CHECKPOINT_KIND = "sernf_policy"
+Selection = Literal["best_of_n", "most_likely", "single"]
+
+
+def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"PolicyConfig.{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+@dataclass
+class PolicyConfig:
+    """Everything needed to rebuild a :class:`Policy` (saved as ``config.json``)."""
+
+    #: Observation keys -> ObsKeySpec (or {"kind", "shape"} dicts; normalised on init).
+    observation_spec: dict[str, ObsKeySpec]
+    #: A: action dimensions.
+    action_dim: int
+    #: T: observation steps the policy sees (scissors 1, cube 4).
+    obs_history: int
+    #: P: prefix actions (queued, not yet executed; scissors 3, cube 2). May be 0.
+    prefix_len: int
+    #: H: actions per predicted chunk (scissors 10, cube 6).
+    horizon: int
+    #: The flow actor; its action_dim / horizon / context_dim must equal A / H / token_dim.
+    flow: ChunkFlowConfig
+    #: The critic ensemble, or None for an imitation-only policy.
+    critic: ChunkCriticConfig | None = None
+    #: Observation encoder settings (used for the actor's and the critic's own encoder).
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    #: N: candidate chunks sampled per decision (paper: 128 sim, 64 real, 24 online RL).
+    num_samples: int = 128
+    #: sigma_sample of the latent at inference (paper: 0.7).
+    sigma_sample: float = 0.7
+    #: "best_of_n" (critic argmax; falls back to most likely without a critic),
+    #: "most_likely" (flow log-prob argmax) or "single" (one sample).
+    selection: Selection = "best_of_n"
+
+    def __post_init__(self) -> None:
+        self.observation_spec = parse_observation_spec(self.observation_spec)
+        _positive_int(self.action_dim, "action_dim")
+        _positive_int(self.obs_history, "obs_history")
+        _positive_int(self.prefix_len, "prefix_len", minimum=0)
+        _positive_int(self.horizon, "horizon")
+        _positive_int(self.num_samples, "num_samples")
+        self.sigma_sample = float(self.sigma_sample)
+        if not (math.isfinite(self.sigma_sample) and self.sigma_sample > 0):
+            raise ValueError(f"PolicyConfig.sigma_sample must be > 0, got {self.sigma_sample}")
+        if self.selection not in ("best_of_n", "most_likely", "single"):
+            raise ValueError(f"PolicyConfig.selection must be best_of_n/most_likely/single, got {self.selection!r}")
+        if not isinstance(self.encoder, EncoderConfig):
+            raise ValueError("PolicyConfig.encoder must be an EncoderConfig")
+        if not isinstance(self.flow, ChunkFlowConfig):
+            raise ValueError("PolicyConfig.flow must be a ChunkFlowConfig")
+        d = self.encoder.token_dim
+        got = (self.flow.action_dim, self.flow.horizon, self.flow.context_dim)
+        if got != (self.action_dim, self.horizon, d):
+            raise ValueError(
+                f"PolicyConfig.flow (action_dim, horizon, context_dim) = {got} must equal "
+                f"(action_dim, horizon, encoder.token_dim) = {(self.action_dim, self.horizon, d)}"
+            )
+        if self.critic is not None:
+            if not isinstance(self.critic, ChunkCriticConfig):
+                raise ValueError("PolicyConfig.critic must be a ChunkCriticConfig or None")
+            c = self.critic
+            got = (c.action_dim, c.horizon, c.prefix_len, c.obs_dim)
+            want = (self.action_dim, self.horizon, self.prefix_len, d)
+            if got != want:
+                raise ValueError(
+                    f"PolicyConfig.critic (action_dim, horizon, prefix_len, obs_dim) = {got} must "
+                    f"equal (action_dim, horizon, prefix_len, encoder.token_dim) = {want}"
+                )
+
+    @classmethod
+    def create(
+        cls,
+        observation_spec: Mapping[str, Any],
+        action_dim: int,
+        obs_history: int,
+        prefix_len: int,
+        horizon: int,
+        *,
+        encoder: EncoderConfig | None = None,
+        flow: Mapping[str, Any] | None = None,
+        critic: bool | Mapping[str, Any] = True,
+        **kwargs: Any,
+    ) -> PolicyConfig:
+        """Build a consistent config: ``flow`` / ``critic`` are keyword overrides of the
+        sub-configs (their shared dimensions are filled in); ``critic=False`` gives no critic."""
+        encoder = encoder or EncoderConfig()
+        d = encoder.token_dim
+        flow_cfg = ChunkFlowConfig(action_dim=action_dim, horizon=horizon, context_dim=d, **dict(flow or {}))
+        critic_cfg = None
+        if critic is not False:
+            overrides = {} if critic is True else dict(critic)
+            critic_cfg = ChunkCriticConfig(
+                action_dim=action_dim, horizon=horizon, prefix_len=prefix_len, obs_dim=d, **overrides
+            )
+        return cls(
+            observation_spec=dict(observation_spec), action_dim=action_dim, obs_history=obs_history,
+            prefix_len=prefix_len, horizon=horizon, flow=flow_cfg, critic=critic_cfg, encoder=encoder,
+            **kwargs,
+        )
+
+    @classmethod
+    def from_dict(cls, data: Any) -> PolicyConfig:
+        """Rebuild from the plain dict written by ``config_io.to_jsonable`` (explicit classes)."""
+
+        def spec(value: Any) -> dict[str, ObsKeySpec]:
+            if not isinstance(value, Mapping):
+                raise ValueError("observation_spec must be a JSON object")
+            return {k: ObsKeySpec.from_dict(v) for k, v in value.items()}
+
+        return build_dataclass(
+            cls, data,
+            {
+                "observation_spec": spec,
+                "flow": ChunkFlowConfig.from_dict,
+                "critic": ChunkCriticConfig.from_dict,
+                "encoder": EncoderConfig.from_dict,
+            },
+        )
+
+
+class PrefixTokenizer(nn.Module):
+    """Normalised prefix ``[B, P, A]`` -> ``P`` context tokens ``[B, P, D]``.
+
+    ``Linear(A, D)`` plus a learned embedding per prefix position, so the flow knows which
+    queued action (Fig. 7: ``a_t .. a_{t+P-1}``) each token is.
+    """
+
+    def __init__(self, action_dim: int, prefix_len: int, token_dim: int) -> None:
+        super().__init__()
+        self.action_dim, self.prefix_len = action_dim, prefix_len
+        self.proj = nn.Linear(action_dim, token_dim)
+        self.pos = nn.Parameter(torch.randn(prefix_len, token_dim) * 0.02)  # [P, D]
+
+    def forward(self, prefix_norm: Tensor) -> Tensor:
+        if prefix_norm.ndim != 3 or tuple(prefix_norm.shape[1:]) != (self.prefix_len, self.action_dim):
+            raise ValueError(
+                f"prefix must be [B, {self.prefix_len}, {self.action_dim}], got {tuple(prefix_norm.shape)}"
+            )
+        return self.proj(prefix_norm.to(self.pos.dtype)) + self.pos
+
+
+class Policy(nn.Module):
+    """Flow actor + optional chunk critic + normalizers (see module docstring)."""
+
+    def __init__(self, config: PolicyConfig) -> None:
+        super().__init__()
+        if not isinstance(config, PolicyConfig):
+            raise ValueError(f"Policy needs a PolicyConfig, got {type(config).__name__}")
+        self.config = config
+        spec, t, d = config.observation_spec, config.obs_history, config.encoder.token_dim
+        self.action_normalizer = Normalizer(config.action_dim)
+        self.obs_normalizers = nn.ModuleDict(
+            {k: Normalizer(s.shape[0]) for k, s in spec.items() if s.kind == "lowdim"}
+        )
+        self.actor_encoder = ObservationEncoder(config.encoder, spec, t)
+        self.prefix_tokenizer = PrefixTokenizer(config.action_dim, config.prefix_len, d)
+        self.flow = ChunkFlow(config.flow)
+        self.critic_encoder: ObservationEncoder | None = None
+        self.critic: ChunkCritic | None = None
+        if config.critic is not None:
+            self.critic_encoder = ObservationEncoder(config.encoder, spec, t)
+            self.critic = ChunkCritic(config.critic)
+
+    # -- parameter groups -------------------------------------------------------------------
+    def actor_parameters(self) -> Iterator[nn.Parameter]:
+        """Actor encoder, prefix tokenizer and flow (includes frozen ones; filter requires_grad)."""
+        return itertools.chain(
+            self.actor_encoder.parameters(), self.prefix_tokenizer.parameters(), self.flow.parameters()
+        )
+
+    def critic_parameters(self) -> Iterator[nn.Parameter]:
+        """Critic encoder and critic ensemble (empty without a critic); disjoint from the actor's."""
+        if self.critic is None or self.critic_encoder is None:
+            return iter(())
+        return itertools.chain(self.critic_encoder.parameters(), self.critic.parameters())
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # -- normalisation ----------------------------------------------------------------------
+    def fit_normalizers(
+        self,
+        actions: Any,
+        observations: Mapping[str, Any] | None = None,
+        margin: float = 0.05,
+        min_range: float = 1e-4,
+    ) -> None:
+        """Fit the action normalizer on raw actions ``[..., A]`` and, if given, the low-dim
+        observation normalizers on ``{key: [..., d]}`` (dataset statistics, §IV-B)."""
+        self.action_normalizer.fit_(actions, margin=margin, min_range=min_range)
+        for key, values in (observations or {}).items():
+            if key not in self.obs_normalizers:
+                raise ValueError(f"no low-dim observation key {key!r} to fit a normalizer for")
+            self.obs_normalizers[key].fit_(values, margin=margin, min_range=min_range)
+
+    def normalize_obs(self, obs: Mapping[str, Any]) -> dict[str, Tensor]:
+        """Raw observation dict -> tensors on the policy's device, low-dim keys normalised."""
+        out: dict[str, Tensor] = {}
+        device = self.device
+        spec = self.config.observation_spec
+        for key, value in obs.items():
+            if key not in spec and key.removesuffix(CACHED_FEATURES_SUFFIX) not in spec:
+                continue  # e.g. timestamps riding along in the observation dict
+            tensor = torch.as_tensor(value, device=device)
+            if key in self.obs_normalizers:
+                norm = self.obs_normalizers[key]
+                tensor = norm.normalize(tensor.to(norm.low.dtype))
+            out[key] = tensor
+        return out
+
+    # -- learner-facing pieces --------------------------------------------------------------
+    def actor_context(self, obs: Mapping[str, Any], prefix_norm: Tensor) -> Tensor:
+        """Flow context ``[B, L+P, D]``: actor-encoded observation tokens, then prefix tokens."""
+        tokens = self.actor_encoder(self.normalize_obs(obs))  # [B, L, D]
+        prefix_tokens = self.prefix_tokenizer(prefix_norm.to(tokens.device))  # [B, P, D]
+        if prefix_tokens.shape[0] != tokens.shape[0]:
+            raise ValueError(f"batch mismatch: observation B={tokens.shape[0]}, prefix B={prefix_tokens.shape[0]}")
+        return torch.cat([tokens, prefix_tokens.to(tokens.dtype)], dim=1)
+
+    def critic_tokens(self, obs: Mapping[str, Any]) -> Tensor:
+        """Observation tokens ``[B, L, D]`` from the critic's own encoder."""
+        self._require_critic()
+        return self.critic_encoder(self.normalize_obs(obs))
+
+    def log_prob(
+        self, obs: Mapping[str, Any], prefix_norm: Tensor, chunk_norm: Tensor, add_noise: bool = False
+    ) -> Tensor:
+        """``log pi(chunk | obs, prefix)`` ``[B]`` of a normalised chunk ``[B, H, A]``."""
+        return self.flow.log_prob(chunk_norm, self.actor_context(obs, prefix_norm), add_noise=add_noise)
+
+    def sample(
+        self,
+        obs: Mapping[str, Any],
+        prefix_norm: Tensor,
+        num_samples: int,
+        sigma: float,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Reparameterised samples: ``(chunks_norm [B, N, H, A], log_prob [B, N])`` (model density)."""
+        return self.flow.sample(self.actor_context(obs, prefix_norm), num_samples, sigma, generator=generator)
+
+    def min_q(self, obs: Mapping[str, Any], prefix_norm: Tensor, chunks_norm: Tensor) -> Tensor:
+        """``min_j Q_j(obs, prefix, chunk)`` ``[B, N]`` for ``chunks_norm [B, N, H, A]``."""
+        critic = self._require_critic()
+        tokens = self.critic_tokens(obs)
+        return critic.min_value(tokens, prefix_norm.to(tokens.dtype), chunks_norm.to(tokens.dtype))
+
+    def _require_critic(self) -> ChunkCritic:
+        if self.critic is None:
+            raise ValueError("this policy has no critic (PolicyConfig.critic is None)")
+        return self.critic
+
+    # -- acting (Alg. 2) --------------------------------------------------------------------
+    def _validate_batch(self, obs: Any, prefix_raw: Any) -> tuple[dict[str, Any], np.ndarray]:
+        cfg = self.config
+        if not isinstance(obs, Mapping):
+            raise ValueError(f"observation must be a dict, got {type(obs).__name__}")
+        checked: dict[str, Any] = {}
+        batch: int | None = None
+        for key, spec in cfg.observation_spec.items():
+            feat_key = f"{key}{CACHED_FEATURES_SUFFIX}"
+            if key not in obs:
+                if spec.kind == "rgb" and feat_key in obs:
+                    checked[feat_key] = obs[feat_key]
+                    continue
+                raise ValueError(f"observation is missing key {key!r}")
+            arr = _to_numpy(obs[key], key)
+            want = (cfg.obs_history, *spec.shape)
+            if arr.ndim != len(want) + 1 or tuple(arr.shape[1:]) != want:
+                raise ValueError(f"observation {key!r} must have shape [B, {', '.join(map(str, want))}], got {arr.shape}")
+            if batch is None:
+                batch = arr.shape[0]
+            elif arr.shape[0] != batch:
+                raise ValueError(f"observation {key!r} has batch {arr.shape[0]}, others have {batch}")
+            if spec.kind == "rgb":
+                if arr.dtype != np.uint8:
+                    raise ValueError(f"rgb observation {key!r} must be uint8, got {arr.dtype}")
+            else:
+                if not np.issubdtype(arr.dtype, np.number):
+                    raise ValueError(f"observation {key!r} must be numeric, got {arr.dtype}")
+                arr = arr.astype(np.float32)
+                if not np.isfinite(arr).all():
+                    raise ValueError(f"observation {key!r} contains NaN or inf")
+            checked[key] = arr
+        prefix = _to_numpy(prefix_raw, "prefix")
+        if not np.issubdtype(prefix.dtype, np.number):
+            raise ValueError(f"prefix must be numeric, got {prefix.dtype}")
+        want_p = (cfg.prefix_len, cfg.action_dim)
+        if prefix.ndim != 3 or tuple(prefix.shape[1:]) != want_p or (batch is not None and prefix.shape[0] != batch):
+            raise ValueError(f"prefix must have shape [B={batch}, {want_p[0]}, {want_p[1]}], got {prefix.shape}")
+        prefix = prefix.astype(np.float32)
+        if not np.isfinite(prefix).all():
+            raise ValueError("prefix contains NaN or inf")
+        return checked, prefix
+
+    @torch.no_grad()
+    def act_batch(
+        self,
+        obs: Mapping[str, Any],
+        prefix_raw: Any,
+        *,
+        num_samples: int | None = None,
+        sigma: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[np.ndarray, dict[str, np.ndarray | None]]:
+        """Choose one raw chunk per observation (Alg. 2), in eval mode without gradients.
+
+        ``obs``: dict of ``[B, T, ...]`` arrays / tensors (raw units; images uint8);
+        ``prefix_raw [B, P, A]``. Returns ``chunks_raw`` float32 ``[B, H, A]`` and ``info`` with
+        ``"log_prob" [B]`` (model log-density of the chosen normalised chunk), ``"q" [B]`` (its
+        min-over-critics value, or None without critic scoring) and ``"index" [B]`` (which of
+        the N candidates was chosen).
+        """
+        cfg = self.config
+        checked, prefix = self._validate_batch(obs, prefix_raw)
+        n = 1 if cfg.selection == "single" else int(num_samples or cfg.num_samples)
+        sigma = cfg.sigma_sample if sigma is None else float(sigma)
+        was_training = self.training
+        self.eval()
+        try:
+            device = self.device
+            prefix_norm = self.action_normalizer.normalize(torch.as_tensor(prefix, device=device))
+            chunks, log_prob = self.sample(checked, prefix_norm, n, sigma, generator=generator)  # [B,N,H,A], [B,N]
+            q = None
+            if cfg.selection == "best_of_n" and self.critic is not None and n > 1:
+                q = self.min_q(checked, prefix_norm, chunks)  # [B, N]
+                index = q.argmax(dim=1)
+            else:
+                index = log_prob.argmax(dim=1)
+            rows = torch.arange(chunks.shape[0], device=chunks.device)
+            chosen = self.action_normalizer.unnormalize(chunks[rows, index])  # [B, H, A]
+            info: dict[str, np.ndarray | None] = {
+                "log_prob": log_prob[rows, index].float().cpu().numpy(),
+                "q": None if q is None else q[rows, index].float().cpu().numpy(),
+                "index": index.cpu().numpy().astype(np.int64),
+            }
+            return chosen.float().cpu().numpy(), info
+        finally:
+            self.train(was_training)
+
+    def act(
+        self,
+        observation: Mapping[str, Any],
+        prefix_raw: Any,
+        *,
+        num_samples: int | None = None,
+        sigma: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Single observation (dict of ``[T, ...]``) and ``prefix_raw [P, A]`` -> ``chunk_raw [H, A]``."""
+        if not isinstance(observation, Mapping):
+            raise ValueError(f"observation must be a dict, got {type(observation).__name__}")
+        batched = {}
+        for key, value in observation.items():
+            spec = self.config.observation_spec.get(key)
+            if spec is not None:
+                arr = _to_numpy(value, key)
+                want = (self.config.obs_history, *spec.shape)
+                if tuple(arr.shape) != want:
+                    raise ValueError(f"observation {key!r} must have shape {list(want)}, got {arr.shape}")
+                batched[key] = arr[None]
+            elif key.endswith(CACHED_FEATURES_SUFFIX):
+                batched[key] = torch.as_tensor(value)[None]
+        prefix = _to_numpy(prefix_raw, "prefix")
+        if prefix.shape != (self.config.prefix_len, self.config.action_dim):
+            raise ValueError(
+                f"prefix must have shape [{self.config.prefix_len}, {self.config.action_dim}], got {prefix.shape}"
+            )
+        chunks, info = self.act_batch(batched, prefix[None], num_samples=num_samples, sigma=sigma, generator=generator)
+        single = {k: (None if v is None else v[0]) for k, v in info.items()}
+        return chunks[0], single
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def save(self, directory: str | os.PathLike[str], metadata: Mapping[str, Any] | None = None) -> str:
+        """Write an atomic safetensors + JSON checkpoint; returns the weights' sha256."""
+        return write_checkpoint(directory, self.state_dict(), self.config, CHECKPOINT_KIND, metadata)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str], device: str | torch.device = "cpu") -> Policy:
+        """Rebuild a policy from :meth:`save` output; raises :class:`CheckpointError` on any problem.
+
+        Encoders are built with ``pretrained=False``: the checkpoint holds their weights.
+        """
+        header, tensors = read_checkpoint(directory, CHECKPOINT_KIND)
+        source = os.fspath(directory)
+        try:
+            config = PolicyConfig.from_dict(header["config"])
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"invalid policy config in {source}/config.json: {exc}") from exc
+        enc = config.encoder
+        config.encoder = dataclasses.replace(
+            enc,
+            resnet=dataclasses.replace(enc.resnet, pretrained=False),
+            dinov2=dataclasses.replace(enc.dinov2, pretrained=False),
+        )
+        try:
+            with torch.random.fork_rng(devices=[]):  # the throw-away init must not move the global RNG
+                policy = cls(config)
+        except ValueError as exc:
+            raise CheckpointError(f"cannot build the policy described by {source}/config.json: {exc}") from exc
+        load_state_strict(policy, tensors, source)
+        # The saved config keeps the original weight source (for the record).
+        policy.config.encoder = enc
+        return policy.to(device)
+
+
+def _to_numpy(value: Any, key: str) -> np.ndarray:
+    if torch.is_tensor(value):
+        return value.detach().cpu().numpy()
+    try:
+        return np.asarray(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"observation {key!r} is not array-like: {exc}") from exc

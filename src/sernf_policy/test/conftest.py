@@ -1,0 +1,80 @@
+"""Shared fixtures for the sernf_policy tests (tiny configs: the suite must stay fast on CPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sernf_policy.encoders import EncoderConfig
+from sernf_policy.flow import ChunkFlow
+from sernf_policy.policy import Policy, PolicyConfig
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    np.random.seed(0)
+    yield
+
+
+def perturb_flow_heads(flow: ChunkFlow, std: float = 0.1, seed: int = 1) -> ChunkFlow:
+    """Give the zero-initialised s/b heads random weights, so the flow is not the identity."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in flow.layers:
+            for head in (layer.conditioner.head_s, layer.conditioner.head_b):
+                last = head[-1]
+                last.weight.copy_(torch.randn(last.weight.shape, generator=gen) * std)
+                last.bias.copy_(torch.randn(last.bias.shape, generator=gen) * std)
+    return flow
+
+
+@pytest.fixture
+def perturb():
+    return perturb_flow_heads
+
+
+LOWDIM_SPEC = {"hand": {"kind": "lowdim", "shape": [3]}, "cube": {"kind": "lowdim", "shape": [2]}}
+
+
+def tiny_policy_config(spec=None, critic=True, **kwargs) -> PolicyConfig:
+    """A policy config with tiny widths (A=2, T=2, P=1, H=3)."""
+    return PolicyConfig.create(
+        spec or LOWDIM_SPEC,
+        action_dim=2,
+        obs_history=2,
+        prefix_len=1,
+        horizon=3,
+        encoder=EncoderConfig(token_dim=16),
+        flow={"num_layers": 2, "hidden_dim": 16, "num_heads": 2},
+        critic=dict(d_model=16, num_heads=2, num_layers=1, ff_dim=16) if critic else False,
+        **{"num_samples": 6, **kwargs},
+    )
+
+
+@pytest.fixture
+def tiny_config():
+    return tiny_policy_config
+
+
+@pytest.fixture
+def tiny_policy() -> Policy:
+    policy = Policy(tiny_policy_config())
+    perturb_flow_heads(policy.flow)
+    return policy
+
+
+def lowdim_batch(batch: int = 4, rng: np.random.Generator | None = None):
+    rng = rng or np.random.default_rng(0)
+    obs = {
+        "hand": rng.normal(size=(batch, 2, 3)).astype(np.float32),
+        "cube": rng.normal(size=(batch, 2, 2)).astype(np.float32),
+    }
+    prefix = rng.normal(size=(batch, 1, 2)).astype(np.float32)
+    return obs, prefix
+
+
+@pytest.fixture
+def batch():
+    return lowdim_batch
