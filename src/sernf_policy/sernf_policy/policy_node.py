@@ -1,0 +1,1003 @@
+"""policy_node: runs the SERNF policy on the robot (or the simulator) with real-time chunking.
+
+Data flow (DESIGN §4, §6)::
+
+    observation topics --> ObservationBuffer (latest per key, validated, freshness)
+                                   | sampled every control tick (T-step history)
+    control timer (control_rate_hz) -> ChunkScheduler.tick() -> clip -> /franka/relative_pose_command
+         | decision due (P actions left)                             /orca_hand/joint_command
+         v                                                           (+ EpisodeRecorder step)
+    inference worker: Policy.act_batch(history, prefix) -> ChunkScheduler.submit -> /sernf/action_chunk
+
+Threads, and why: the control timer has its own mutually exclusive callback group so sensor
+callbacks never delay it; inference runs on a worker thread (a decision may take up to P ticks
+without the queue running dry: execution never waits for it); checkpoint loading and replay
+commits run on their own worker threads because they touch disks or networks of unknown speed.
+
+Safety and hold semantics (DESIGN §2, "fail safe: hold, never jump"):
+
+* **Inputs untrusted -> silence.** If any observation key is missing, stale (older than
+  ``stale_after_s`` since it was received), or its last message was invalid (NaN, wrong size,
+  wrong encoding), or no policy is loaded, the node *publishes no command at all*, logs why
+  (immediately on the change, then throttled) and reports ``holding=true`` with the reason on
+  /diagnostics. Silence is a hold for both devices: franka_bridge only moves on a relative
+  command (no command = equilibrium pose unchanged) and the hand driver keeps its last target.
+  We prefer silence to publishing an explicit hold here because computing the hold needs the
+  very inputs that are untrusted, and because downstream watchdogs can then see that the policy
+  stopped. The queued plan and the observation history are discarded (they describe a past the
+  robot is no longer in); a running episode ends as truncated (ABORT, reason) and is committed.
+  When the inputs are good again the node resumes: a fresh decision whose prefix is P hold
+  actions (with ``auto_start_episode`` a new episode starts).
+* **Inference late -> explicit hold.** Inputs are fine but the queue ran dry: the node publishes
+  the hold action (zero relative motion, identity rotation, the hand's current target), keeps
+  the control rate, counts an overrun (log + diagnostics), and records the hold as the executed
+  action. A late chunk is spliced by time slot (see :mod:`realtime_chunking`).
+* **Commands are clipped** to the action-space limits (hand joint limits and a per-step rate
+  limit, arm translation/rotation per step); the clipped command is what is published, shown
+  as executed, and recorded.
+
+Commands are published only while an episode runs (``~/start_episode``, an EpisodeEvent START
+from another node, or ``auto_start_episode``); outside episodes the node idles silently.
+
+Hot reload: a CheckpointAvailable on /sernf/checkpoint is verified off the control path (sha256
+of the weights file against the message, ``Policy.load``, the same T, P, H, A and observation
+spec, a dry-run inference with finite output) and swapped in between chunks (when no request
+is in flight). A rejected checkpoint is logged and reported; the old policy keeps running.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import math
+import re
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.duration import Duration
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from rclpy.time import Time
+from sensor_msgs.msg import Image, JointState
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from sernf_interfaces.msg import CheckpointAvailable, EpisodeEvent, ReplayEpisode
+from sernf_interfaces.msg import RewardEvent as RewardEventMsg
+
+from .action_space import ActionSpace, ActionSpaceConfig
+from .episode_recorder import EpisodeRecorder, EpisodeRecorderConfig, EpisodeSummary, RewardEvent
+from .observation_buffer import ObservationBuffer, ObservationBufferConfig
+from .realtime_chunking import HOLD, ChunkScheduler, ChunkTimingConfig, InferenceRequest
+from .ros.parameters import declare_config
+from .ros_conversions import (
+    OBSERVATION_TYPES,
+    chunk_to_trajectory,
+    diagnostic_array,
+    hand_command,
+    image_to_rgb,
+    joint_positions,
+    pose_to_array,
+    relative_pose_command,
+    time_to_seconds,
+)
+
+__all__ = ["PolicyNode", "PolicyNodeConfig", "main"]
+
+NODE_NAME = "policy"
+_ACTION_DEFAULTS = ActionSpaceConfig()
+_LOG_THROTTLE_S = 2.0
+_SELECTIONS = ("", "best_of_n", "most_likely", "single")
+# Episode ids become replay-store ids (sernf_learner.replay's rule): adopt only ids that fit.
+_EPISODE_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}$")
+# EpisodeEvent END reasons that mean a time limit, i.e. a truncation (not a terminal state).
+_TRUNCATION_REASONS = frozenset({"timeout", "time_limit", "truncated"})
+
+
+# ------------------------------------------------------------------------------ configuration
+
+
+@dataclass(frozen=True)
+class PolicyNodeConfig:
+    """Parameters of policy_node (declared as ROS parameters with these defaults)."""
+
+    checkpoint: str = ""
+    """Checkpoint directory loaded at start-up; empty: wait for one on the checkpoint topic."""
+
+    control_rate_hz: float = 10.0
+    """Control rate: one action executed (published) per tick (scissors 10 Hz, cube 20 Hz)."""
+
+    observation_keys: tuple[str, ...] = ()
+    """Observation keys of the policy, each read from one topic (same order as the two below)."""
+
+    observation_types: tuple[str, ...] = ()
+    """Message kind per key: image (sensor_msgs/Image rgb8/bgr8 -> uint8 [h,w,3]), joint_state
+    (positions of joint_state_names), pose (PoseStamped -> [x,y,z,qw,qx,qy,qz]) or
+    pose_with_covariance (PoseWithCovarianceStamped -> the same 7 numbers)."""
+
+    observation_topics: tuple[str, ...] = ()
+    """Topic per key, e.g. /cameras/front/image_raw, /orca_hand/joint_states, /franka/ee_pose."""
+
+    joint_state_names: tuple[str, ...] = ()
+    """Joints read (in this order) from joint_state observations; empty: the hand joints."""
+
+    stale_after_s: float = 0.2
+    """An observation older than this (seconds since received) stops commanding."""
+
+    num_samples: int = 0
+    """N candidate chunks per decision (Alg. 2); 0: the checkpoint's setting."""
+
+    sigma_sample: float = 0.0
+    """Latent standard deviation when sampling; 0: the checkpoint's setting (paper 0.7)."""
+
+    selection: str = ""
+    """best_of_n, most_likely or single; empty: the checkpoint's setting."""
+
+    replay_uri: str = ""
+    """Replay store (path or fsspec URL) that episodes are committed to; empty: no recording."""
+
+    subtasks: tuple[str, ...] = ()
+    """Subtask names reported for every episode (success false unless rewarded)."""
+
+    max_episode_steps: int = 3000
+    """An episode ends (truncated) after this many steps (bounds the recorder's memory)."""
+
+    reward_grace_s: float = 0.5
+    """After an episode ends, wait this long for late RewardEvents before committing it."""
+
+    auto_start_episode: bool = False
+    """Start an episode whenever none runs and the inputs are good (simulation, tests)."""
+
+    start_on_episode_event: bool = True
+    """An EpisodeEvent START from another node starts an episode with its id."""
+
+    arm_index: int = _ACTION_DEFAULTS.arm_index
+    """First action index of the arm's relative pose (7 dims: xyz + quaternion wxyz); -1: none."""
+
+    hand_index: int = _ACTION_DEFAULTS.hand_index
+    """First action index of the hand joint targets; -1: no hand."""
+
+    hand_joint_names: tuple[str, ...] = _ACTION_DEFAULTS.hand_joint_names
+    """Hand joint names in action order (names of the hand JointState command)."""
+
+    hand_lower: tuple[float, ...] = _ACTION_DEFAULTS.hand_lower
+    """Hand joint lower limits (rad), one per hand joint."""
+
+    hand_upper: tuple[float, ...] = _ACTION_DEFAULTS.hand_upper
+    """Hand joint upper limits (rad), one per hand joint."""
+
+    arm_max_translation_m: float = _ACTION_DEFAULTS.arm_max_translation_m
+    """Largest arm translation per control step (m); larger commands are scaled down."""
+
+    arm_max_rotation_rad: float = _ACTION_DEFAULTS.arm_max_rotation_rad
+    """Largest arm rotation per control step (rad); larger rotations are scaled down."""
+
+    hand_max_step_rad: float = _ACTION_DEFAULTS.hand_max_step_rad
+    """Largest hand target change per control step (rad); 0 disables the rate limit."""
+
+    arm_command_topic: str = "/franka/relative_pose_command"
+    """Relative EE pose commands (geometry_msgs/PoseStamped, delta in the current EE frame)."""
+
+    arm_command_frame: str = "panda_EE"
+    """header.frame_id of the relative pose commands: the end-effector frame they are in."""
+
+    hand_command_topic: str = "/orca_hand/joint_command"
+    """Hand joint position commands (sensor_msgs/JointState)."""
+
+    chunk_topic: str = "/sernf/action_chunk"
+    """Each new chunk as a trajectory_msgs/JointTrajectory (names = action dims)."""
+
+    reward_topic: str = "/sernf/reward"
+    """sernf_interfaces/RewardEvent input."""
+
+    episode_topic: str = "/sernf/episode"
+    """sernf_interfaces/EpisodeEvent input and output."""
+
+    replay_topic: str = "/sernf/replay"
+    """sernf_interfaces/ReplayEpisode announcements of committed episodes."""
+
+    checkpoint_topic: str = "/sernf/checkpoint"
+    """sernf_interfaces/CheckpointAvailable input (hot reload)."""
+
+    diagnostics_period_s: float = 1.0
+    """Period of /diagnostics messages (also sent after every inference)."""
+
+    artificial_inference_delay_s: float = 0.0
+    """Extra seconds added to every inference (tests of the real-time behaviour); keep 0."""
+
+    device: str = "cpu"
+    """Torch device for the policy (cpu, cuda, cuda:1, ...)."""
+
+    torch_num_threads: int = 0
+    """Torch intra-op threads for inference; 0: torch's default."""
+
+    def __post_init__(self) -> None:
+        for name in ("observation_keys", "observation_types", "observation_topics",
+                     "joint_state_names", "subtasks", "hand_joint_names"):
+            object.__setattr__(self, name, tuple(str(v) for v in getattr(self, name)))
+        for name in ("hand_lower", "hand_upper"):
+            object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
+        n = len(self.observation_keys)
+        if len(self.observation_types) != n or len(self.observation_topics) != n:
+            raise ValueError(
+                f"observation_keys ({n}), observation_types ({len(self.observation_types)}) and "
+                f"observation_topics ({len(self.observation_topics)}) must have the same length"
+            )
+        if len(set(self.observation_keys)) != n:
+            raise ValueError(f"observation_keys must be unique, got {list(self.observation_keys)}")
+        bad = [t for t in self.observation_types if t not in OBSERVATION_TYPES]
+        if bad:
+            raise ValueError(f"observation_types {bad} are not among {list(OBSERVATION_TYPES)}")
+        if any(not t for t in self.observation_topics):
+            raise ValueError("observation_topics must not be empty strings")
+        positive = ("control_rate_hz", "stale_after_s", "diagnostics_period_s")
+        for name in positive:
+            value = float(getattr(self, name))
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number, got {value}")
+        for name in ("sigma_sample", "reward_grace_s", "artificial_inference_delay_s"):
+            value = float(getattr(self, name))
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        for name in ("num_samples", "torch_num_threads"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_episode_steps < 1:
+            raise ValueError(f"max_episode_steps must be >= 1, got {self.max_episode_steps}")
+        if self.selection not in _SELECTIONS:
+            raise ValueError(f"selection must be one of {list(_SELECTIONS)}, got {self.selection!r}")
+        self.action_space_config()  # validates the action-space fields
+        EpisodeRecorderConfig(control_period_s=1.0 / self.control_rate_hz, subtasks=self.subtasks,
+                              max_steps=self.max_episode_steps)
+
+    def action_space_config(self) -> ActionSpaceConfig:
+        names = {f.name for f in dataclasses.fields(ActionSpaceConfig)}
+        return ActionSpaceConfig(**{name: getattr(self, name) for name in names})
+
+    @property
+    def period_s(self) -> float:
+        return 1.0 / self.control_rate_hz
+
+
+# ------------------------------------------------------------------------------------- state
+
+
+@dataclass(frozen=True)
+class _LoadedPolicy:
+    """A verified policy and where it came from."""
+
+    policy: Any  # sernf_policy.policy.Policy (imported lazily: torch is slow to import)
+    uri: str
+    step: int
+    stage: str
+    sha256: str
+
+    @property
+    def config(self) -> Any:
+        return self.policy.config
+
+
+@dataclass
+class _Episode:
+    episode_id: str
+    start_stamp: float
+    recorder: EpisodeRecorder | None
+    checkpoint_steps: list[int] = dataclasses.field(default_factory=list)
+    """Checkpoints (training steps) that acted in this episode, in order (hot reloads)."""
+
+
+@dataclass
+class _Stats:
+    """Values reported on /diagnostics (guarded by PolicyNode._lock)."""
+
+    inference_latency_s: float = float("nan")
+    log_prob: float = float("nan")
+    q: float = float("nan")
+    commands_published: int = 0
+    hold_commands: int = 0
+    commands_clipped: int = 0
+    late_chunks: int = 0
+    inference_errors: int = 0
+    last_inference_error: str = ""
+    checkpoints_rejected: int = 0
+    last_checkpoint_error: str = ""
+    episodes_committed: int = 0
+    last_replay_error: str = ""
+    last_observation_error: str = ""
+
+
+# -------------------------------------------------------------------------------------- node
+
+
+class PolicyNode(Node):
+    """See the module docstring."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        self.cfg: PolicyNodeConfig = declare_config(self, PolicyNodeConfig)
+        if not self.cfg.observation_keys:
+            raise ValueError("observation_keys is empty: configure the policy's observation topics")
+        self.action_space = ActionSpace(self.cfg.action_space_config())
+        if self.cfg.replay_uri:
+            # Fail at start-up rather than lose the first episode at commit time.
+            try:
+                import sernf_learner.replay  # noqa: F401 - availability check
+            except ImportError as exc:
+                raise ValueError(f"replay_uri is set but sernf_learner.replay is missing: {exc}") from exc
+        self._joint_names = self.cfg.joint_state_names or self.cfg.hand_joint_names
+        # Observation key whose joint positions can serve as the hand's hold target.
+        self._hand_key = next(
+            (k for k, t in zip(self.cfg.observation_keys, self.cfg.observation_types, strict=True)
+             if t == "joint_state" and self.action_space.hand is not None
+             and tuple(self._joint_names) == self.cfg.hand_joint_names),
+            None,
+        )
+
+        # State shared between callbacks and workers; RLock because helpers nest.
+        self._lock = threading.RLock()
+        self._policy: _LoadedPolicy | None = None
+        self._pending: _LoadedPolicy | None = None
+        self._buffer: ObservationBuffer | None = None
+        self._scheduler: ChunkScheduler | None = None
+        self._episode: _Episode | None = None
+        self._known_episode_ids: deque[str] = deque(maxlen=256)
+        self._closing: list[EpisodeRecorder] = []
+        self._hold_reason = "starting"
+        self._hold_kind = ""
+        self._hold_logged_at = 0.0
+        self._safety_hold = True
+        self._last_tick_overrun = False
+        # Latest hand target seen on the hand command topic (ours or e.g. teleop's): what the
+        # hand driver is holding now, hence the hand part of the hold action.
+        self._hand_target: np.ndarray | None = None
+        self._stats = _Stats()
+        self._stores: dict[str, Any] = {}
+
+        self._inference_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="inference")
+        self._checkpoint_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
+        self._replay_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="replay")
+
+        if self.cfg.torch_num_threads > 0:
+            import torch
+
+            torch.set_num_threads(self.cfg.torch_num_threads)
+
+        self._control_group = MutuallyExclusiveCallbackGroup()
+        self._sensor_group = ReentrantCallbackGroup()
+        self._event_group = MutuallyExclusiveCallbackGroup()
+
+        self._arm_pub = self.create_publisher(PoseStamped, self.cfg.arm_command_topic, 10)
+        self._hand_pub = self.create_publisher(JointState, self.cfg.hand_command_topic, 10)
+        self._chunk_pub = self.create_publisher(JointTrajectory, self.cfg.chunk_topic, 10)
+        self._episode_pub = self.create_publisher(EpisodeEvent, self.cfg.episode_topic, 10)
+        self._replay_pub = self.create_publisher(ReplayEpisode, self.cfg.replay_topic, 10)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+
+        self._create_observation_subscriptions()
+        if self.action_space.hand is not None:
+            self.create_subscription(
+                JointState, self.cfg.hand_command_topic, self._on_hand_command, 10,
+                callback_group=self._sensor_group,
+            )
+        self.create_subscription(RewardEventMsg, self.cfg.reward_topic, self._on_reward, 100,
+                                 callback_group=self._event_group)
+        self.create_subscription(EpisodeEvent, self.cfg.episode_topic, self._on_episode_event, 10,
+                                 callback_group=self._event_group)
+        self.create_subscription(CheckpointAvailable, self.cfg.checkpoint_topic, self._on_checkpoint, 10,
+                                 callback_group=self._event_group)
+        self.create_service(Trigger, "~/start_episode", self._on_start_service,
+                            callback_group=self._event_group)
+        self.create_service(Trigger, "~/stop_episode", self._on_stop_service,
+                            callback_group=self._event_group)
+        self._control_timer = self.create_timer(self.cfg.period_s, self._on_control_tick,
+                                                callback_group=self._control_group)
+        self._diag_timer = self.create_timer(self.cfg.diagnostics_period_s, self.publish_diagnostics,
+                                             callback_group=self._event_group)
+
+        if self.cfg.checkpoint:
+            self._checkpoint_pool.submit(self._load_checkpoint, self.cfg.checkpoint, "", None, "initial")
+        self.get_logger().info(
+            f"policy node up: {self.cfg.control_rate_hz:g} Hz, observations "
+            f"{list(self.cfg.observation_keys)}, action dims {self.action_space.names}, "
+            f"checkpoint {self.cfg.checkpoint or '(waiting for one)'}"
+        )
+
+    # ------------------------------------------------------------------------ subscriptions
+
+    def _create_observation_subscriptions(self) -> None:
+        converters: dict[str, tuple[type, Callable[[Any], np.ndarray]]] = {
+            "image": (Image, image_to_rgb),
+            "joint_state": (JointState, lambda m: joint_positions(m, self._joint_names)),
+            "pose": (PoseStamped, lambda m: pose_to_array(m.pose)),
+            "pose_with_covariance": (PoseWithCovarianceStamped, lambda m: pose_to_array(m.pose.pose)),
+        }
+        for key, kind, topic in zip(self.cfg.observation_keys, self.cfg.observation_types,
+                                    self.cfg.observation_topics, strict=True):
+            msg_type, convert = converters[kind]
+            self.create_subscription(
+                msg_type, topic,
+                lambda msg, key=key, convert=convert: self._on_observation(key, msg, convert),
+                qos_profile_sensor_data, callback_group=self._sensor_group,
+            )
+
+    def _on_observation(self, key: str, msg: Any, convert: Callable[[Any], np.ndarray]) -> None:
+        buffer = self._buffer
+        if buffer is None or key not in buffer.keys:
+            return  # no policy yet, or a key the policy does not use (warned at load)
+        try:
+            value = convert(msg)
+        except ValueError as exc:
+            buffer.invalidate(key, str(exc))
+            self._note_observation_error(key, str(exc))
+            return
+        reason = buffer.update(key, value, time.monotonic())
+        if reason:
+            self._note_observation_error(key, reason)
+
+    def _note_observation_error(self, key: str, reason: str) -> None:
+        with self._lock:
+            self._stats.last_observation_error = f"{key}: {reason}"
+        self.get_logger().warning(f"rejected observation {key!r}: {reason}",
+                                  throttle_duration_sec=_LOG_THROTTLE_S)
+
+    def _on_hand_command(self, msg: JointState) -> None:
+        try:
+            target = joint_positions(msg, self.cfg.hand_joint_names)
+        except ValueError as exc:
+            self.get_logger().warning(f"ignoring hand command: {exc}", throttle_duration_sec=_LOG_THROTTLE_S)
+            return
+        if np.isfinite(target).all():
+            with self._lock:
+                self._hand_target = target.astype(np.float32)
+
+    def _on_reward(self, msg: RewardEventMsg) -> None:
+        event = RewardEvent(stamp=time_to_seconds(msg.header.stamp), value=float(msg.value),
+                            subtask=str(msg.subtask))
+        with self._lock:
+            recorders = list(self._closing)
+            if self._episode is not None and self._episode.recorder is not None:
+                recorders.append(self._episode.recorder)
+        # Give it to every recorder whose episode may contain it; each checks the time window.
+        reasons = [recorder.add_reward(event) for recorder in recorders]
+        if recorders and all(reasons):
+            self.get_logger().warning(f"reward {event.value:g} at {event.stamp:.3f} not recorded: "
+                                      f"{reasons[-1]}", throttle_duration_sec=_LOG_THROTTLE_S)
+
+    def _on_episode_event(self, msg: EpisodeEvent) -> None:
+        episode_id = str(msg.episode_id)
+        with self._lock:
+            if episode_id and episode_id in self._known_episode_ids:
+                running = self._episode is not None and self._episode.episode_id == episode_id
+                if not (running and msg.event in (EpisodeEvent.END, EpisodeEvent.ABORT)):
+                    return  # our own announcement coming back, or an episode already handled
+            if msg.event == EpisodeEvent.START:
+                if self._episode is None and self.cfg.start_on_episode_event:
+                    if episode_id and not _EPISODE_ID_RE.match(episode_id):
+                        self.get_logger().warning(f"episode id {episode_id!r} cannot name a replay "
+                                                  "episode; using a new id")
+                        episode_id = ""
+                    problem = self._start_episode(episode_id or None, announce=not episode_id)
+                    if problem:
+                        self.get_logger().warning(f"cannot start episode {episode_id!r}: {problem}")
+            elif msg.event in (EpisodeEvent.END, EpisodeEvent.ABORT) and self._episode is not None:
+                terminated = msg.event == EpisodeEvent.END and msg.reason not in _TRUNCATION_REASONS
+                self._end_episode(f"{'END' if msg.event == EpisodeEvent.END else 'ABORT'} event: "
+                                  f"{msg.reason or 'no reason'}", terminated=terminated, announce=False)
+
+    # ----------------------------------------------------------------------------- services
+
+    def _on_start_service(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        with self._lock:
+            problem = self._start_episode(None, announce=True)
+            response.success = not problem
+            response.message = problem or f"started episode {self._episode.episode_id}"
+        return response
+
+    def _on_stop_service(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        with self._lock:
+            if self._episode is None:
+                response.success, response.message = False, "no episode running"
+                return response
+            episode_id = self._episode.episode_id
+            self._end_episode("stopped by ~/stop_episode", terminated=False, announce=True)
+        response.success, response.message = True, f"stopped episode {episode_id}"
+        return response
+
+    # ------------------------------------------------------------------------------ control
+
+    def _on_control_tick(self) -> None:
+        """One control step: check inputs, maybe start a decision, publish the next action."""
+        now = time.monotonic()
+        stamp = self.get_clock().now()
+        with self._lock:
+            self._swap_pending_policy()
+            reason, kind = self._input_problem(now)
+            if reason:
+                self._enter_safety_hold(reason, kind)
+                return
+            if self._safety_hold:
+                self._safety_hold = False
+                self._hold_kind = ""
+                self.get_logger().info("inputs are good again: resuming")
+            if self._episode is None and self.cfg.auto_start_episode:
+                self._start_episode(None, announce=True)
+            if self._episode is None:
+                self._hold_reason = "no episode running (call ~/start_episode)"
+                return
+            if self._buffer.history_length() == 0:
+                self._buffer.sample(now)  # the episode started in this tick: its first step
+            try:
+                command, overrun = self._next_command(stamp)
+            except ValueError as exc:
+                # No safe hold exists (e.g. no hand state yet): do not command at all.
+                self._enter_safety_hold(f"cannot compute a command: {exc}", "no command")
+                return
+            self._last_tick_overrun = overrun
+            self._hold_reason = "inference late: holding (overrun)" if overrun else ""
+            self._publish_command(command, stamp)
+            if self._policy.step not in self._episode.checkpoint_steps:
+                self._episode.checkpoint_steps.append(self._policy.step)
+            self._record_step(stamp, command)
+
+    def _input_problem(self, now: float) -> tuple[str, str]:
+        """Why the node must not command now, and a short form of it without numbers that
+        changes only when the kind of problem changes (for logging); ('', '') when it may.
+        Samples the observation history."""
+        if self._policy is None:
+            return "no policy loaded", "no policy"
+        problems = self._buffer.sample(now)
+        if problems:
+            ordered = sorted(problems.items())
+            return (
+                "; ".join(f"{key} {reason}" for key, reason in ordered),
+                "; ".join(f"{key} {reason.split(':', 1)[0]}" for key, reason in ordered),
+            )
+        return "", ""
+
+    def _enter_safety_hold(self, reason: str, kind: str) -> None:
+        # Log a new kind of problem at once, the same one again only every few seconds.
+        now = time.monotonic()
+        if not self._safety_hold or kind != self._hold_kind:
+            self.get_logger().warning(f"stop commanding: {reason}")
+            self._hold_logged_at = now
+        elif now - self._hold_logged_at >= _LOG_THROTTLE_S:
+            self.get_logger().warning(f"still not commanding: {reason}")
+            self._hold_logged_at = now
+        self._safety_hold = True
+        self._hold_kind = kind
+        self._hold_reason = reason
+        if self._episode is not None:
+            self._end_episode(f"safety hold: {reason}", terminated=False, announce=True)
+        if self._scheduler is not None:
+            self._scheduler.reset()  # the queued plan belongs to a past the robot left
+        if self._buffer is not None:
+            self._buffer.reset_history()  # the history must be contiguous control ticks
+
+    def _hold_action(self) -> np.ndarray:
+        measured = self._buffer.latest(self._hand_key) if self._hand_key else None
+        return self.action_space.hold(
+            last_command=self._hold_command_basis(), hand_positions=measured
+        )
+
+    def _hold_command_basis(self) -> np.ndarray | None:
+        """An [A] vector whose hand part is the hand's current target (None if unknown)."""
+        if self.action_space.hand is None or self._hand_target is None:
+            return None
+        basis = np.zeros(self.action_space.action_dim, np.float32)
+        basis[self.action_space.hand] = self._hand_target
+        return basis
+
+    def _next_command(self, stamp: Time) -> tuple[np.ndarray, bool]:
+        scheduler = self._scheduler
+        if scheduler.decision_due():
+            request = scheduler.begin_decision(self._hold_action())
+            history = self._buffer.history()
+            self._inference_pool.submit(self._infer, self._policy, request, history, stamp)
+        action = scheduler.tick()
+        overrun = action is HOLD
+        if overrun:
+            action = self._hold_action()
+            self.get_logger().warning("inference late: queue empty, holding",
+                                      throttle_duration_sec=_LOG_THROTTLE_S)
+        previous = self._hand_target
+        if previous is None and self._hand_key is not None:
+            previous = self._buffer.latest(self._hand_key)
+        command, report = self.action_space.clip(action, previous_hand=previous)
+        if report.any:
+            self._stats.commands_clipped += 1
+        return command, overrun
+
+    def _publish_command(self, command: np.ndarray, stamp: Time) -> None:
+        ros_stamp = stamp.to_msg()
+        if self.action_space.arm is not None:
+            self._arm_pub.publish(relative_pose_command(command[self.action_space.arm], ros_stamp,
+                                                        self.cfg.arm_command_frame))
+        if self.action_space.hand is not None:
+            hand = command[self.action_space.hand]
+            self._hand_pub.publish(hand_command(hand, self.cfg.hand_joint_names, ros_stamp))
+            self._hand_target = hand.copy()
+        self._stats.commands_published += 1
+        if self._last_tick_overrun:
+            self._stats.hold_commands += 1
+
+    def _record_step(self, stamp: Time, command: np.ndarray) -> None:
+        episode = self._episode
+        if episode is None or episode.recorder is None:
+            return
+        try:
+            episode.recorder.add_step(stamp.nanoseconds * 1e-9, self._buffer.current(), command)
+        except (ValueError, RuntimeError) as exc:
+            # E.g. the clock jumped back: the recording cannot go on, but what it has is valid.
+            self._end_episode(f"recording failed: {exc}", terminated=False, announce=True)
+            return
+        if episode.recorder.full:
+            self._end_episode(f"reached max_episode_steps={self.cfg.max_episode_steps}",
+                              terminated=False, announce=True, event=EpisodeEvent.END, reason="timeout")
+
+    # ---------------------------------------------------------------------------- episodes
+
+    def _start_episode(self, episode_id: str | None, announce: bool) -> str:
+        """Start an episode now; returns '' or why it cannot start. Caller holds the lock."""
+        if self._episode is not None:
+            return f"episode {self._episode.episode_id} is already running"
+        if self._policy is None:
+            return "no policy loaded"
+        problems = self._buffer.problems(time.monotonic())
+        if problems:
+            return "inputs not ready: " + "; ".join(f"{k} {r}" for k, r in sorted(problems.items()))
+        if not episode_id:
+            episode_id = f"online-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+        stamp = self.get_clock().now().nanoseconds * 1e-9
+        recorder = None
+        if self.cfg.replay_uri:
+            recorder = EpisodeRecorder(
+                EpisodeRecorderConfig(control_period_s=self.cfg.period_s, subtasks=self.cfg.subtasks,
+                                      max_steps=self.cfg.max_episode_steps),
+                episode_id=episode_id, start_time=stamp, obs_keys=list(self._policy.config.observation_spec),
+                action_dim=self.action_space.action_dim,
+            )
+        self._episode = _Episode(episode_id, stamp, recorder)
+        self._known_episode_ids.append(episode_id)
+        # A fresh start: first decision with P hold actions, history padded from the next tick.
+        self._scheduler.reset()
+        self._buffer.reset_history()
+        self.get_logger().info(f"episode {episode_id} started")
+        if announce:
+            self._announce_episode(episode_id, EpisodeEvent.START, "started")
+        return ""
+
+    def _end_episode(self, why: str, terminated: bool, announce: bool,
+                     event: int | None = None, reason: str = "") -> None:
+        """End the running episode; commit its recording in the background. Caller holds the lock."""
+        episode = self._episode
+        if episode is None:
+            return
+        self._episode = None
+        self._scheduler.reset()  # stop commanding now; nothing queued survives the episode
+        self.get_logger().info(f"episode {episode.episode_id} ended ({why})")
+        if announce:
+            if event is None:
+                event = EpisodeEvent.END if terminated else EpisodeEvent.ABORT
+            self._announce_episode(episode.episode_id, event, reason or why)
+        if episode.recorder is None:
+            return
+        end = self.get_clock().now().nanoseconds * 1e-9
+        episode.recorder.close(end)
+        self._closing.append(episode.recorder)
+        metadata = {"terminated": terminated, "extra": {
+            "end_reason": why, "checkpoint_steps": list(episode.checkpoint_steps),
+            "checkpoint_stage": self._policy.stage if self._policy else ""}}
+        self._replay_pool.submit(self._commit_episode, episode.recorder, metadata)
+
+    def _announce_episode(self, episode_id: str, event: int, reason: str) -> None:
+        msg = EpisodeEvent()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.episode_id = episode_id
+        msg.event = event
+        msg.reason = reason[:200]
+        self._episode_pub.publish(msg)
+
+    def _commit_episode(self, recorder: EpisodeRecorder, metadata: dict[str, Any]) -> None:
+        """Replay worker: wait for late rewards, write the episode, announce it."""
+        time.sleep(self.cfg.reward_grace_s)
+        with self._lock:
+            if recorder in self._closing:
+                self._closing.remove(recorder)
+        try:
+            steps, meta = recorder.finish(metadata)
+            store = self._replay_store()
+            episode_id = store.append_episode(steps, meta)
+        except (ImportError, OSError, ValueError, RuntimeError, KeyError) as exc:
+            with self._lock:
+                self._stats.last_replay_error = f"{recorder.episode_id}: {exc}"
+            self.get_logger().error(f"episode {recorder.episode_id} not committed to "
+                                    f"{self.cfg.replay_uri}: {exc}")
+            return
+        summary = EpisodeSummary.of(steps, meta)
+        with self._lock:
+            self._stats.episodes_committed += 1
+        msg = ReplayEpisode()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.episode_id = episode_id
+        msg.uri = self.cfg.replay_uri
+        msg.num_steps = summary.num_steps
+        msg.episode_return = summary.episode_return
+        msg.source = meta["source"]
+        msg.subtask_names = list(summary.subtask_names)
+        msg.subtask_success = list(summary.subtask_success)
+        if self.context.ok():
+            self._replay_pub.publish(msg)
+        self.get_logger().info(f"episode {episode_id} committed: {summary.num_steps} steps, "
+                               f"return {summary.episode_return:g}")
+
+    def _replay_store(self) -> Any:
+        """The EpisodeStore for replay_uri (opened once; created with the policy's spec)."""
+        uri = self.cfg.replay_uri
+        if uri not in self._stores:
+            # Lazy: the replay lives in sernf_learner; robots that never record need not have it.
+            from sernf_learner.replay import EpisodeStore, StoreSpec
+
+            spec = StoreSpec(obs=dict(self._policy.config.observation_spec),
+                             action_dim=self.action_space.action_dim,
+                             control_rate_hz=self.cfg.control_rate_hz)
+            self._stores[uri] = EpisodeStore(uri, mode="a", spec=spec)
+        return self._stores[uri]
+
+    # ---------------------------------------------------------------------------- inference
+
+    def _infer(self, loaded: _LoadedPolicy, request: InferenceRequest,
+               history: dict[str, np.ndarray], decision_stamp: Time) -> None:
+        """Inference worker: one decision -> a chunk in the queue (or a failed request)."""
+        scheduler = self._scheduler
+        try:
+            if self.cfg.artificial_inference_delay_s > 0:
+                time.sleep(self.cfg.artificial_inference_delay_s)
+            chunks, info = loaded.policy.act_batch(
+                {key: value[None] for key, value in history.items()},  # [1, T, ...]
+                request.prefix[None],  # [1, P, A]
+                num_samples=self.cfg.num_samples or None,
+                sigma=self.cfg.sigma_sample or None,
+            )
+            result = scheduler.submit(chunks[0], request.request_id)  # chunks: [1, H, A]
+        except Exception as exc:  # noqa: BLE001 - any model failure must end in a hold, not a dead worker
+            scheduler.fail(request.request_id)
+            with self._lock:
+                self._stats.inference_errors += 1
+                self._stats.last_inference_error = f"{type(exc).__name__}: {exc}"
+            self.get_logger().error(f"inference failed (holding, retrying at the next tick): {exc}",
+                                    throttle_duration_sec=_LOG_THROTTLE_S)
+            return
+        with self._lock:
+            self._stats.inference_latency_s = result.latency_s
+            self._stats.log_prob = float(info["log_prob"][0])
+            self._stats.q = float("nan") if info.get("q") is None else float(info["q"][0])
+            if result.dropped:
+                self._stats.late_chunks += 1
+        if result.dropped:
+            self.get_logger().warning(f"late chunk: {result.reason}", throttle_duration_sec=_LOG_THROTTLE_S)
+        elif not result.accepted:
+            # The episode ended or a safety stop cleared the queue while inference ran.
+            self.get_logger().info(f"chunk not used: {result.reason}")
+        if result.accepted:
+            first = decision_stamp + Duration(
+                nanoseconds=int(request.prefix.shape[0] * self.cfg.period_s * 1e9))
+            self._chunk_pub.publish(chunk_to_trajectory(
+                chunks[0], self.action_space.names, first.to_msg(), self.cfg.period_s))
+        self.publish_diagnostics()
+
+    # --------------------------------------------------------------------------- checkpoints
+
+    def _on_checkpoint(self, msg: CheckpointAvailable) -> None:
+        sha = str(msg.sha256).strip().lower()
+        if not msg.uri or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            self._reject_checkpoint(str(msg.uri), f"invalid announcement (uri {msg.uri!r}, sha256 {msg.sha256!r})")
+            return
+        self.get_logger().info(f"checkpoint announced: {msg.uri} (step {msg.step}, {msg.stage})")
+        self._checkpoint_pool.submit(self._load_checkpoint, str(msg.uri), sha, int(msg.step), str(msg.stage))
+
+    def _load_checkpoint(self, uri: str, sha256: str, step: int | None, stage: str) -> None:
+        """Checkpoint worker: verify and load; the control tick swaps it in between chunks."""
+        # Lazy imports keep torch off the import path of tools that only read the config.
+        from .checkpoint import WEIGHTS_FILE, CheckpointError, file_sha256
+        from .policy import Policy
+
+        try:
+            directory = Path(uri)
+            actual = file_sha256(directory / WEIGHTS_FILE)
+            if sha256 and actual != sha256:
+                raise CheckpointError(f"sha256 of {WEIGHTS_FILE} is {actual}, announced {sha256}")
+            policy = Policy.load(directory, device=self.cfg.device)
+            self._check_compatible(policy.config)
+            if self.cfg.selection:
+                policy.config.selection = self.cfg.selection
+            self._dry_run(policy)
+            if step is None:
+                step = self._step_from_metadata(directory)
+        except (CheckpointError, OSError, ValueError, RuntimeError) as exc:
+            self._reject_checkpoint(uri, str(exc))
+            return
+        with self._lock:
+            self._pending = _LoadedPolicy(policy, uri, int(step), stage, actual)
+            self._stats.last_checkpoint_error = ""
+        self.get_logger().info(f"checkpoint {uri} (step {step}) verified; swapping it in between chunks")
+
+    def _reject_checkpoint(self, uri: str, why: str) -> None:
+        with self._lock:
+            self._stats.checkpoints_rejected += 1
+            self._stats.last_checkpoint_error = f"{uri}: {why}"
+            running = "none" if self._policy is None else f"step {self._policy.step}"
+        self.get_logger().error(f"checkpoint {uri} rejected, keeping the current policy ({running}): {why}")
+        self.publish_diagnostics()
+
+    def _check_compatible(self, config: Any) -> None:
+        """Raise ValueError unless the policy fits this node and the running policy."""
+        a = self.action_space.action_dim
+        if config.action_dim != a:
+            raise ValueError(f"policy action_dim {config.action_dim} != action space {a} "
+                             f"({self.action_space.names})")
+        kinds = {"image": "rgb", "joint_state": "lowdim", "pose": "lowdim", "pose_with_covariance": "lowdim"}
+        topics = dict(zip(self.cfg.observation_keys, self.cfg.observation_types, strict=True))
+        for key, spec in config.observation_spec.items():
+            if key not in topics:
+                raise ValueError(f"policy observation {key!r} has no topic (observation_keys)")
+            if kinds[topics[key]] != spec.kind:
+                raise ValueError(f"policy observation {key!r} is {spec.kind}, its topic is {topics[key]}")
+            if topics[key] in ("pose", "pose_with_covariance") and tuple(spec.shape) != (7,):
+                raise ValueError(f"policy observation {key!r} has shape {spec.shape}; poses are (7,)")
+            if topics[key] == "joint_state" and tuple(spec.shape) != (len(self._joint_names),):
+                raise ValueError(f"policy observation {key!r} has shape {spec.shape}; "
+                                 f"{len(self._joint_names)} joints are read")
+        unused = sorted(set(topics) - set(config.observation_spec))
+        if unused:
+            self.get_logger().warning(f"configured observations {unused} are not used by the policy")
+        with self._lock:
+            current = self._policy.config if self._policy is not None else None
+        if current is not None:
+            mine = (current.obs_history, current.prefix_len, current.horizon, current.action_dim)
+            theirs = (config.obs_history, config.prefix_len, config.horizon, config.action_dim)
+            if mine != theirs:
+                raise ValueError(f"(T, P, H, A) = {theirs} differs from the running policy's {mine}")
+            if dict(current.observation_spec) != dict(config.observation_spec):
+                raise ValueError("observation spec differs from the running policy's")
+
+    def _dry_run(self, policy: Any) -> None:
+        """One inference on placeholder inputs: a policy that cannot act is not swapped in."""
+        cfg = policy.config
+        obs = {
+            key: np.zeros((1, cfg.obs_history, *spec.shape), np.uint8 if spec.kind == "rgb" else np.float32)
+            for key, spec in cfg.observation_spec.items()
+        }
+        chunks, _ = policy.act_batch(obs, np.zeros((1, cfg.prefix_len, cfg.action_dim), np.float32),
+                                     num_samples=1)
+        if chunks.shape != (1, cfg.horizon, cfg.action_dim) or not np.isfinite(chunks).all():
+            raise ValueError(f"dry-run inference gave shape {chunks.shape} or non-finite actions")
+
+    @staticmethod
+    def _step_from_metadata(directory: Path) -> int:
+        """Training step recorded in the checkpoint's metadata (0 when absent)."""
+        import json
+
+        from .checkpoint import CONFIG_FILE
+
+        metadata = json.loads((directory / CONFIG_FILE).read_text()).get("metadata") or {}
+        step = metadata.get("step", 0) if isinstance(metadata, dict) else 0
+        return int(step) if isinstance(step, int) and not isinstance(step, bool) and step >= 0 else 0
+
+    def _swap_pending_policy(self) -> None:
+        """Swap a verified checkpoint in, between chunks (no request in flight). Holds the lock."""
+        pending = self._pending
+        if pending is None or (self._scheduler is not None and self._scheduler.stats().in_flight):
+            return
+        self._pending = None
+        if self._policy is None:
+            cfg = pending.config
+            self._buffer = ObservationBuffer(
+                cfg.observation_spec,
+                ObservationBufferConfig(history=cfg.obs_history, stale_after_s=self.cfg.stale_after_s),
+            )
+            self._scheduler = ChunkScheduler(
+                ChunkTimingConfig(P=cfg.prefix_len, H=cfg.horizon, action_dim=cfg.action_dim)
+            )
+        self._policy = pending
+        self.get_logger().info(f"running checkpoint {pending.uri} (step {pending.step}, {pending.stage})")
+
+    # ---------------------------------------------------------------------------- diagnostics
+
+    def publish_diagnostics(self) -> None:
+        with self._lock:
+            stats = dataclasses.replace(self._stats)
+            loaded, episode = self._policy, self._episode
+            sched = self._scheduler.stats() if self._scheduler is not None else None
+            hold_reason, safety = self._hold_reason, self._safety_hold
+        holding = bool(hold_reason)
+        if safety:
+            level, message = DiagnosticStatus.ERROR, f"not commanding: {hold_reason}"
+        elif holding:
+            level, message = DiagnosticStatus.WARN, hold_reason
+        elif stats.last_checkpoint_error:
+            level, message = DiagnosticStatus.WARN, f"checkpoint rejected: {stats.last_checkpoint_error}"
+        else:
+            level, message = DiagnosticStatus.OK, "commanding"
+        values: dict[str, object] = {
+            "holding": holding,
+            "safety_hold": safety,
+            "hold_reason": hold_reason,
+            "inference_latency_s": stats.inference_latency_s,
+            "queue_depth": sched.queue_depth if sched else 0,
+            "overruns": sched.overruns if sched else 0,
+            "decisions": sched.decisions if sched else 0,
+            "actions_dropped": sched.actions_dropped if sched else 0,
+            "late_chunks": stats.late_chunks,
+            "log_prob": stats.log_prob,
+            "q": stats.q,
+            "checkpoint_step": loaded.step if loaded else -1,
+            "checkpoint_stage": loaded.stage if loaded else "",
+            "checkpoint_uri": loaded.uri if loaded else "",
+            "checkpoints_rejected": stats.checkpoints_rejected,
+            "last_checkpoint_error": stats.last_checkpoint_error,
+            "inference_errors": stats.inference_errors,
+            "last_inference_error": stats.last_inference_error,
+            "last_observation_error": stats.last_observation_error,
+            "commands_published": stats.commands_published,
+            "hold_commands": stats.hold_commands,
+            "commands_clipped": stats.commands_clipped,
+            "episode_id": episode.episode_id if episode else "",
+            "episode_steps": episode.recorder.num_steps if episode and episode.recorder else 0,
+            "episodes_committed": stats.episodes_committed,
+            "last_replay_error": stats.last_replay_error,
+        }
+        if not self.context.ok():
+            return
+        self._diag_pub.publish(diagnostic_array(
+            self.get_clock().now().to_msg(), f"{self.get_name()}: control", "sernf_policy",
+            level, message, values))
+
+    # ------------------------------------------------------------------------------ shutdown
+
+    def shutdown_workers(self) -> None:
+        """End a running episode (committed, truncated) and stop the worker threads."""
+        with self._lock:
+            if self._episode is not None:
+                self._end_episode("node shutting down", terminated=False, announce=self.context.ok())
+        self._control_timer.cancel()
+        self._inference_pool.shutdown(wait=False, cancel_futures=True)
+        self._checkpoint_pool.shutdown(wait=False, cancel_futures=True)
+        # Episodes are data: wait for their commits.
+        self._replay_pool.shutdown(wait=True)
+
+
+def main(args: list[str] | None = None) -> None:
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = PolicyNode()
+        # Control timer, sensor callbacks and event callbacks each get a thread.
+        executor = MultiThreadedExecutor(num_threads=3)
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        rclpy.logging.get_logger(NODE_NAME).info("shutting down")
+    except ValueError as exc:
+        rclpy.logging.get_logger(NODE_NAME).fatal(f"invalid configuration: {exc}")
+        raise SystemExit(1) from exc
+    finally:
+        if node is not None:
+            node.shutdown_workers()
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()
