@@ -12,11 +12,13 @@ from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Pose
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Float32MultiArray
 
 from sernf_policy.policy_node import PolicyNodeConfig
 from sernf_policy.ros.parameters import declare_config, field_docs
 from sernf_policy.ros_conversions import (
     chunk_to_trajectory,
+    float_array_to_vector,
     hand_command,
     image_to_rgb,
     joint_positions,
@@ -82,6 +84,14 @@ def test_poses_commands_and_trajectory():
     assert list(traj.points[2].positions) == [6.0, 7.0, 8.0]
     with pytest.raises(ValueError):
         chunk_to_trajectory(np.zeros((4, 2)), ["x", "y", "z"], Time(), 0.1)
+
+
+def test_float_array_observation_is_its_data_and_empty_is_rejected():
+    msg = Float32MultiArray()
+    msg.data = [0.5, -1.0, 2.0]
+    np.testing.assert_array_equal(float_array_to_vector(msg), [0.5, -1.0, 2.0])
+    with pytest.raises(ValueError, match="no data"):
+        float_array_to_vector(Float32MultiArray())
 
 
 def test_every_config_field_has_a_docstring():

@@ -71,6 +71,7 @@ from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from rclpy.time import Time
 from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Float32MultiArray
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
@@ -86,6 +87,7 @@ from .ros_conversions import (
     OBSERVATION_TYPES,
     chunk_to_trajectory,
     diagnostic_array,
+    float_array_to_vector,
     hand_command,
     image_to_rgb,
     joint_positions,
@@ -125,7 +127,8 @@ class PolicyNodeConfig:
     observation_types: tuple[str, ...] = ()
     """Message kind per key: image (sensor_msgs/Image rgb8/bgr8 -> uint8 [h,w,3]), joint_state
     (positions of joint_state_names), pose (PoseStamped -> [x,y,z,qw,qx,qy,qz]) or
-    pose_with_covariance (PoseWithCovarianceStamped -> the same 7 numbers)."""
+    pose_with_covariance (PoseWithCovarianceStamped -> the same 7 numbers) or float_array
+    (std_msgs/Float32MultiArray -> its data; e.g. the simulator's privileged object state)."""
 
     observation_topics: tuple[str, ...] = ()
     """Topic per key, e.g. /cameras/front/image_raw, /orca_hand/joint_states, /franka/ee_pose."""
@@ -422,6 +425,7 @@ class PolicyNode(Node):
             "joint_state": (JointState, lambda m: joint_positions(m, self._joint_names)),
             "pose": (PoseStamped, lambda m: pose_to_array(m.pose)),
             "pose_with_covariance": (PoseWithCovarianceStamped, lambda m: pose_to_array(m.pose.pose)),
+            "float_array": (Float32MultiArray, float_array_to_vector),
         }
         for key, kind, topic in zip(self.cfg.observation_keys, self.cfg.observation_types,
                                     self.cfg.observation_topics, strict=True):
@@ -847,7 +851,8 @@ class PolicyNode(Node):
         if config.action_dim != a:
             raise ValueError(f"policy action_dim {config.action_dim} != action space {a} "
                              f"({self.action_space.names})")
-        kinds = {"image": "rgb", "joint_state": "lowdim", "pose": "lowdim", "pose_with_covariance": "lowdim"}
+        kinds = {"image": "rgb", "joint_state": "lowdim", "pose": "lowdim", "pose_with_covariance": "lowdim",
+                 "float_array": "lowdim"}
         topics = dict(zip(self.cfg.observation_keys, self.cfg.observation_types, strict=True))
         for key, spec in config.observation_spec.items():
             if key not in topics:

@@ -14,12 +14,14 @@ from builtin_interfaces.msg import Duration, Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Pose, PoseStamped
 from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Float32MultiArray
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 __all__ = [
     "OBSERVATION_TYPES",
     "chunk_to_trajectory",
     "diagnostic_array",
+    "float_array_to_vector",
     "hand_command",
     "image_to_rgb",
     "joint_positions",
@@ -29,10 +31,11 @@ __all__ = [
     "time_to_seconds",
 ]
 
-OBSERVATION_TYPES = ("image", "joint_state", "pose", "pose_with_covariance")
+OBSERVATION_TYPES = ("image", "joint_state", "pose", "pose_with_covariance", "float_array")
 """Observation topic kinds the node can subscribe to (parameter ``observation_types``):
 sensor_msgs/Image, sensor_msgs/JointState (positions), geometry_msgs/PoseStamped,
-geometry_msgs/PoseWithCovarianceStamped."""
+geometry_msgs/PoseWithCovarianceStamped, std_msgs/Float32MultiArray (a plain vector, e.g. the
+simulator's privileged object state)."""
 
 # Channel order of the 8-bit colour encodings we accept, as indices into the message's
 # channels that give R, G, B.
@@ -91,6 +94,14 @@ def pose_to_array(pose: Pose) -> np.ndarray:
     """geometry_msgs/Pose -> ``[x, y, z, qw, qx, qy, qz]`` float64."""
     p, q = pose.position, pose.orientation
     return np.array([p.x, p.y, p.z, q.w, q.x, q.y, q.z], dtype=np.float64)
+
+
+def float_array_to_vector(msg: Float32MultiArray) -> np.ndarray:
+    """std_msgs/Float32MultiArray -> its data as a flat float64 vector (layout ignored)."""
+    data = np.asarray(msg.data, dtype=np.float64)
+    if data.ndim != 1 or data.size == 0:
+        raise ValueError(f"float array has no data (size {data.size})")
+    return data
 
 
 def relative_pose_command(delta: np.ndarray, stamp: Time, frame_id: str) -> PoseStamped:
