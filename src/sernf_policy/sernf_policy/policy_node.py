@@ -983,6 +983,10 @@ class PolicyNode(Node):
         self._replay_pool.shutdown(wait=True)
 
 
+#: The node's parameters: exactly the fields of this dataclass (checked against config/*.yaml).
+PARAMETERS = PolicyNodeConfig
+
+
 def main(args: list[str] | None = None) -> None:
     rclpy.init(args=args)
     node = None
