@@ -62,11 +62,12 @@ import numpy as np
 import zarr
 from zarr.storage import FsspecStore, LocalStore
 
+from sernf_policy.spec import KEY_PATTERN, STEP_ARRAY_KEYS, ObsKeySpec
+
 __all__ = [
     "EPISODE_SOURCES",
     "SCHEMA_VERSION",
     "EpisodeStore",
-    "KeySpec",
     "ReplayCorruptError",
     "ReplaySchemaError",
     "ReplaySnapshot",
@@ -86,7 +87,7 @@ RECORD_FORMAT = "sernf-replay-commit"
 COMMIT_RECORD_KEY = "meta/commit.json"
 LOCK_NAME = ".sernf-writer.lock"
 EPISODE_SOURCES = ("demo", "online", "distill")
-STEP_KEYS = ("action", "reward", "timestamp")
+STEP_KEYS = STEP_ARRAY_KEYS
 """Per-step arrays every episode carries besides its observations."""
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
@@ -121,42 +122,12 @@ class ReplayCorruptError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class KeySpec:
-    """One observation key: per-step shape (no time axis) and kind."""
-
-    shape: tuple[int, ...]
-    """Per-step shape: ``(h, w, 3)`` for ``"rgb"``, ``(d,)`` for ``"lowdim"``."""
-    kind: Literal["rgb", "lowdim"]
-    """``"rgb"`` images are stored uint8, ``"lowdim"`` vectors float32."""
-
-    def __post_init__(self) -> None:
-        shape = tuple(int(s) for s in self.shape)
-        object.__setattr__(self, "shape", shape)
-        if self.kind == "rgb":
-            if len(shape) != 3 or shape[2] != 3 or min(shape) < 1:
-                raise ValueError(f"rgb key needs shape (h, w, 3), got {shape}")
-        elif self.kind == "lowdim":
-            if len(shape) != 1 or shape[0] < 1:
-                raise ValueError(f"lowdim key needs shape (d,) with d >= 1, got {shape}")
-        else:
-            raise ValueError(f"kind must be 'rgb' or 'lowdim', got {self.kind!r}")
-
-    @property
-    def dtype(self) -> np.dtype:
-        """Storage dtype implied by the kind."""
-        return np.dtype(np.uint8) if self.kind == "rgb" else np.dtype(np.float32)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"shape": list(self.shape), "kind": self.kind}
-
-
-@dataclass(frozen=True)
 class StoreSpec:
     """What every episode in a store carries: observation keys, action size, control rate."""
 
-    obs: Mapping[str, KeySpec]
-    """Observation key -> spec. Accepts ``KeySpec``, any object with ``.shape`` and ``.kind``
-    (e.g. a task's ``ObsKeySpec``) or a ``{"shape", "kind"}`` dict; stored as ``KeySpec``."""
+    obs: Mapping[str, ObsKeySpec]
+    """Observation key -> spec (``ObsKeySpec``, the observation contract of sernf_policy.spec,
+    or its ``{"shape", "kind"}`` dict form)."""
     action_dim: int
     """``A``: size of the executed action vector."""
     control_rate_hz: float
@@ -165,20 +136,18 @@ class StoreSpec:
     def __post_init__(self) -> None:
         if not isinstance(self.obs, Mapping) or not self.obs:
             raise ValueError("StoreSpec.obs must be a non-empty mapping of observation keys")
-        converted: dict[str, KeySpec] = {}
+        converted: dict[str, ObsKeySpec] = {}
         for name, ks in self.obs.items():
-            if not isinstance(name, str) or not _NAME_RE.match(name):
+            if not isinstance(name, str) or not KEY_PATTERN.match(name):
                 raise ValueError(
-                    f"observation key {name!r} must match {_NAME_RE.pattern} (it names a zarr array)"
+                    f"observation key {name!r} must match {KEY_PATTERN.pattern} (it names a zarr array)"
                 )
             if name in STEP_KEYS:
                 raise ValueError(f"observation key {name!r} is reserved for the per-step arrays")
-            if isinstance(ks, KeySpec):
+            if isinstance(ks, ObsKeySpec):
                 converted[name] = ks
             elif isinstance(ks, Mapping):
-                converted[name] = KeySpec(shape=tuple(ks["shape"]), kind=ks["kind"])
-            elif hasattr(ks, "shape") and hasattr(ks, "kind"):
-                converted[name] = KeySpec(shape=tuple(ks.shape), kind=ks.kind)
+                converted[name] = ObsKeySpec.from_dict(ks)
             else:
                 raise ValueError(f"observation key {name!r}: cannot read a spec from {ks!r}")
         # Sorted so two specs with the same keys compare and serialize identically.
@@ -204,7 +173,7 @@ class StoreSpec:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "obs": {name: ks.to_json() for name, ks in self.obs.items()},
+            "obs": {name: ks.to_dict() for name, ks in self.obs.items()},
             "action_dim": self.action_dim,
             "control_rate_hz": self.control_rate_hz,
         }
@@ -212,7 +181,7 @@ class StoreSpec:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> StoreSpec:
         return cls(
-            obs={k: KeySpec(shape=tuple(v["shape"]), kind=v["kind"]) for k, v in data["obs"].items()},
+            obs={k: ObsKeySpec.from_dict(v) for k, v in data["obs"].items()},
             action_dim=int(data["action_dim"]),
             control_rate_hz=float(data["control_rate_hz"]),
         )

@@ -16,14 +16,14 @@ import zarr
 from sernf_learner.replay import (
     COMMIT_RECORD_KEY,
     EpisodeStore,
-    KeySpec,
     ReplayCorruptError,
     ReplaySchemaError,
     StoreSpec,
 )
+from sernf_policy.spec import ObsKeySpec
 
 SPEC = StoreSpec(
-    obs={"wrist_rgb": KeySpec((6, 5, 3), "rgb"), "hand_joints": KeySpec((4,), "lowdim")},
+    obs={"wrist_rgb": ObsKeySpec((6, 5, 3), "rgb"), "hand_joints": ObsKeySpec((4,), "lowdim")},
     action_dim=3,
     control_rate_hz=20.0,
 )
@@ -267,9 +267,9 @@ def _respec(**kw) -> StoreSpec:
 @pytest.mark.parametrize(
     ("field", "spec"),
     [
-        ("data/cube_pose", _respec(obs={**SPEC.obs, "cube_pose": KeySpec((7,), "lowdim")})),
-        ("data/wrist_rgb", _respec(obs={"hand_joints": KeySpec((4,), "lowdim")})),
-        ("data/hand_joints", _respec(obs={**SPEC.obs, "hand_joints": KeySpec((5,), "lowdim")})),
+        ("data/cube_pose", _respec(obs={**SPEC.obs, "cube_pose": ObsKeySpec((7,), "lowdim")})),
+        ("data/wrist_rgb", _respec(obs={"hand_joints": ObsKeySpec((4,), "lowdim")})),
+        ("data/hand_joints", _respec(obs={**SPEC.obs, "hand_joints": ObsKeySpec((5,), "lowdim")})),
         ("action_dim", _respec(action_dim=17)),
         ("control_rate_hz", _respec(control_rate_hz=10.0)),
     ],
@@ -348,20 +348,18 @@ def test_missing_record_with_listed_episodes_is_not_papered_over(tmp_path):
 
 def test_spec_validation():
     with pytest.raises(ValueError, match="reserved"):
-        StoreSpec(obs={"action": KeySpec((2,), "lowdim")}, action_dim=2, control_rate_hz=10)
-    with pytest.raises(ValueError, match="rgb key needs"):
-        KeySpec((4, 4), "rgb")
+        StoreSpec(obs={"action": ObsKeySpec((2,), "lowdim")}, action_dim=2, control_rate_hz=10)
+    with pytest.raises(ValueError, match="rgb ObsKeySpec.shape"):
+        ObsKeySpec((4, 4), "rgb")
     with pytest.raises(ValueError, match="kind"):
-        KeySpec((4,), "depth")
+        ObsKeySpec((4,), "depth")
     with pytest.raises(ValueError, match="action_dim"):
-        StoreSpec(obs={"q": KeySpec((2,), "lowdim")}, action_dim=0, control_rate_hz=10)
+        StoreSpec(obs={"q": ObsKeySpec((2,), "lowdim")}, action_dim=0, control_rate_hz=10)
     with pytest.raises(ValueError, match="control_rate_hz"):
-        StoreSpec(obs={"q": KeySpec((2,), "lowdim")}, action_dim=2, control_rate_hz=float("nan"))
+        StoreSpec(obs={"q": ObsKeySpec((2,), "lowdim")}, action_dim=2, control_rate_hz=float("nan"))
     with pytest.raises(ValueError, match="must match"):
-        StoreSpec(obs={"a/b": KeySpec((2,), "lowdim")}, action_dim=2, control_rate_hz=10)
+        StoreSpec(obs={"a/b": ObsKeySpec((2,), "lowdim")}, action_dim=2, control_rate_hz=10)
 
-    class TaskKeySpec:  # e.g. sernf_sim's ObsKeySpec: duck-typed .shape/.kind
-        shape, kind = (3,), "lowdim"
-
-    assert StoreSpec(obs={"q": TaskKeySpec()}, action_dim=1, control_rate_hz=5).obs["q"] == KeySpec((3,), "lowdim")
+    assert StoreSpec(obs={"q": {"shape": [3], "kind": "lowdim"}}, action_dim=1,
+                     control_rate_hz=5).obs["q"] == ObsKeySpec((3,), "lowdim")
     assert StoreSpec.from_json(json.loads(json.dumps(SPEC.to_json()))) == SPEC

@@ -22,10 +22,11 @@ import pytest
 import zarr
 
 import sernf_learner
-from sernf_learner.replay import COMMIT_RECORD_KEY, EpisodeStore, KeySpec, StoreSpec
+from sernf_learner.replay import COMMIT_RECORD_KEY, EpisodeStore, StoreSpec
+from sernf_policy.spec import ObsKeySpec
 
 SPEC = StoreSpec(
-    obs={"cam": KeySpec((8, 8, 3), "rgb"), "q": KeySpec((3,), "lowdim")},
+    obs={"cam": ObsKeySpec((8, 8, 3), "rgb"), "q": ObsKeySpec((3,), "lowdim")},
     action_dim=2,
     control_rate_hz=10.0,
 )

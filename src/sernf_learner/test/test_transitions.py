@@ -12,7 +12,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sernf_learner.replay import EpisodeStore, KeySpec, StoreSpec
+from sernf_learner.replay import EpisodeStore, StoreSpec
 from sernf_learner.transitions import (
     ChunkTiming,
     EmptyReplayError,
@@ -20,9 +20,10 @@ from sernf_learner.transitions import (
     TransitionSampler,
     batch_to_torch,
 )
+from sernf_policy.spec import ObsKeySpec
 
 SPEC = StoreSpec(
-    obs={"cam": KeySpec((2, 2, 3), "rgb"), "q": KeySpec((1,), "lowdim")},
+    obs={"cam": ObsKeySpec((2, 2, 3), "rgb"), "q": ObsKeySpec((1,), "lowdim")},
     action_dim=2,
     control_rate_hz=20.0,
 )

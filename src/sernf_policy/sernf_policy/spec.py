@@ -4,9 +4,9 @@ An observation is a ``dict[str, array]``; the *observation spec* declares, per k
 (``"rgb"``: uint8 ``[h, w, 3]`` per step; ``"lowdim"``: float ``[d]`` per step) and its
 per-step shape (without the time axis). Batches carry ``[B, T, ...]`` (oldest step first).
 
-``sernf_policy`` must not import ``sernf_sim``, so this module defines its own
-:class:`ObsKeySpec`; :func:`parse_observation_spec` also accepts any object with ``kind`` and
-``shape`` attributes (e.g. the simulator's spec type) or plain ``{"kind", "shape"}`` dicts.
+This is the one definition of the observation contract: the simulator's tasks declare their
+observations with it, the replay store records it, and checkpoints carry it. It is torch-free
+(``import sernf_policy.spec`` does not import torch).
 """
 
 from __future__ import annotations
@@ -16,31 +16,39 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
+
 from .config_io import build_dataclass
 
-__all__ = ["CACHED_FEATURES_SUFFIX", "ObsKeySpec", "parse_observation_spec"]
+__all__ = ["CACHED_FEATURES_SUFFIX", "KEY_PATTERN", "STEP_ARRAY_KEYS", "ObsKeySpec", "check_observations", "parse_observation_spec"]
 
 #: An observation batch may carry ``f"{key}{CACHED_FEATURES_SUFFIX}"`` instead of the raw
 #: images of rgb ``key``: precomputed features of a *frozen* image backbone (see
 #: ``encoders.ObservationEncoder``).
 CACHED_FEATURES_SUFFIX = ":features"
 
-# Keys become nn.ModuleDict / state-dict names, which must not contain "." (and we keep ":"
-# for the cached-feature suffix).
-_KEY_RE = re.compile(r"^[A-Za-z0-9_/\-]+$")
+# Keys become nn.ModuleDict / state-dict names (no "."), zarr array names in the replay (no
+# "/"), and we keep ":" for the cached-feature suffix.
+KEY_PATTERN = re.compile(r"^[A-Za-z0-9_\-]+$")
+
+_KIND_DTYPE = {"rgb": "uint8", "lowdim": "float32"}
+
+#: Per-step arrays an episode carries next to its observation keys (DESIGN §5), so no
+#: observation may take these names.
+STEP_ARRAY_KEYS = ("action", "reward", "timestamp")
 
 
 @dataclass(frozen=True)
 class ObsKeySpec:
-    """Declaration of one observation key."""
+    """Declaration of one observation key: per-step shape and kind (the dtype follows)."""
 
-    #: ``"rgb"`` (uint8 images, per-step shape ``[h, w, 3]``) or ``"lowdim"`` (float ``[d]``).
-    kind: Literal["rgb", "lowdim"]
     #: Per-step shape, without the time axis: ``(h, w, 3)`` for rgb, ``(d,)`` for lowdim.
     shape: tuple[int, ...]
+    #: ``"rgb"`` (uint8 images, per-step shape ``[h, w, 3]``) or ``"lowdim"`` (float32 ``[d]``).
+    kind: Literal["rgb", "lowdim"]
 
     def __post_init__(self) -> None:
-        if self.kind not in ("rgb", "lowdim"):
+        if self.kind not in _KIND_DTYPE:
             raise ValueError(f"ObsKeySpec.kind must be 'rgb' or 'lowdim', got {self.kind!r}")
         try:
             shape = tuple(int(s) for s in self.shape)
@@ -54,10 +62,41 @@ class ObsKeySpec:
             raise ValueError(f"lowdim ObsKeySpec.shape must be (d,), got {shape}")
         object.__setattr__(self, "shape", shape)
 
+    @property
+    def dtype(self) -> np.dtype:
+        """Storage / transport dtype: uint8 images as cameras deliver them, float32 vectors."""
+        return np.dtype(_KIND_DTYPE[self.kind])
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form ``{"shape": [...], "kind": ...}``."""
+        return {"shape": list(self.shape), "kind": self.kind}
+
     @classmethod
     def from_dict(cls, data: Any) -> ObsKeySpec:
-        """Rebuild from ``{"kind": ..., "shape": [...]}``."""
+        """Rebuild from ``{"kind": ..., "shape": [...]}`` (untrusted: validated)."""
         return build_dataclass(cls, data)
+
+    def check(self, array: Any, leading: int = 0, name: str = "observation") -> None:
+        """Raise ``ValueError`` unless ``array`` is ``[*lead, *shape]`` of this key's dtype
+        (``leading`` = number of batch/time axes in front, any sizes)."""
+        array = np.asarray(array)
+        if array.ndim != leading + len(self.shape) or array.shape[leading:] != self.shape:
+            raise ValueError(f"{name}: expected shape [{leading} leading axes, *{self.shape}], got {array.shape}")
+        if array.dtype != self.dtype:
+            raise ValueError(f"{name}: expected dtype {self.dtype}, got {array.dtype}")
+
+
+def check_observations(spec: Mapping[str, ObsKeySpec], obs: Mapping[str, Any], leading: int = 1) -> None:
+    """Validate an observation dict against a spec: same keys, per-key shape after ``leading``
+    axes and dtype, and the same leading sizes for every key."""
+    if set(obs) != set(spec):
+        raise ValueError(f"observation keys {sorted(obs)} do not match the spec {sorted(spec)}")
+    lead_shapes = set()
+    for key, key_spec in spec.items():
+        key_spec.check(obs[key], leading=leading, name=f"observation {key!r}")
+        lead_shapes.add(np.shape(obs[key])[:leading])
+    if len(lead_shapes) > 1:
+        raise ValueError(f"observation keys disagree on their leading axes: {sorted(lead_shapes)}")
 
 
 def parse_observation_spec(spec: Mapping[str, Any]) -> dict[str, ObsKeySpec]:
@@ -66,9 +105,11 @@ def parse_observation_spec(spec: Mapping[str, Any]) -> dict[str, ObsKeySpec]:
         raise ValueError("observation_spec must be a non-empty mapping key -> {kind, shape}")
     out: dict[str, ObsKeySpec] = {}
     for key, value in spec.items():
-        if not isinstance(key, str) or not _KEY_RE.match(key):
+        if key in STEP_ARRAY_KEYS:
+            raise ValueError(f"observation key {key!r} is reserved for an episode's per-step arrays")
+        if not isinstance(key, str) or not KEY_PATTERN.match(key):
             raise ValueError(
-                f"observation key {key!r} must match {_KEY_RE.pattern} (no '.' or ':')"
+                f"observation key {key!r} must match {KEY_PATTERN.pattern} (no '.', '/' or ':')"
             )
         if isinstance(value, ObsKeySpec):
             out[key] = value
@@ -78,7 +119,7 @@ def parse_observation_spec(spec: Mapping[str, Any]) -> dict[str, ObsKeySpec]:
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"observation key {key!r}: {exc}") from exc
         elif hasattr(value, "kind") and hasattr(value, "shape"):
-            out[key] = ObsKeySpec(kind=value.kind, shape=tuple(value.shape))
+            out[key] = ObsKeySpec(shape=tuple(value.shape), kind=value.kind)
         else:
             raise ValueError(f"observation key {key!r}: expected ObsKeySpec or dict, got {value!r}")
     return out

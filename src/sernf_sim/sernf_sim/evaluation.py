@@ -61,7 +61,7 @@ from typing import Any
 
 import numpy as np
 
-from sernf_sim.spec import RESERVED_STEP_KEYS
+from sernf_policy.spec import STEP_ARRAY_KEYS
 
 ActFn = Callable[[dict[str, np.ndarray], np.ndarray], np.ndarray]
 """``act_fn(obs_history: {key: [n, T, ...]}, prefix: [n, P, A]) -> chunk [n, H, A]``."""
@@ -358,7 +358,7 @@ def _check_obs(obs: Any, n: int, where: str) -> dict[str, np.ndarray]:
         raise TypeError(f"env.{where} must return a non-empty dict of observations")
     out = {}
     for k, v in obs.items():
-        if k in RESERVED_STEP_KEYS:
+        if k in STEP_ARRAY_KEYS:
             raise ValueError(f"observation key {k!r} clashes with the recorded step keys")
         v = np.asarray(v)
         if v.ndim < 1 or v.shape[0] != n:

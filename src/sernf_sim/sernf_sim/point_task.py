@@ -42,8 +42,8 @@ from typing import Any
 
 import numpy as np
 
+from sernf_policy.spec import ObsKeySpec
 from sernf_sim.evaluation import ChunkTiming
-from sernf_sim.spec import ObsKeySpec
 
 #: Layout of the ``"state"`` observation.
 STATE_FIELDS = ("x", "y", "goal_x", "goal_y", "dx", "dy")

@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sernf_policy.spec import check_observations
 from sernf_sim.point_expert import ExpertConfig, PointExpert
 from sernf_sim.point_task import (
     STATE_DIM,
@@ -14,7 +15,6 @@ from sernf_sim.point_task import (
     clip_actions,
     route_taken,
 )
-from sernf_sim.spec import check_obs
 
 
 def _run_closed_loop(env, policy):
@@ -219,7 +219,7 @@ def test_reset_seeding_configs_and_spec():
     c = env.reset(seed=8)["state"]
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
-    check_obs(env.observation_spec, env.reset(), leading=1)
+    check_observations(env.observation_spec, env.reset(), leading=1)
     assert env.observation_spec["state"].shape == (STATE_DIM,)
     np.testing.assert_array_equal(env.hold_action(None), np.zeros((5, 2), np.float32))
     # Fixed and random entries can be mixed; dict configs are accepted.
