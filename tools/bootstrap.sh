@@ -14,8 +14,8 @@ PY="${SERNF_PYTHON:-python3}"
 log() { printf '[bootstrap] %s\n' "$*"; }
 
 # --- 1. Debian packages -----------------------------------------------------------------------
-# libosmesa6 / libegl1: MuJoCo offscreen rendering (MUJOCO_GL=egl|osmesa); cmake/g++: rosidl.
-APT_PACKAGES=(libosmesa6 libegl1 libgl1 cmake g++ python3-venv)
+# EGL + Mesa: MuJoCo offscreen rendering (MUJOCO_GL=egl, set by env.sh); cmake/g++: rosidl.
+APT_PACKAGES=(libegl1 libegl-mesa0 libgl1-mesa-dri libopengl0 libgl1 cmake g++ python3-venv)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -18,6 +18,7 @@ setup(
     license="Apache-2.0",
     entry_points={
         "console_scripts": [
+            "sim_robot_node = sernf_sim.sim_robot_node:main",
         ],
     },
 )

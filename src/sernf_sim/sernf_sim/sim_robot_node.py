@@ -1,0 +1,295 @@
+"""sim_robot_node: the simulated hand pick-and-place behind the real drivers' topics (DESIGN §4).
+
+Subscribes to the arm and hand command topics the Franka bridge and ORCA hand driver listen
+to, steps the MuJoCo task one control step per command, and publishes what the drivers and
+cameras publish: camera images, hand joint states, end-effector pose, plus sparse rewards and
+episode boundaries. A policy node cannot tell it from the robot.
+
+Timing. A timer ticks at ``control_rate_hz × speed`` wall-clock (``speed`` > 1 runs faster
+than real time; the policy node must then run at the same scaled rate). Each tick takes one
+complete command (arm delta + hand targets with the same stamp) from a short FIFO, or the
+hold action when none arrived — physics never waits for the policy, as on the robot. Relative
+arm commands are consumed exactly once (replaying a delta would move the arm twice); the
+FIFO absorbs the jitter between the two processes' timers.
+
+Episodes. ``~/reset`` (std_srvs/Trigger) starts an episode from the layout chosen by the
+``reset_config`` parameter (-1: random; 0..9: a fixed test configuration, settable at run
+time); ``auto_reset`` starts the next one ``reset_delay_s`` after an episode ends. Each start
+and end is announced on ``/sernf/episode``; each reward step on ``/sernf/reward`` with the
+subtask it belongs to.
+
+State-only mode (``render_images: false``) publishes the privileged ``object_state`` vector on
+``/sim/object_state`` (std_msgs/Float32MultiArray) instead of camera images: the fast CPU
+configuration. A robot has no such topic; policies for hardware use the cameras.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import rclpy
+from geometry_msgs.msg import PoseStamped
+from rclpy.node import Node
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Float32MultiArray
+from std_srvs.srv import Trigger
+
+from sernf_interfaces.msg import EpisodeEvent, RewardEvent
+from sernf_policy.ros.parameters import declare_config
+from sernf_sim.hand_pick_place import env as hand_env
+from sernf_sim.hand_pick_place import model as hand_model
+from sernf_sim.hand_pick_place.config import test_configs
+
+SUBTASKS = ("grasp", "place")
+"""Subtask of the k-th reward of an episode (two-stage sparse reward)."""
+
+
+@dataclass
+class SimRobotConfig:
+    """Parameters of sim_robot_node (declared as ROS parameters with these defaults)."""
+
+    variant: str = "nominal"
+    """'nominal' simulation or the 'shifted' stand-in for the real robot."""
+    render_images: bool = False
+    """Publish the wrist and front camera images (else the privileged object_state)."""
+    image_size: int = 84
+    """Square camera image side (pixels)."""
+    max_steps: int = 100
+    """Episode time limit in control steps."""
+    control_rate_hz: float = 10.0
+    """Control rate of the task (the policy's rate at speed 1)."""
+    speed: float = 1.0
+    """Wall-clock speed-up: the node steps at control_rate_hz × speed."""
+    seed: int = 0
+    """Seed of random layouts and observation noise."""
+    reset_config: int = -1
+    """Layout of the next reset: -1 random, 0..9 one of the fixed test configurations."""
+    auto_reset: bool = False
+    """Start the next episode automatically after one ends."""
+    reset_delay_s: float = 0.5
+    """Wall-clock pause between an episode's end and the automatic reset."""
+    frame_id: str = "world"
+    """Frame of the published end-effector pose."""
+    arm_command_topic: str = "/franka/relative_pose_command"
+    """Relative end-effector pose commands (delta in the current EE frame)."""
+    hand_command_topic: str = "/orca_hand/joint_command"
+    """Hand joint position commands."""
+    joint_states_topic: str = "/orca_hand/joint_states"
+    """Published hand joint positions."""
+    ee_pose_topic: str = "/franka/ee_pose"
+    """Published end-effector pose."""
+    object_state_topic: str = "/sim/object_state"
+    """Published privileged object state (state-only mode)."""
+    camera_topic_prefix: str = "/cameras"
+    """Images go to <prefix>/<camera>/image_raw."""
+
+    def __post_init__(self) -> None:
+        if self.variant not in ("nominal", "shifted"):
+            raise ValueError(f"variant must be 'nominal' or 'shifted', got {self.variant!r}")
+        for name in ("control_rate_hz", "speed"):
+            value = float(getattr(self, name))
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number, got {value}")
+        if not (-1 <= self.reset_config < len(test_configs())):
+            raise ValueError(f"reset_config must be -1 or 0..{len(test_configs()) - 1}, got {self.reset_config}")
+        if self.max_steps < 1 or self.image_size < 8:
+            raise ValueError("max_steps must be >= 1 and image_size >= 8")
+        if self.reset_delay_s < 0:
+            raise ValueError("reset_delay_s must be >= 0")
+
+
+class SimRobotNode(Node):
+    def __init__(self) -> None:
+        super().__init__("sim_robot")
+        # reset_config / auto_reset may change at run time (e.g. evaluation on test layouts).
+        self.cfg = declare_config(self, SimRobotConfig, dynamic=("reset_config", "auto_reset"))
+        self.env = hand_env.make_env(
+            self.cfg.variant, num_envs=1, render_images=self.cfg.render_images,
+            image_size=self.cfg.image_size, max_steps=self.cfg.max_steps,
+            control_hz=self.cfg.control_rate_hz, seed=self.cfg.seed)
+        self.joint_names = [s.name for s in hand_model.FINGER_JOINTS]
+        self._lock = threading.Lock()
+        self._arm: dict[tuple[int, int], np.ndarray] = {}
+        self._hand: dict[tuple[int, int], np.ndarray] = {}
+        self._commands: deque[np.ndarray] = deque(maxlen=3)
+        self._dropped_commands = 0
+        self._episode = 0
+        self._running = False
+        self._reset_at: float | None = None
+        self._rewards_in_episode = 0
+        self._obs = self.env.reset()
+
+        self.joint_pub = self.create_publisher(JointState, self.cfg.joint_states_topic, 10)
+        self.ee_pub = self.create_publisher(PoseStamped, self.cfg.ee_pose_topic, 10)
+        self.object_pub = self.create_publisher(Float32MultiArray, self.cfg.object_state_topic, 10)
+        self.image_pubs = {
+            key: self.create_publisher(Image, f"{self.cfg.camera_topic_prefix}/{key.removesuffix('_rgb')}/image_raw", 10)
+            for key in ("wrist_rgb", "front_rgb")
+        } if self.cfg.render_images else {}
+        self.reward_pub = self.create_publisher(RewardEvent, "/sernf/reward", 10)
+        self.episode_pub = self.create_publisher(EpisodeEvent, "/sernf/episode", 10)
+        self.create_subscription(PoseStamped, self.cfg.arm_command_topic, self._on_arm, 10)
+        self.create_subscription(JointState, self.cfg.hand_command_topic, self._on_hand, 10)
+        self.create_service(Trigger, "~/reset", self._on_reset)
+        period = 1.0 / (self.cfg.control_rate_hz * self.cfg.speed)
+        self.create_timer(period, self._tick)
+        self.get_logger().info(
+            f"sim robot up: hand_pick_place ({self.cfg.variant}), {1 / period:.1f} Hz wall-clock, "
+            f"{'cameras' if self.cfg.render_images else 'state-only'}; call ~/reset to start")
+
+    # -- commands -------------------------------------------------------------------------------
+    def _on_arm(self, msg: PoseStamped) -> None:
+        p, q = msg.pose.position, msg.pose.orientation
+        delta = np.array([p.x, p.y, p.z, q.w, q.x, q.y, q.z], dtype=np.float64)
+        if not np.all(np.isfinite(delta)):
+            self.get_logger().warning("rejected arm command with NaN/inf", throttle_duration_sec=1.0)
+            return
+        self._pair(self._arm, (msg.header.stamp.sec, msg.header.stamp.nanosec), delta)
+
+    def _on_hand(self, msg: JointState) -> None:
+        try:
+            order = [list(msg.name).index(n) for n in self.joint_names] if msg.name else range(len(self.joint_names))
+            targets = np.array([msg.position[i] for i in order], dtype=np.float64)
+        except (ValueError, IndexError):
+            self.get_logger().warning(
+                f"rejected hand command: needs positions for {len(self.joint_names)} joints {self.joint_names}",
+                throttle_duration_sec=1.0)
+            return
+        if not np.all(np.isfinite(targets)):
+            self.get_logger().warning("rejected hand command with NaN/inf", throttle_duration_sec=1.0)
+            return
+        self._pair(self._hand, (msg.header.stamp.sec, msg.header.stamp.nanosec), targets)
+
+    def _pair(self, own: dict, stamp: tuple[int, int], value: np.ndarray) -> None:
+        # One action = the arm delta and the hand targets the policy published with one stamp.
+        with self._lock:
+            own[stamp] = value
+            if stamp in self._arm and stamp in self._hand:
+                if len(self._commands) == self._commands.maxlen:
+                    self._dropped_commands += 1
+                self._commands.append(np.concatenate([self._arm.pop(stamp), self._hand.pop(stamp)]))
+            for table in (self._arm, self._hand):  # forget unpaired halves that never complete
+                while len(table) > 4:
+                    table.pop(next(iter(table)))
+
+    # -- episodes -------------------------------------------------------------------------------
+    def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        self._start_episode()
+        response.success = True
+        response.message = f"episode {self._episode_id()} started"
+        return response
+
+    def _episode_id(self) -> str:
+        return f"sim-{self.cfg.seed}-{self._episode:05d}"
+
+    def _start_episode(self) -> None:
+        index = int(self.get_parameter("reset_config").value)
+        configs = None if index < 0 else [test_configs()[index]]
+        with self._lock:
+            self._commands.clear()
+            self._arm.clear()
+            self._hand.clear()
+            if self._running:
+                self._publish_episode(EpisodeEvent.ABORT, "reset")
+            self._episode += 1
+            self._obs = self.env.reset(configs=configs)
+            self._running = True
+            self._reset_at = None
+            self._rewards_in_episode = 0
+        self._publish_episode(EpisodeEvent.START, "reset" if index < 0 else f"test_config_{index}")
+        self._publish_observation()
+
+    def _publish_episode(self, event: int, reason: str) -> None:
+        msg = EpisodeEvent()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.episode_id = self._episode_id()
+        msg.event = event
+        msg.reason = reason
+        self.episode_pub.publish(msg)
+
+    # -- control loop ---------------------------------------------------------------------------
+    def _tick(self) -> None:
+        if not self._running:
+            if self._reset_at is not None and self.get_clock().now().nanoseconds * 1e-9 >= self._reset_at:
+                self._start_episode()
+            else:
+                self._publish_observation()  # drivers publish state whether or not we act
+            return
+        with self._lock:
+            action = self._commands.popleft() if self._commands else None
+        if action is None:
+            action = self.env.hold_action(self._obs)[0]
+        obs, reward, terminated, truncated, info = self.env.step(action[None])
+        self._obs = obs
+        stamp = self.get_clock().now().to_msg()
+        if reward[0] > 0:
+            event = RewardEvent()
+            event.header.stamp = stamp
+            event.value = float(reward[0])
+            event.subtask = SUBTASKS[min(self._rewards_in_episode, len(SUBTASKS) - 1)]
+            event.source = RewardEvent.SOURCE_SIM
+            self.reward_pub.publish(event)
+            self._rewards_in_episode += 1
+        self._publish_observation(stamp)
+        if terminated[0] or truncated[0]:
+            reason = str(info["termination_reason"][0]) or ("time_limit" if truncated[0] else "terminated")
+            self._running = False
+            self._publish_episode(EpisodeEvent.END, reason)
+            self.get_logger().info(f"episode {self._episode_id()} ended: {reason} after {int(info['steps'][0])} steps")
+            if self.get_parameter("auto_reset").value:
+                self._reset_at = self.get_clock().now().nanoseconds * 1e-9 + self.cfg.reset_delay_s
+
+    def _publish_observation(self, stamp: Any = None) -> None:
+        stamp = stamp or self.get_clock().now().to_msg()
+        obs = {k: v[0] for k, v in self._obs.items()}
+        joints = JointState()
+        joints.header.stamp = stamp
+        joints.name = self.joint_names
+        joints.position = obs["hand_joints"].astype(float).tolist()
+        self.joint_pub.publish(joints)
+        pose = PoseStamped()
+        pose.header.stamp = stamp
+        pose.header.frame_id = self.cfg.frame_id
+        x, y, z, qw, qx, qy, qz = obs["ee_pose"].astype(float)
+        pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = x, y, z
+        o = pose.pose.orientation
+        o.w, o.x, o.y, o.z = qw, qx, qy, qz
+        self.ee_pub.publish(pose)
+        if "object_state" in obs:
+            state = Float32MultiArray()
+            state.data = obs["object_state"].astype(float).tolist()
+            self.object_pub.publish(state)
+        for key, publisher in self.image_pubs.items():
+            image = Image()
+            image.header.stamp = stamp
+            image.header.frame_id = key
+            image.height, image.width = obs[key].shape[:2]
+            image.encoding = "rgb8"
+            image.step = image.width * 3
+            image.data = obs[key].tobytes()
+            publisher.publish(image)
+
+
+#: The node's parameters: exactly the fields of this dataclass (checked against config/*.yaml).
+PARAMETERS = SimRobotConfig
+
+
+def main(args: list[str] | None = None) -> None:
+    rclpy.init(args=args)
+    node = SimRobotNode()
+    try:
+        rclpy.spin(node)
+    except KeyboardInterrupt:
+        node.get_logger().info("interrupted")
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()
