@@ -19,6 +19,7 @@ setup(
     entry_points={
         "console_scripts": [
             "sernf-train=sernf_learner.cli:main",
+            "learner_node = sernf_learner.learner_node:main",
         ],
     },
 )

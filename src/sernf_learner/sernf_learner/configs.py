@@ -1,0 +1,306 @@
+"""Run configuration of ``sernf-train``: typed dataclasses built explicitly from YAML.
+
+One YAML file (``config/point_offline.yaml``, ...) describes a whole run::
+
+    seed: 0
+    policy:      {...}   # model sizes (PolicySpec below; dims come from the env / data)
+    data:        {...}   # offline store, online store, γ, optional generation of point demos
+    env:         {...}   # simulated task for online RL / distillation / evaluation
+    trainer:     {...}   # checkpointing, logging, evaluation after stages
+    il: / critic_warmup: / offline_rl: / online_rl: / distill:   # the stages' own configs
+
+Every section maps onto a dataclass with a docstring per field, validated in
+``__post_init__``. Nested sections are built by naming their class explicitly
+(:func:`sernf_policy.config_io.build_dataclass` with a table of builders): nothing is ever
+looked up or constructed from a string in the file. Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from sernf_learner.critic_warmup import CriticWarmupConfig
+from sernf_learner.distill import DistillConfig
+from sernf_learner.il import ILConfig, check_int
+from sernf_learner.offline_rl import ActorConfig, OfflineRLConfig
+from sernf_learner.online_rl import OnlineRLConfig
+from sernf_learner.td_targets import CriticConfig
+from sernf_policy.config_io import build_dataclass, to_jsonable
+
+#: Stage names, in the order of the paper's pipeline (Alg. 3) plus distillation.
+STAGES = ("il", "critic_warmup", "offline_rl", "online_rl", "distill")
+#: Named schedules of several stages.
+SCHEDULES = {
+    "offline": ("il", "critic_warmup", "offline_rl"),
+    "full": ("il", "critic_warmup", "offline_rl", "online_rl"),
+}
+#: Simulated tasks the trainer can build (an explicit table, not an import by name).
+TASKS = ("point", "hand_pick_place")
+#: Teachers for distillation.
+TEACHERS = ("point_expert", "checkpoint")
+
+
+@dataclass
+class PolicySpec:
+    """Model sizes; observation spec, A, T, P, H come from the data / env (DESIGN §6 defaults)."""
+
+    obs_history: int = 1
+    """T: observation steps (scissors 1, cube 4)."""
+    prefix_len: int = 3
+    """P: queued prefix actions (scissors 3, cube 2)."""
+    horizon: int = 10
+    """H: chunk length (scissors 10, cube 6)."""
+    token_dim: int = 512
+    """D: observation / context token width."""
+    flow_layers: int = 16
+    """K: coupling layers (paper: 16)."""
+    flow_hidden: int = 256
+    """Conditioner width (paper: 256)."""
+    flow_heads: int = 8
+    """Conditioner attention heads (paper: 8)."""
+    noise_std: float = 0.05
+    """σ_noise on normalised training actions (0.05 sim, 0.01 real)."""
+    critic_d_model: int = 512
+    """Critic transformer width (paper: 512)."""
+    critic_heads: int = 8
+    """Critic attention heads (paper: 8)."""
+    critic_layers: int = 3
+    """Critic encoder layers (paper: 3)."""
+    critic_ff: int = 256
+    """Critic feed-forward width (paper: 256)."""
+    critic_dropout: float = 0.1
+    """Critic dropout (paper: 0.1)."""
+    num_critics: int = 2
+    """M (paper: 2)."""
+    v_min: float = 0.0
+    """Lower end of the HL-Gauss value support (sparse 0/1 rewards: 0)."""
+    v_max: float = 1.0
+    """Upper end of the HL-Gauss value support."""
+    num_samples: int = 128
+    """N candidates for action selection by default (128 sim, 64 real, 24 online RL)."""
+    sigma_sample: float = 0.7
+    """σ_sample at inference (paper: 0.7)."""
+    image_backbone: str = "resnet18"
+    """Image encoder for rgb keys: "resnet18" or "dinov2"."""
+
+    def __post_init__(self) -> None:
+        for name in ("obs_history", "horizon", "token_dim", "flow_layers", "flow_hidden", "flow_heads",
+                     "critic_d_model", "critic_heads", "critic_layers", "critic_ff", "num_critics", "num_samples"):
+            check_int(self, name)
+        check_int(self, "prefix_len", allow_zero=True)
+        if not (math.isfinite(self.sigma_sample) and self.sigma_sample > 0):
+            raise ValueError(f"PolicySpec.sigma_sample must be > 0, got {self.sigma_sample}")
+        if not self.v_min < self.v_max:
+            raise ValueError(f"PolicySpec needs v_min < v_max, got {self.v_min}, {self.v_max}")
+        if self.image_backbone not in ("resnet18", "dinov2"):
+            raise ValueError(f"PolicySpec.image_backbone must be resnet18 or dinov2, got {self.image_backbone!r}")
+
+
+@dataclass
+class DataConfig:
+    """Where the episodes come from and go to."""
+
+    offline_uri: str = "offline_replay"
+    """Offline episode store (demos, successes and failures); any path or fsspec URL. Relative
+    paths are relative to the run directory. Must exist unless ``generate_point_demos`` > 0."""
+    online_uri: str = "online_replay"
+    """Online episode store of Stage IV (created if missing; relative to the run directory)."""
+    gamma: float = 0.997
+    """Per-step discount γ (G2: 0.997)."""
+    generate_point_demos: int = 0
+    """If > 0 and the offline store does not exist: fill it with this many mixed-quality
+    point-task demonstrations (``sernf_sim.datasets.mixed_point_dataset``, ~55 % successes)."""
+    demo_seed: int = 0
+    """Seed of the generated demonstrations."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.gamma <= 1.0:
+            raise ValueError(f"DataConfig.gamma must be in (0, 1], got {self.gamma}")
+        check_int(self, "generate_point_demos", allow_zero=True)
+        check_int(self, "demo_seed", allow_zero=True)
+        if not self.offline_uri or not self.online_uri:
+            raise ValueError("DataConfig.offline_uri and .online_uri must not be empty")
+
+
+@dataclass
+class EnvConfig:
+    """Simulated task for online RL, distillation and evaluation."""
+
+    task: str = "point"
+    """Task name: "point" (sernf_sim.point_task.PointTask) or "hand_pick_place" (state-only
+    sernf_sim.hand_pick_place.HandPickPlace; ``task_overrides`` may hold ``variant``:
+    "nominal" / "shifted", and HandPickPlaceConfig fields)."""
+    num_envs: int = 50
+    """Parallel envs for collecting episodes."""
+    seed: int = 0
+    """Seed of the collection env."""
+    task_overrides: dict[str, Any] = field(default_factory=dict)
+    """Fields of the task's config dataclass to override (e.g. ``time_limit``), validated by it."""
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"EnvConfig.task must be one of {TASKS}, got {self.task!r}")
+        check_int(self, "num_envs")
+        if not isinstance(self.task_overrides, Mapping):
+            raise ValueError("EnvConfig.task_overrides must be a mapping")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation of the policy after stages (on a separate env with fixed seeds)."""
+
+    episodes: int = 0
+    """Episodes per evaluation; 0 disables evaluation."""
+    num_envs: int = 200
+    """Parallel envs for evaluation."""
+    num_samples: int = 16
+    """N candidates per decision (Alg. 2)."""
+    sigma: float = 0.7
+    """σ_sample."""
+    seed: int = 12345
+    """Seed of the evaluation episodes (the same starts for every stage)."""
+    selection_without_critic: str = "most_likely"
+    """Selection after stages that did not train the critic (il, distill): "most_likely"
+    (§IV-D a) or "single"; after critic stages the policy's "best_of_n" (Alg. 2) is used."""
+    stages: list[str] = field(default_factory=lambda: list(STAGES))
+    """Stages after which to evaluate (when ``episodes`` > 0)."""
+
+    def __post_init__(self) -> None:
+        bad = [s for s in self.stages if s not in STAGES]
+        if bad:
+            raise ValueError(f"EvalConfig.stages: unknown stage(s) {bad}; stages are {STAGES}")
+        check_int(self, "episodes", allow_zero=True)
+        check_int(self, "num_envs")
+        check_int(self, "num_samples")
+        if self.selection_without_critic not in ("most_likely", "single"):
+            raise ValueError(f"EvalConfig.selection_without_critic must be most_likely or single, "
+                             f"got {self.selection_without_critic!r}")
+
+
+@dataclass
+class TrainerConfig:
+    """Checkpointing, logging, devices."""
+
+    checkpoint_every: int = 1000
+    """Write a resumable checkpoint every this many updates (and at every stage end; online
+    RL and distillation checkpoint after every iteration)."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept on disk (oldest deleted first)."""
+    log_every: int = 10
+    """Log metrics every this many updates."""
+    device: str = "cpu"
+    """Torch device ("cpu", "cuda", "cuda:1")."""
+    tensorboard: bool = True
+    """Write TensorBoard event files."""
+    progress: bool = True
+    """Show tqdm progress bars."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation after each stage."""
+
+    def __post_init__(self) -> None:
+        check_int(self, "checkpoint_every")
+        check_int(self, "keep_checkpoints")
+        check_int(self, "log_every")
+        if not (self.device == "cpu" or self.device.startswith("cuda") or self.device == "mps"):
+            raise ValueError(f"TrainerConfig.device must be cpu, cuda[:i] or mps, got {self.device!r}")
+
+
+@dataclass
+class DistillTeacherConfig:
+    """Which teacher distillation uses."""
+
+    kind: str = "point_expert"
+    """"point_expert" (scripted expert of the point task) or "checkpoint" (a Policy directory)."""
+    checkpoint: str = ""
+    """Policy checkpoint directory for ``kind="checkpoint"``."""
+    expert_quality: float = 1.0
+    """Quality of the scripted point expert (1 = clean)."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in TEACHERS:
+            raise ValueError(f"DistillTeacherConfig.kind must be one of {TEACHERS}, got {self.kind!r}")
+        if self.kind == "checkpoint" and not self.checkpoint:
+            raise ValueError("DistillTeacherConfig.checkpoint is required for kind='checkpoint'")
+        if not 0.0 <= self.expert_quality <= 1.0:
+            raise ValueError(f"DistillTeacherConfig.expert_quality must be in [0, 1], got {self.expert_quality}")
+
+
+@dataclass
+class RunConfig:
+    """Everything a training run needs (one YAML file)."""
+
+    seed: int = 0
+    """Seed of torch / numpy / random and of the samplers."""
+    policy: PolicySpec = field(default_factory=PolicySpec)
+    data: DataConfig = field(default_factory=DataConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    il: ILConfig = field(default_factory=ILConfig)
+    critic_warmup: CriticWarmupConfig = field(default_factory=CriticWarmupConfig)
+    offline_rl: OfflineRLConfig = field(default_factory=OfflineRLConfig)
+    online_rl: OnlineRLConfig = field(default_factory=OnlineRLConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    teacher: DistillTeacherConfig = field(default_factory=DistillTeacherConfig)
+
+    def __post_init__(self) -> None:
+        check_int(self, "seed", allow_zero=True)
+
+    # -- building from plain data (YAML / JSON) -----------------------------------------------
+    @classmethod
+    def from_dict(cls, data: Any) -> RunConfig:
+        def critic(d: Any) -> CriticConfig:
+            return build_dataclass(CriticConfig, d)
+
+        def actor(d: Any) -> ActorConfig:
+            return build_dataclass(ActorConfig, d)
+
+        def rl(kind: type) -> Any:
+            return lambda d: build_dataclass(kind, d, {"critic": critic, "actor": actor})
+
+        def trainer(d: Any) -> TrainerConfig:
+            return build_dataclass(TrainerConfig, d, {"eval": lambda e: build_dataclass(EvalConfig, e)})
+
+        return build_dataclass(cls, data, {
+            "policy": lambda d: build_dataclass(PolicySpec, d),
+            "data": lambda d: build_dataclass(DataConfig, d),
+            "env": lambda d: build_dataclass(EnvConfig, d),
+            "trainer": trainer,
+            "il": lambda d: build_dataclass(ILConfig, d),
+            "critic_warmup": lambda d: build_dataclass(CriticWarmupConfig, d, {"critic": critic}),
+            "offline_rl": rl(OfflineRLConfig),
+            "online_rl": rl(OnlineRLConfig),
+            "distill": lambda d: build_dataclass(DistillConfig, d),
+            "teacher": lambda d: build_dataclass(DistillTeacherConfig, d),
+        })
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_jsonable(self)
+
+
+def load_config(path: str | os.PathLike[str], overrides: Mapping[str, Any] | None = None) -> RunConfig:
+    """Read a YAML run config (``yaml.safe_load``: plain data only) and build a :class:`RunConfig`.
+
+    ``overrides`` maps dotted keys (``"il.steps"``) to values applied before validation.
+    """
+    with open(path, encoding="utf-8") as fh:
+        data = yaml.safe_load(fh) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a run config must be a YAML mapping")
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {dotted!r}: {key!r} is not a section")
+        node[leaf] = value
+    try:
+        return RunConfig.from_dict(data)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: {exc}") from exc

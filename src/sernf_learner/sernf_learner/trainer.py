@@ -1,0 +1,531 @@
+"""Run a schedule of training stages, resumably (Alg. 3 end to end).
+
+A :class:`Trainer` owns everything a run needs — the policy (actor + critic), the target
+critics, the current stage's optimisers and samplers, the RNGs — and runs the stages of its
+schedule in order (``il → critic_warmup → offline_rl [→ online_rl]``, or a single stage, or
+``distill``). After every stage the policy is exported to ``<out>/policy_<stage>/``
+(a deployable ``Policy`` checkpoint) and, if configured, evaluated.
+
+Resumability: every ``checkpoint_every`` updates (online RL / distillation: every iteration;
+every stage end) the trainer writes ``<out>/checkpoints/ckpt-<stage index>-<stage>-<step>/``:
+
+    policy/                 Policy.save(): safetensors weights + config.json
+    trainer.safetensors     every other tensor: target critics, optimiser moments, torch RNG,
+                            the distillation buffer, numpy arrays in RNG states
+    trainer.json            everything else: stage index and step, run id, optimiser
+                            hyperparameters, sampler cursors / RNG states, python and numpy
+                            RNG states (tensors appear as {"__tensor__": name} references)
+
+No pickle anywhere: optimiser state dicts are flattened into named tensors plus JSON and
+rebuilt on load. A checkpoint directory is written under a temporary name and renamed; then
+``checkpoints/latest.json`` is replaced atomically to point at it. A run killed at any moment
+resumes (``Trainer(..., resume=True)``) from the last complete checkpoint and produces
+results bit-identical to an uninterrupted run on the same machine (tested).
+
+Determinism rests on one rule: building a stage (optimisers, samplers, target copies) consumes
+no random numbers from the global RNGs, so restoring them once, after everything is built,
+puts a resumed run exactly where the interrupted one was.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import random
+import shutil
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from sernf_learner.configs import SCHEDULES, STAGES, RunConfig
+from sernf_learner.critic_warmup import CriticWarmup, train_critic_warmup
+from sernf_learner.distill import Distillation, train_distill
+from sernf_learner.il import ImitationLearning, train_il
+from sernf_learner.metrics import MetricsLogger
+from sernf_learner.offline_rl import OfflineRL, train_offline_rl
+from sernf_learner.online_rl import OnlineRL, evaluate_policy, policy_act_fn, train_online_rl
+from sernf_learner.replay import EpisodeStore, StoreSpec
+from sernf_learner.td_targets import TargetCritic
+from sernf_learner.transitions import ChunkTiming, MixedSampler, TransitionSampler
+from sernf_policy.critic import ChunkCriticConfig
+from sernf_policy.encoders import EncoderConfig
+from sernf_policy.flow import ChunkFlowConfig
+from sernf_policy.policy import Policy, PolicyConfig
+
+CHECKPOINT_FORMAT = 1
+_STAGES_WITH_CRITIC = ("critic_warmup", "offline_rl", "online_rl")
+#: Stages whose unit (progress, checkpoints) is an iteration of collect + updates, not an update.
+_ITERATION_STAGES = ("online_rl", "distill")
+
+
+class _Stopped(Exception):
+    """Raised by ``Trainer.run(stop_after=...)`` to simulate a kill."""
+
+
+# ------------------------------------------------------------------ state ↔ tensors + JSON
+
+
+def flatten_state(tree: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """Split a nested state (dicts, lists, tuples, tensors, ndarrays, JSON scalars) into
+    ``tensors`` (named ``prefix/...``) and a JSON-able tree that references them.
+
+    Dict keys that are not strings (optimiser states are keyed by parameter index) and tuples
+    (RNG states) are encoded so :func:`unflatten_state` restores them exactly.
+    """
+    if isinstance(tree, torch.Tensor):
+        tensors[prefix] = tree.detach().cpu().clone().contiguous()
+        return {"__tensor__": prefix}
+    if isinstance(tree, np.ndarray):
+        tensors[prefix] = torch.from_numpy(np.ascontiguousarray(tree).copy())
+        return {"__ndarray__": prefix}
+    if isinstance(tree, dict):
+        if all(isinstance(k, str) for k in tree) and not any(k.startswith("__") for k in tree):
+            return {k: flatten_state(v, f"{prefix}/{k}", tensors) for k, v in tree.items()}
+        return {"__items__": [[k, flatten_state(v, f"{prefix}/{i}", tensors)] for i, (k, v) in enumerate(tree.items())]}
+    if isinstance(tree, tuple):
+        return {"__tuple__": [flatten_state(v, f"{prefix}/{i}", tensors) for i, v in enumerate(tree)]}
+    if isinstance(tree, list):
+        return [flatten_state(v, f"{prefix}/{i}", tensors) for i, v in enumerate(tree)]
+    if isinstance(tree, np.generic):
+        return tree.item()
+    if tree is None or isinstance(tree, bool | int | float | str):
+        return tree
+    raise TypeError(f"cannot checkpoint a {type(tree).__name__} at {prefix!r}")
+
+
+def unflatten_state(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Inverse of :func:`flatten_state`."""
+    if isinstance(tree, dict):
+        if set(tree) == {"__tensor__"}:
+            return tensors[tree["__tensor__"]]
+        if set(tree) == {"__ndarray__"}:
+            return tensors[tree["__ndarray__"]].numpy()
+        if set(tree) == {"__items__"}:
+            return {k: unflatten_state(v, tensors) for k, v in tree["__items__"]}
+        if set(tree) == {"__tuple__"}:
+            return tuple(unflatten_state(v, tensors) for v in tree["__tuple__"])
+        return {k: unflatten_state(v, tensors) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [unflatten_state(v, tensors) for v in tree]
+    return tree
+
+
+def rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------- building blocks
+
+
+def build_policy_config(config: RunConfig, observation_spec: dict, action_dim: int) -> PolicyConfig:
+    """The model of ``config.policy`` for the data's observation spec and action size."""
+    p = config.policy
+    encoder = EncoderConfig(token_dim=p.token_dim, image_backbone=p.image_backbone)
+    flow = ChunkFlowConfig(
+        action_dim=action_dim, horizon=p.horizon, context_dim=p.token_dim, num_layers=p.flow_layers,
+        hidden_dim=p.flow_hidden, num_heads=p.flow_heads, noise_std=p.noise_std, seed=config.seed,
+    )
+    critic = ChunkCriticConfig(
+        action_dim=action_dim, horizon=p.horizon, prefix_len=p.prefix_len, obs_dim=p.token_dim,
+        d_model=p.critic_d_model, num_heads=p.critic_heads, num_layers=p.critic_layers, ff_dim=p.critic_ff,
+        dropout=p.critic_dropout, num_critics=p.num_critics, v_min=p.v_min, v_max=p.v_max,
+    )
+    return PolicyConfig(
+        observation_spec=dict(observation_spec), action_dim=action_dim, obs_history=p.obs_history,
+        prefix_len=p.prefix_len, horizon=p.horizon, flow=flow, critic=critic, encoder=encoder,
+        num_samples=p.num_samples, sigma_sample=p.sigma_sample,
+    )
+
+
+def make_env(config: RunConfig, num_envs: int, seed: int):
+    """The configured simulated task (explicit table of tasks, no import by name)."""
+    if config.env.task == "point":
+        from sernf_sim.point_task import PointTask, PointTaskConfig
+
+        task_config = PointTaskConfig(**dict(config.env.task_overrides))
+        return PointTask(num_envs=num_envs, seed=seed, config=task_config)
+    if config.env.task == "hand_pick_place":
+        from sernf_sim.hand_pick_place.env import make_env as make_hand_env
+
+        overrides = dict(config.env.task_overrides)
+        variant = overrides.pop("variant", "nominal")
+        return make_hand_env(variant, num_envs=num_envs, render_images=False, seed=seed, **overrides)
+    raise ValueError(f"unknown task {config.env.task!r}")
+
+
+def make_teacher_factory(config: RunConfig) -> Callable[[int], Callable]:
+    """``seed -> act_fn`` of the configured distillation teacher."""
+    teacher = config.teacher
+    p = config.policy
+    if teacher.kind == "point_expert":
+        from sernf_sim.point_expert import ExpertConfig, PointExpert
+        from sernf_sim.point_task import PointTaskConfig
+
+        task_config = PointTaskConfig(**dict(config.env.task_overrides))
+        expert_config = ExpertConfig.from_quality(teacher.expert_quality)
+        return lambda seed: PointExpert(task_config, expert_config, seed=seed).chunk_act_fn(p.horizon)
+    with torch.random.fork_rng(devices=[]):  # building a model must not move the global RNG
+        policy = Policy.load(teacher.checkpoint, device=config.trainer.device)
+    act = policy_act_fn(policy, policy.config.num_samples, policy.config.sigma_sample)
+    return lambda seed: act
+
+
+def parse_schedule(schedule: str | Sequence[str]) -> list[str]:
+    """A named schedule ("offline", "full"), one stage, "a,b" or a list of stages -> stage list."""
+    if isinstance(schedule, str):
+        stages = list(SCHEDULES[schedule]) if schedule in SCHEDULES else schedule.split(",")
+    else:
+        stages = list(schedule)
+    bad = [s for s in stages if s not in STAGES]
+    if bad or not stages:
+        raise ValueError(f"unknown stage(s) {bad}; stages are {STAGES}, schedules {sorted(SCHEDULES)}")
+    return stages
+
+
+def _resolve(out_dir: Path, uri: str) -> str:
+    """Relative local paths live in the run directory; absolute paths and URLs stay."""
+    if "://" in uri or os.path.isabs(uri):
+        return uri
+    return str(out_dir / uri)
+
+
+# -------------------------------------------------------------------------------- trainer
+
+
+@dataclass
+class _Stage:
+    """The live objects of the running stage (what a checkpoint must capture)."""
+
+    name: str
+    learner: Any
+    sampler: Any = None
+
+
+class Trainer:
+    """Runs ``schedule`` (stage names or a named schedule) for ``config`` into ``out_dir``."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        out_dir: str | os.PathLike[str],
+        schedule: str | Sequence[str],
+        *,
+        resume: bool = False,
+        init_policy: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.config = config
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.schedule = parse_schedule(schedule)
+        self.device = torch.device(config.trainer.device)
+        self.ckpt_root = self.out / "checkpoints"
+        checkpoint = self.latest_checkpoint() if resume else None
+
+        seed_everything(config.seed)
+        self.offline_store = self._open_offline_store()
+        self.timing = ChunkTiming(T=config.policy.obs_history, P=config.policy.prefix_len,
+                                  H=config.policy.horizon, gamma=config.data.gamma)
+        if checkpoint is not None:
+            self.policy = Policy.load(checkpoint / "policy", device=self.device)
+        elif init_policy is not None:
+            self.policy = Policy.load(init_policy, device=self.device)
+        else:
+            self.policy = self._new_policy()
+        self.target = TargetCritic(self.policy) if self.policy.critic is not None else None
+        self.stage_index, self.step, self.global_step = 0, 0, 0
+        self.run_id = uuid.uuid4().hex[:8]  # names online episodes; from os entropy, not the seeded RNGs
+        self.results: dict[str, Any] = {}
+        self._stage: _Stage | None = None
+        self._pending: dict[str, Any] | None = None
+        if checkpoint is not None:
+            self._load_checkpoint(checkpoint)
+        self.logger = MetricsLogger(
+            self.out, tensorboard=config.trainer.tensorboard, progress=config.trainer.progress,
+            resume_from_step=self.global_step if checkpoint is not None else None,
+        )
+
+    # -- data and model ---------------------------------------------------------------------
+    def _open_offline_store(self) -> EpisodeStore:
+        uri = _resolve(self.out, self.config.data.offline_uri)
+        n = self.config.data.generate_point_demos
+        exists = (Path(uri) / "zarr.json").exists() if "://" not in uri else True
+        if not exists and n > 0:
+            from sernf_sim.datasets import mixed_point_dataset
+            from sernf_sim.point_task import PointTaskConfig
+
+            p = self.config.policy
+            episodes = mixed_point_dataset(
+                n=n, seed=self.config.data.demo_seed, T=p.obs_history, P=p.prefix_len, H=p.horizon,
+                task_config=PointTaskConfig(**dict(self.config.env.task_overrides)),
+            )
+            env = make_env(self.config, 1, 0)
+            spec = StoreSpec(obs=env.observation_spec, action_dim=env.action_dim, control_rate_hz=env.control_hz)
+            store = EpisodeStore(uri, mode="a", spec=spec)
+            for steps, meta in episodes:
+                store.append_episode(steps, meta)
+        return EpisodeStore(uri, mode="r")
+
+    def _new_policy(self) -> Policy:
+        spec = self.offline_store.spec
+        obs_spec = {k: {"shape": list(v.shape), "kind": v.kind} for k, v in spec.obs.items()}
+        policy = Policy(build_policy_config(self.config, obs_spec, spec.action_dim)).to(self.device)
+        snap = self.offline_store.load_arrays()
+        # Dataset statistics of all offline data (§IV-B); they travel in the checkpoint.
+        lowdim = {k: snap.arrays[k] for k, v in spec.obs.items() if v.kind == "lowdim"}
+        policy.fit_normalizers(snap.arrays["action"], lowdim)
+        return policy
+
+    # -- stages -----------------------------------------------------------------------------
+    def _stage_seed(self, index: int) -> int:
+        return int(np.random.SeedSequence([self.config.seed, index]).generate_state(1)[0])
+
+    def _sampler(self, store: EpisodeStore, batch_size: int, seed: int, **kwargs) -> TransitionSampler:
+        return TransitionSampler(store, self.timing, batch_size, seed, **kwargs)
+
+    def _build_stage(self, name: str, index: int) -> _Stage:
+        """Objects of stage ``name``; consumes no global random numbers (see module doc)."""
+        cfg, seed = self.config, self._stage_seed(index)
+        if name == "il":
+            return _Stage(name, ImitationLearning(self.policy, cfg.il),
+                          self._sampler(self.offline_store, cfg.il.batch_size, seed, success_only=cfg.il.success_only))
+        if name in _STAGES_WITH_CRITIC and self.target is None:
+            raise ValueError(f"stage {name} needs a policy with a critic")
+        if name == "critic_warmup":
+            return _Stage(name, CriticWarmup(self.policy, self.target, cfg.critic_warmup),
+                          self._sampler(self.offline_store, cfg.critic_warmup.batch_size, seed))
+        if name == "offline_rl":
+            return _Stage(name, OfflineRL(self.policy, self.target, cfg.offline_rl),
+                          self._sampler(self.offline_store, cfg.offline_rl.batch_size, seed))
+        if name == "online_rl":
+            o = cfg.online_rl
+            online_store = EpisodeStore(_resolve(self.out, cfg.data.online_uri), mode="a", spec=self.offline_store.spec)
+            sampler = MixedSampler(
+                self._sampler(self.offline_store, o.batch_size, seed + 1),
+                self._sampler(online_store, o.batch_size, seed + 2, is_offline=False),
+                rho=o.rho, seed=seed + 3, batch_size=o.batch_size,
+            )
+            stage = _Stage(name, OnlineRL(self.policy, self.target, o), sampler)
+            stage.online_store = online_store  # type: ignore[attr-defined]
+            return stage
+        if name == "distill":
+            return _Stage(name, Distillation(self.policy, cfg.distill))
+        raise ValueError(f"unknown stage {name!r}")
+
+    def _units(self, name: str) -> int:
+        """Checkpointable units of a stage: updates, or iterations for online RL / distill."""
+        cfg = self.config
+        return {
+            "il": cfg.il.steps, "critic_warmup": cfg.critic_warmup.steps, "offline_rl": cfg.offline_rl.steps,
+            "online_rl": cfg.online_rl.iterations, "distill": cfg.distill.iterations,
+        }[name]
+
+    def _updates_per_unit(self, name: str) -> int:
+        if name == "online_rl":
+            return self.config.online_rl.updates_per_iteration
+        if name == "distill":
+            return self.config.distill.updates_per_iteration
+        return 1
+
+    def run(self, stop_after: int | None = None) -> dict[str, Any]:
+        """Run the remaining schedule; returns the summary (also in ``<out>/summary.json``).
+
+        ``stop_after``: stop (as if killed) once this many units of this call are done, right
+        after the checkpoint logic of that unit (for tests of resumption).
+        """
+        self._stop_after, self._units_done = stop_after, 0
+        try:
+            while self.stage_index < len(self.schedule):
+                name = self.schedule[self.stage_index]
+                if self._stage is None:
+                    self._stage = self._build_stage(name, self.stage_index)
+                if self._pending is not None:  # resuming inside this stage
+                    self._restore_stage(self._stage, self._pending)
+                    self._pending = None
+                base_step = self.global_step - self.step * self._updates_per_unit(name)
+                self.logger.start_stage(name, total=self._units(name), initial=self.step,
+                                        unit="it" if name in _ITERATION_STAGES else "upd")
+                self._run_stage(self._stage, base_step, functools.partial(self._on_unit, name, base_step))
+                self._finish_stage(self._stage)
+        except _Stopped:
+            self.logger.close_bar()
+            self.logger.flush()
+            return {"stopped_at": {"stage": self.schedule[self.stage_index], "step": self.step}}
+        return self.logger.close(extra={"results": self.results, "schedule": self.schedule})
+
+    def _on_unit(self, name: str, base_step: int, step: int) -> None:
+        """After unit ``step`` of stage ``name``: count, checkpoint when due, maybe stop."""
+        self.step = step
+        self.global_step = base_step + step * self._updates_per_unit(name)
+        due = name in _ITERATION_STAGES or step % self.config.trainer.checkpoint_every == 0
+        if due and step < self._units(name):  # the stage's last unit: _finish_stage saves
+            self.save_checkpoint()
+        self._units_done += 1
+        if self._stop_after is not None and self._units_done >= self._stop_after:
+            raise _Stopped
+
+    def _run_stage(self, stage: _Stage, base_step: int, on_unit: Callable[[int], None]) -> None:
+        cfg, log_every = self.config, self.config.trainer.log_every
+        common = dict(start_step=self.step, logger=self.logger, global_step=base_step, log_every=log_every, on_step=on_unit)
+        if stage.name == "il":
+            train_il(stage.learner, stage.sampler, **common)
+        elif stage.name == "critic_warmup":
+            train_critic_warmup(stage.learner, stage.sampler, **common)
+        elif stage.name == "offline_rl":
+            train_offline_rl(stage.learner, stage.sampler, **common)
+        elif stage.name == "online_rl":
+            e = cfg.env
+            env = make_env(cfg, e.num_envs, e.seed)
+            eval_env = make_env(cfg, cfg.trainer.eval.num_envs, cfg.trainer.eval.seed) if cfg.online_rl.eval_every else None
+            train_online_rl(stage.learner, env, stage.online_store, stage.sampler, run_id=self.run_id,
+                            seed=self._stage_seed(self.stage_index), eval_env=eval_env,
+                            eval_seed=cfg.trainer.eval.seed, start_iteration=self.step,
+                            logger=self.logger, global_step=base_step, on_iteration=on_unit)
+        elif stage.name == "distill":
+            env = make_env(cfg, cfg.env.num_envs, cfg.env.seed)
+            train_distill(stage.learner, env, make_teacher_factory(cfg), start_iteration=self.step,
+                          logger=self.logger, global_step=base_step, on_iteration=on_unit)
+
+    def _finish_stage(self, stage: _Stage) -> None:
+        name = stage.name
+        self.policy.save(self.out / f"policy_{name}", metadata={"stage": name, "step": self.global_step})
+        result = self.evaluate(name)
+        if result is not None:
+            self.results[name] = result
+            self.logger.log(self.global_step, {"eval/success": result["success_rate"],
+                                               "eval/return": result["mean_return"]})
+        self.stage_index += 1
+        self.step = 0
+        self._stage = None
+        self.save_checkpoint()
+        self.logger.flush()
+
+    def evaluate(self, stage_name: str) -> dict[str, Any] | None:
+        """Success etc. over ``trainer.eval.episodes`` episodes; None when disabled."""
+        ev = self.config.trainer.eval
+        if ev.episodes == 0 or stage_name not in ev.stages:
+            return None
+        policy = self.policy
+        original = policy.config.selection
+        policy.config.selection = "best_of_n" if stage_name in _STAGES_WITH_CRITIC else ev.selection_without_critic
+        try:
+            env = make_env(self.config, ev.num_envs, ev.seed)
+            result = evaluate_policy(policy, env, ev.episodes, num_samples=ev.num_samples, sigma=ev.sigma, seed=ev.seed)
+        finally:
+            policy.config.selection = original
+        return {**result.summary(), "selection": "best_of_n" if stage_name in _STAGES_WITH_CRITIC
+                else ev.selection_without_critic}
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def latest_checkpoint(self) -> Path | None:
+        pointer = self.ckpt_root / "latest.json"
+        if not pointer.exists():
+            return None
+        name = json.loads(pointer.read_text(encoding="utf-8"))["checkpoint"]
+        if "/" in name or name.startswith("."):
+            raise ValueError(f"{pointer}: bad checkpoint name {name!r}")
+        return self.ckpt_root / name
+
+    def save_checkpoint(self) -> Path:
+        """Write the full trainer state atomically; returns the checkpoint directory."""
+        tensors: dict[str, torch.Tensor] = {}
+        state: dict[str, Any] = {
+            "format": CHECKPOINT_FORMAT,
+            "schedule": self.schedule,
+            "stage_index": self.stage_index,
+            "step": self.step,
+            "global_step": self.global_step,
+            "run_id": self.run_id,
+            "results": self.results,
+            "config": self.config.to_dict(),
+        }
+        if self.target is not None:
+            for k, v in self.target.tensors().items():
+                tensors[f"target/{k}"] = v.detach().cpu().clone().contiguous()
+        stage = self._stage
+        if stage is not None and self.step > 0:
+            stage_state: dict[str, Any] = {"learner": stage.learner.state_dict()}
+            if stage.sampler is not None:
+                stage_state["sampler"] = stage.sampler.state_dict()
+            if stage.name == "distill":
+                buf_tensors, buf_meta = stage.learner.buffer.state()
+                stage_state["buffer"] = {"tensors": buf_tensors, "meta": buf_meta}
+            state["stage"] = flatten_state(stage_state, "stage", tensors)
+        state["rng"] = flatten_state(rng_state(), "rng", tensors)
+
+        name = f"ckpt-{self.stage_index:02d}-{self._stage_name()}-{self.step:08d}"
+        self.ckpt_root.mkdir(parents=True, exist_ok=True)
+        final = self.ckpt_root / name
+        tmp = self.ckpt_root / f".{name}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            self.policy.save(tmp / "policy", metadata={"stage": self._stage_name(), "step": self.global_step})
+            save_file(tensors, str(tmp / "trainer.safetensors"))
+            (tmp / "trainer.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
+            for f in (tmp / "trainer.safetensors", tmp / "trainer.json"):
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        pointer_tmp = self.ckpt_root / f".latest.json.tmp-{uuid.uuid4().hex[:8]}"
+        pointer_tmp.write_text(json.dumps({"checkpoint": name}), encoding="utf-8")
+        os.replace(pointer_tmp, self.ckpt_root / "latest.json")
+        self._prune_checkpoints(keep=name)
+        return final
+
+    def _stage_name(self) -> str:
+        return self.schedule[self.stage_index] if self.stage_index < len(self.schedule) else "done"
+
+    def _prune_checkpoints(self, keep: str) -> None:
+        ckpts = sorted(p for p in self.ckpt_root.iterdir() if p.is_dir() and p.name.startswith("ckpt-"))
+        for p in ckpts[: max(len(ckpts) - self.config.trainer.keep_checkpoints, 0)]:
+            if p.name != keep:
+                shutil.rmtree(p, ignore_errors=True)
+
+    def _load_checkpoint(self, path: Path) -> None:
+        state = json.loads((path / "trainer.json").read_text(encoding="utf-8"))
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path}: unsupported trainer checkpoint format {state.get('format')!r}")
+        if state["schedule"] != self.schedule:
+            raise ValueError(f"{path}: checkpoint schedule {state['schedule']} != requested {self.schedule}")
+        tensors = load_file(str(path / "trainer.safetensors"))
+        self.stage_index, self.step = int(state["stage_index"]), int(state["step"])
+        self.global_step, self.run_id = int(state["global_step"]), state["run_id"]
+        self.results = state["results"]
+        if self.target is not None:
+            self.target.load_tensors({k[len("target/"):]: v for k, v in tensors.items() if k.startswith("target/")})
+        if "stage" in state:
+            self._pending = unflatten_state(state["stage"], tensors)
+            # Build the stage now so every constructor runs before the RNGs are restored.
+            self._stage = self._build_stage(self.schedule[self.stage_index], self.stage_index)
+        set_rng_state(unflatten_state(state["rng"], tensors))
+
+    def _restore_stage(self, stage: _Stage, state: dict[str, Any]) -> None:
+        stage.learner.load_state_dict(state["learner"])
+        if stage.sampler is not None:
+            stage.sampler.load_state_dict(state["sampler"])
+        if stage.name == "distill":
+            stage.learner.buffer.load_state(state["buffer"]["tensors"], state["buffer"]["meta"])
