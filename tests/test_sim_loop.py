@@ -16,6 +16,7 @@ import pytest
 import rclpy
 import yaml
 from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseStamped
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from sernf.graph import SOURCE_CONFIG_DIR, sim_graph
@@ -81,56 +82,79 @@ def _graph_config(tmp: Path, demos: Path, initial: Path) -> Path:
     return config_dir
 
 
-def test_sim_policy_and_learner_complete_two_online_iterations(ros_env, tmp_path):
-    demos, initial = _offline_store_and_policy(tmp_path)
-    config_dir = _graph_config(tmp_path, demos, initial)
-    (tmp_path / "logs").mkdir()
+class Observer:
+    """The test's view of the graph: what is announced on the topics, and what the policy says."""
 
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    node = Node("sim_loop_observer", context=context)
-    replays: list[ReplayEpisode] = []
-    checkpoints: list[CheckpointAvailable] = []
-    policy_steps: list[int] = []
+    def __init__(self) -> None:
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = Node("sim_loop_observer", context=self.context)
+        self.replays: list[ReplayEpisode] = []
+        self.checkpoints: list[CheckpointAvailable] = []
+        self.policy_steps: list[int] = []
+        self.arm_commands: list[float] = []  # arrival times (monotonic)
+        n = self.node
+        n.create_subscription(ReplayEpisode, "/sernf/replay", self.replays.append, 10)
+        n.create_subscription(CheckpointAvailable, "/sernf/checkpoint", self.checkpoints.append, 10)
+        n.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 50)
+        n.create_subscription(PoseStamped, "/franka/relative_pose_command",
+                              lambda _: self.arm_commands.append(time.monotonic()), 50)
+        self.reset = n.create_client(Trigger, "/sim_robot/reset")
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(n)
 
-    def on_diagnostics(msg: DiagnosticArray) -> None:
+    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         for status in msg.status:
             values = {kv.key: kv.value for kv in status.values}
             if "checkpoint_step" in values and "queue_depth" in values:  # the policy node's
-                policy_steps.append(int(values["checkpoint_step"]))
+                self.policy_steps.append(int(values["checkpoint_step"]))
 
-    node.create_subscription(ReplayEpisode, "/sernf/replay", replays.append, 10)
-    node.create_subscription(CheckpointAvailable, "/sernf/checkpoint", checkpoints.append, 10)
-    node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 50)
-    reset = node.create_client(Trigger, "/sim_robot/reset")
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
+    def trained_steps(self) -> list[int]:
+        return sorted({c.step for c in self.checkpoints if c.step > 0})
 
-    def spin_until(predicate, timeout: float) -> bool:
+    def spin_until(self, predicate, timeout: float, graph: GraphProcesses, tmp: Path,
+                   allow_exited: tuple[str, ...] = ()) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not predicate():
-            executor.spin_once(timeout_sec=0.1)
-            assert not graph.exited(), f"a node died: {graph.exited()}\n{_logs(tmp_path)}"
+            self.executor.spin_once(timeout_sec=0.1)
+            died = {k: v for k, v in graph.exited().items() if k not in allow_exited}
+            assert not died, f"a node died: {died}\n{_logs(tmp)}"
         return predicate()
 
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.context)
+
+
+@pytest.fixture
+def loop(ros_env, tmp_path):
+    demos, initial = _offline_store_and_policy(tmp_path)
+    config_dir = _graph_config(tmp_path, demos, initial)
+    (tmp_path / "logs").mkdir()
+    observer = Observer()
     graph = GraphProcesses(sim_graph(), config_dir, env=ros_env, log_dir=tmp_path / "logs")
     try:
         graph.start()
         # The policy gets its first model from the learner's announcement of the initial one.
-        assert spin_until(lambda: 0 in policy_steps, 120), _logs(tmp_path)
-        assert reset.wait_for_service(timeout_sec=30)
-        reset.call_async(Trigger.Request())  # first episode; auto_reset chains the rest
-        # Two online iterations: 2 episodes each -> learner trains -> new checkpoint -> reload.
-        assert spin_until(lambda: len({c.step for c in checkpoints if c.step > 0}) >= 2, 90), \
-            _logs(tmp_path)
-        trained = sorted({c.step for c in checkpoints if c.step > 0})
-        assert spin_until(lambda: trained[1] in policy_steps, 60), _logs(tmp_path)
+        assert observer.spin_until(lambda: 0 in observer.policy_steps, 120, graph, tmp_path), _logs(tmp_path)
+        assert observer.reset.wait_for_service(timeout_sec=30)
+        observer.reset.call_async(Trigger.Request())  # first episode; auto_reset chains the rest
+        yield observer, graph
     finally:
         graph.stop()
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.shutdown(context=context)
+        observer.close()
 
+
+def test_sim_policy_and_learner_complete_two_online_iterations(loop, tmp_path):
+    observer, graph = loop
+    # Two online iterations: 2 episodes each -> learner trains -> new checkpoint -> reload.
+    assert observer.spin_until(lambda: len(observer.trained_steps()) >= 2, 120, graph, tmp_path), _logs(tmp_path)
+    trained = observer.trained_steps()
+    assert observer.spin_until(lambda: trained[1] in observer.policy_steps, 60, graph, tmp_path), _logs(tmp_path)
+    graph.stop()
+
+    replays, checkpoints = observer.replays, observer.checkpoints
     assert len(replays) >= 4, f"episodes announced: {[r.episode_id for r in replays]}"
     for replay in replays:
         assert replay.uri == str(tmp_path / "replay" / "online.zarr")
@@ -143,14 +167,31 @@ def test_sim_policy_and_learner_complete_two_online_iterations(ros_env, tmp_path
     for replay in replays:
         steps, _ = store.read_episode(replay.episode_id)
         assert len(steps["action"]) == replay.num_steps
-    # Each announced checkpoint loads and matches its sha (the policy node verified it too).
-    from sernf_policy.checkpoint import file_sha256
+    # The latest announced checkpoint loads and matches its sha (the policy node verified it too).
+    from sernf_policy.checkpoint import WEIGHTS_FILE, file_sha256
     from sernf_policy.policy import Policy
 
     latest = max(checkpoints, key=lambda c: c.step)
-    assert file_sha256(Path(latest.uri) / "model.safetensors") == latest.sha256
+    assert file_sha256(Path(latest.uri) / WEIGHTS_FILE) == latest.sha256
     Policy.load(latest.uri)
     assert trained[1] > trained[0] > 0
+
+
+def test_learner_killed_mid_training_policy_keeps_commanding_and_learner_resumes(loop, tmp_path):
+    observer, graph = loop
+    assert observer.spin_until(lambda: len(observer.trained_steps()) >= 1, 120, graph, tmp_path), _logs(tmp_path)
+    before = observer.trained_steps()[-1]
+    graph.kill("learner")  # SIGKILL, wherever it is (ingesting, training or idle)
+    killed_at = time.monotonic()
+    observer.spin_until(lambda: time.monotonic() - killed_at > 4.0, 10, graph, tmp_path, allow_exited=("learner",))
+    # The policy went on commanding the robot on its last good checkpoint.
+    after_kill = [t for t in observer.arm_commands if t > killed_at]
+    assert len(after_kill) >= 20, f"{len(after_kill)} arm commands in 4 s after the learner died"
+    assert observer.policy_steps[-1] == before
+    # Restarted with the same output directory, the learner resumes and trains on.
+    graph.start_node("learner")
+    assert observer.spin_until(lambda: observer.trained_steps()[-1] > before, 120, graph, tmp_path), _logs(tmp_path)
+    assert "resum" in (tmp_path / "logs" / "learner.log").read_text().lower()
 
 
 def _logs(tmp: Path) -> str:

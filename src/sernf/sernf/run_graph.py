@@ -37,21 +37,38 @@ class GraphProcesses:
 
     def start(self) -> GraphProcesses:
         for spec in self.specs:
-            parameters = self.config_dir / spec.parameters_file
-            if not parameters.is_file():
-                raise FileNotFoundError(f"parameter file of node {spec.name!r} not found: {parameters}")
-            cmd = [sys.executable, "-m", spec.module, *spec.ros_args(self.config_dir)]
-            proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True, start_new_session=True)
-            self.procs[spec.name] = proc
-            thread = threading.Thread(target=self._pump, args=(spec.name, proc), daemon=True)
-            thread.start()
-            self._threads.append(thread)
+            self.start_node(spec.name)
         return self
 
+    def start_node(self, name: str) -> subprocess.Popen:
+        """Start (or restart, after it exited) the graph's node ``name``."""
+        spec = next((s for s in self.specs if s.name == name), None)
+        if spec is None:
+            raise KeyError(f"no node {name!r} in this graph ({[s.name for s in self.specs]})")
+        if name in self.procs and self.procs[name].poll() is None:
+            raise RuntimeError(f"node {name!r} is still running")
+        parameters = self.config_dir / spec.parameters_file
+        if not parameters.is_file():
+            raise FileNotFoundError(f"parameter file of node {spec.name!r} not found: {parameters}")
+        cmd = [sys.executable, "-m", spec.module, *spec.ros_args(self.config_dir)]
+        proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self.procs[name] = proc
+        thread = threading.Thread(target=self._pump, args=(name, proc), daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        return proc
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to node ``name``'s process group and wait for it to exit (fault tests)."""
+        proc = self.procs[name]
+        os.killpg(proc.pid, sig)
+        proc.wait(timeout=30)
+
     def _pump(self, name: str, proc: subprocess.Popen) -> None:
-        # One log file per node when asked (tests read them), and prefixed lines on stdout.
-        sink = open(self.log_dir / f"{name}.log", "w") if self.log_dir else None  # noqa: SIM115
+        # One log file per node when asked (tests read them; appended across restarts), and
+        # prefixed lines on stdout.
+        sink = open(self.log_dir / f"{name}.log", "a") if self.log_dir else None  # noqa: SIM115
         try:
             for line in proc.stdout:  # type: ignore[union-attr]
                 if sink:
