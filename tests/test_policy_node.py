@@ -73,7 +73,9 @@ def test_commands_flow_at_the_control_rate_and_rtc_leaves_no_gap(start_node, che
     times = harness.arm.times(t0, t1)
     assert 25 <= len(times) <= 35, f"{len(times)} arm commands in 3 s at 10 Hz"
     gaps = np.diff(times)
-    assert gaps.max() < 1.5 * TICK, f"gap of {gaps.max():.3f} s in the command stream"
+    # Waiting for inference would leave a gap of >= one tick + 0.15 s; the bound leaves room
+    # for timer jitter on a loaded 2-core machine. The overrun count below is the exact check.
+    assert gaps.max() < 2.4 * TICK, f"gap of {gaps.max():.3f} s in the command stream"
     assert len(harness.hand.times(t0, t1)) >= 25
     harness.wait_for(lambda: harness.diagnostics.last()[0] > t1, 5.0, "diagnostics")
     assert diag_int(harness, "overruns") == overruns_before, harness.diag()
@@ -109,8 +111,9 @@ def test_late_inference_holds_and_reports_overruns(start_node, checkpoints):
     t0 = time.monotonic()
     time.sleep(2.0)
     times = harness.arm.times(t0)
-    # The stream keeps the control rate: late ticks publish the hold action instead.
-    assert len(times) >= 16 and np.diff(times).max() < 1.5 * TICK
+    # The stream keeps the control rate: late ticks publish the hold action instead (waiting
+    # for the 0.5 s inference would leave gaps of 5 ticks; the bound allows timer jitter).
+    assert len(times) >= 16 and np.diff(times).max() < 3 * TICK
     holds = [m for _, m in harness.arm.since(t0)
              if (m.pose.position.x, m.pose.position.y, m.pose.position.z) == (0.0, 0.0, 0.0)
              and m.pose.orientation.w == 1.0]

@@ -808,6 +808,13 @@ class PolicyNode(Node):
         if not msg.uri or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
             self._reject_checkpoint(str(msg.uri), f"invalid announcement (uri {msg.uri!r}, sha256 {msg.sha256!r})")
             return
+        with self._lock:
+            running = self._pending or self._policy
+        if running is not None and running.sha256 == sha and running.step == int(msg.step):
+            # Learners re-announce their latest checkpoint (e.g. to late joiners, after a
+            # restart); reloading the model we already run would only cost time.
+            self.get_logger().info(f"checkpoint {msg.uri} (step {msg.step}) is the one already loaded")
+            return
         self.get_logger().info(f"checkpoint announced: {msg.uri} (step {msg.step}, {msg.stage})")
         self._checkpoint_pool.submit(self._load_checkpoint, str(msg.uri), sha, int(msg.step), str(msg.stage))
 
