@@ -29,13 +29,8 @@ import numpy as np
 
 from sernf_learner.il import check_int
 from sernf_learner.metrics import MetricsLogger
-from sernf_learner.offline_rl import ActorConfig, actor_update, make_actor_optimizer
-from sernf_learner.td_targets import (
-    CriticConfig,
-    TargetCritic,
-    critic_update,
-    make_critic_optimizer,
-)
+from sernf_learner.offline_rl import ActorConfig, OfflineRL
+from sernf_learner.td_targets import CriticConfig
 from sernf_sim.evaluation import RolloutResult, rollout_chunked
 
 
@@ -79,32 +74,12 @@ class OnlineRLConfig:
             raise ValueError("OnlineRLConfig.critic / .actor must be CriticConfig / ActorConfig")
 
 
-class OnlineRL:
-    """Stage III's critic + actor + Polyak update, on mixed batches (BC masked by ``is_offline``)."""
+class OnlineRL(OfflineRL):
+    """Stage III's critic + actor + Polyak update, unchanged, on mixed batches (§IV-D d: "all
+    other training components remain unchanged"); the imitation term already only sees the
+    ``is_offline`` samples (:func:`sernf_learner.offline_rl.actor_update`)."""
 
-    def __init__(self, policy, target: TargetCritic, config: OnlineRLConfig) -> None:
-        self.policy = policy
-        self.target = target
-        self.config = config
-        policy.flow.set_dropout(config.actor.dropout)
-        self.critic_optimizer = make_critic_optimizer(policy, config.critic)
-        self.actor_optimizer = make_actor_optimizer(policy, config.actor)
-
-    def update(self, batch: dict) -> dict[str, float]:
-        self.policy.train()
-        metrics = critic_update(self.policy, self.target, self.critic_optimizer, batch, self.config.critic)
-        metrics.update(actor_update(self.policy, self.actor_optimizer, batch, self.config.actor))
-        return metrics
-
-    def state_dict(self) -> dict:
-        return {
-            "critic_optimizer": self.critic_optimizer.state_dict(),
-            "actor_optimizer": self.actor_optimizer.state_dict(),
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
-        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
+    config: OnlineRLConfig
 
 
 def policy_act_fn(policy, num_samples: int, sigma: float) -> Callable:
