@@ -181,13 +181,15 @@ def test_learner_killed_mid_training_policy_keeps_commanding_and_learner_resumes
     observer, graph = loop
     assert observer.spin_until(lambda: len(observer.trained_steps()) >= 1, 120, graph, tmp_path), _logs(tmp_path)
     before = observer.trained_steps()[-1]
+    # Once the policy runs the learner's first trained checkpoint, kill the learner.
+    assert observer.spin_until(lambda: before in observer.policy_steps, 60, graph, tmp_path), _logs(tmp_path)
     graph.kill("learner")  # SIGKILL, wherever it is (ingesting, training or idle)
     killed_at = time.monotonic()
     observer.spin_until(lambda: time.monotonic() - killed_at > 4.0, 10, graph, tmp_path, allow_exited=("learner",))
     # The policy went on commanding the robot on its last good checkpoint.
     after_kill = [t for t in observer.arm_commands if t > killed_at]
     assert len(after_kill) >= 20, f"{len(after_kill)} arm commands in 4 s after the learner died"
-    assert observer.policy_steps[-1] == before
+    assert observer.policy_steps[-1] >= before  # (a checkpoint announced just before the kill may land)
     # Restarted with the same output directory, the learner resumes and trains on.
     graph.start_node("learner")
     assert observer.spin_until(lambda: observer.trained_steps()[-1] > before, 120, graph, tmp_path), _logs(tmp_path)
