@@ -58,7 +58,6 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.event_handler import PublisherEventCallbacks
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 
 from sernf_interfaces.msg import CheckpointAvailable, ReplayEpisode
@@ -87,6 +86,7 @@ from sernf_learner.trainer import (
 )
 from sernf_learner.transitions import ChunkTiming, MixedSampler, TransitionSampler
 from sernf_policy.ros.parameters import declare_config
+from sernf_policy.ros.spin import spin_node
 from sernf_policy.ros_conversions import diagnostic_array
 
 __all__ = ["LearnerNode", "LearnerNodeConfig", "OnlineLearner", "main"]
@@ -930,33 +930,9 @@ PARAMETERS = LearnerNodeConfig
 
 
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = LearnerNode()
-        # Replay announcements and diagnostics/checkpoint events each get a thread; ingestion
-        # and training run on the node's own worker threads.
-        executor = MultiThreadedExecutor(num_threads=2)
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        rclpy.logging.get_logger(NODE_NAME).info("shutting down")
-    except RuntimeError:
-        # A signal (SIGTERM/SIGINT) shuts the context down while the executor builds its wait
-        # set: rclpy raises RCLError (a RuntimeError) instead of ExternalShutdownException.
-        if rclpy.ok():
-            raise
-        rclpy.logging.get_logger(NODE_NAME).info("shutting down")
-    except ValueError as exc:
-        rclpy.logging.get_logger(NODE_NAME).fatal(f"invalid configuration: {exc}")
-        raise SystemExit(1) from exc
-    finally:
-        if node is not None:
-            node.shutdown_workers()
-            node.destroy_node()
-        rclpy.try_shutdown()
-    if node is not None and node.fatal_error is not None:
-        raise SystemExit(1)
+    # Replay announcements and diagnostics/checkpoint events each get a thread; ingestion
+    # and training run on the node's own worker threads.
+    spin_node(LearnerNode, NODE_NAME, num_threads=2, args=args)
 
 
 if __name__ == "__main__":

@@ -61,12 +61,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.duration import Duration
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from rclpy.time import Time
@@ -83,6 +81,7 @@ from .episode_recorder import EpisodeRecorder, EpisodeRecorderConfig, EpisodeSum
 from .observation_buffer import ObservationBuffer, ObservationBufferConfig
 from .realtime_chunking import HOLD, ChunkScheduler, ChunkTimingConfig, InferenceRequest
 from .ros.parameters import declare_config
+from .ros.spin import spin_node
 from .ros_conversions import (
     OBSERVATION_TYPES,
     chunk_to_trajectory,
@@ -995,24 +994,8 @@ PARAMETERS = PolicyNodeConfig
 
 
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = PolicyNode()
-        # Control timer, sensor callbacks and event callbacks each get a thread.
-        executor = MultiThreadedExecutor(num_threads=3)
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        rclpy.logging.get_logger(NODE_NAME).info("shutting down")
-    except ValueError as exc:
-        rclpy.logging.get_logger(NODE_NAME).fatal(f"invalid configuration: {exc}")
-        raise SystemExit(1) from exc
-    finally:
-        if node is not None:
-            node.shutdown_workers()
-            node.destroy_node()
-        rclpy.try_shutdown()
+    # Control timer, sensor callbacks and event callbacks each get a thread.
+    spin_node(PolicyNode, NODE_NAME, num_threads=3, args=args)
 
 
 if __name__ == "__main__":

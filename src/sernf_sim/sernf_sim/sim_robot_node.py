@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import rclpy
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
@@ -41,6 +40,7 @@ from std_srvs.srv import Trigger
 
 from sernf_interfaces.msg import EpisodeEvent, RewardEvent
 from sernf_policy.ros.parameters import declare_config
+from sernf_policy.ros.spin import spin_node
 from sernf_sim.hand_pick_place import env as hand_env
 from sernf_sim.hand_pick_place import model as hand_model
 from sernf_sim.hand_pick_place.config import test_configs
@@ -280,15 +280,7 @@ PARAMETERS = SimRobotConfig
 
 
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
-    node = SimRobotNode()
-    try:
-        rclpy.spin(node)
-    except KeyboardInterrupt:
-        node.get_logger().info("interrupted")
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    spin_node(SimRobotNode, "sim_robot", num_threads=2, args=args)
 
 
 if __name__ == "__main__":
