@@ -24,11 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from sernf_learner.replay import EpisodeStore, KeySpec, StoreSpec
+from sernf_learner.replay import EpisodeStore, StoreSpec
 from sernf_learner.transitions import ChunkTiming, MixedSampler, TransitionSampler
+from sernf_policy.spec import ObsKeySpec
 
 CUBE_SPEC = StoreSpec(
-    obs={"hand_joints": KeySpec((17,), "lowdim"), "cube_pose": KeySpec((7,), "lowdim")},
+    obs={"hand_joints": ObsKeySpec((17,), "lowdim"), "cube_pose": ObsKeySpec((7,), "lowdim")},
     action_dim=17,
     control_rate_hz=20.0,
 )
