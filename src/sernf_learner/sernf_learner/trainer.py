@@ -34,6 +34,7 @@ import json
 import os
 import random
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -238,6 +239,8 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         self.schedule = parse_schedule(schedule)
         self.device = torch.device(config.trainer.device)
+        if config.trainer.torch_num_threads:
+            torch.set_num_threads(config.trainer.torch_num_threads)
         self.ckpt_root = self.out / "checkpoints"
         checkpoint = self.latest_checkpoint() if resume else None
 
@@ -255,6 +258,7 @@ class Trainer:
         self.stage_index, self.step, self.global_step = 0, 0, 0
         self.run_id = uuid.uuid4().hex[:8]  # names online episodes; from os entropy, not the seeded RNGs
         self.results: dict[str, Any] = {}
+        self.timings: dict[str, dict[str, float]] = {}
         self._stage: _Stage | None = None
         self._pending: dict[str, Any] | None = None
         if checkpoint is not None:
@@ -364,13 +368,18 @@ class Trainer:
                 base_step = self.global_step - self.step * self._updates_per_unit(name)
                 self.logger.start_stage(name, total=self._units(name), initial=self.step,
                                         unit="it" if name in _ITERATION_STAGES else "upd")
+                t0 = time.perf_counter()
                 self._run_stage(self._stage, base_step, functools.partial(self._on_unit, name, base_step))
+                t1 = time.perf_counter()
                 self._finish_stage(self._stage)
+                # Wall time of this process only (a resumed stage counts from the resume).
+                self.timings[name] = {"train_s": t1 - t0, "export_eval_s": time.perf_counter() - t1}
         except _Stopped:
             self.logger.close_bar()
             self.logger.flush()
             return {"stopped_at": {"stage": self.schedule[self.stage_index], "step": self.step}}
-        return self.logger.close(extra={"results": self.results, "schedule": self.schedule})
+        return self.logger.close(extra={"results": self.results, "schedule": self.schedule,
+                                        "stage_time_s": self.timings})
 
     def _on_unit(self, name: str, base_step: int, step: int) -> None:
         """After unit ``step`` of stage ``name``: count, checkpoint when due, maybe stop."""

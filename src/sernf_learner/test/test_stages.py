@@ -124,6 +124,22 @@ def test_stage3_offline_rl_changes_actor_and_critic(point_store):
     assert policy.flow.config.dropout == 0.1  # RL dropout (G2)
 
 
+def test_actor_update_every_skips_actor_steps(point_store):
+    policy = tiny_policy(point_store)
+    learner = OfflineRL(policy, TargetCritic(policy),
+                        OfflineRLConfig(batch_size=16, actor=ActorConfig(update_every=2)))
+    sampler = TransitionSampler(point_store, TIMING, 16, seed=0)
+    actor0 = snapshot(policy.actor_parameters())
+    first = learner.update(sampler.sample())  # update 0: critic and actor
+    actor1, critic1 = snapshot(policy.actor_parameters()), snapshot(policy.critic_parameters())
+    assert not identical(actor0, policy.actor_parameters())
+    second = learner.update(sampler.sample())  # update 1: critic only
+    assert identical(actor1, policy.actor_parameters())
+    assert not identical(critic1, policy.critic_parameters())
+    assert second["actor/loss"] == first["actor/loss"]  # the last actor step's metrics
+    assert learner.state_dict()["num_updates"] == 2
+
+
 def _online_learner(policy, bc_weight: float) -> OnlineRL:
     cfg = OnlineRLConfig(batch_size=16, actor=ActorConfig(bc_weight=bc_weight))
     return OnlineRL(policy, TargetCritic(policy), cfg)
