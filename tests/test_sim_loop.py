@@ -188,7 +188,9 @@ def test_learner_killed_mid_training_policy_keeps_commanding_and_learner_resumes
     observer.spin_until(lambda: time.monotonic() - killed_at > 4.0, 10, graph, tmp_path, allow_exited=("learner",))
     # The policy went on commanding the robot on its last good checkpoint.
     after_kill = [t for t in observer.arm_commands if t > killed_at]
-    assert len(after_kill) >= 20, f"{len(after_kill)} arm commands in 4 s after the learner died"
+    # At 10 Hz that is up to 40; the policy is silent between episodes (2.5 s episodes here,
+    # auto-reset gaps), so ask for a quarter of it: a dead learner must not stop the robot.
+    assert len(after_kill) >= 10, f"{len(after_kill)} arm commands in 4 s after the learner died"
     assert observer.policy_steps[-1] >= before  # (a checkpoint announced just before the kill may land)
     # Restarted with the same output directory, the learner resumes and trains on.
     graph.start_node("learner")
