@@ -25,7 +25,7 @@ test-fast: lint
 
 ## The main job: the simulated SERNF pipeline (IL -> critic warm-up -> offline RL -> online RL).
 demo: setup
-	@$(IN_ENV) python -m sernf_learner.demo $(DEMO_ARGS)
+	@$(IN_ENV) python -m sernf.demo $(DEMO_ARGS)
 
 ## Speed / size figures (printed, never asserted).
 bench: setup

@@ -44,6 +44,8 @@ SCHEDULES = {
 TASKS = ("point", "hand_pick_place")
 #: Teachers for distillation.
 TEACHERS = ("point_expert", "checkpoint")
+#: Actor families (sernf_policy.policy.ACTOR_KINDS).
+ACTORS = ("flow", "gaussian")
 
 
 @dataclass
@@ -88,6 +90,19 @@ class PolicySpec:
     """σ_sample at inference (paper: 0.7)."""
     image_backbone: str = "resnet18"
     """Image encoder for rgb keys: "resnet18" or "dinov2"."""
+    actor: str = "flow"
+    """Actor family: "flow" (the paper's conditional normalizing flow, §III-c / §IV-B) or
+    "gaussian" (ablation: a tanh-squashed diagonal Gaussian over the whole chunk,
+    ``sernf_policy.gaussian_actor``; its transformer decoder takes the flow_* sizes as its
+    layers / width / heads, and every stage trains it with the same losses)."""
+    critic_horizon: int | None = None
+    """Chunk actions the critic scores, which is also its TD step: None (or H) = the paper's
+    action-chunked critic Q(o_t, prefix, a_{t+P:t+P+H}) with the H-step target (§III-b eq. 2,
+    §IV-C); 1 = a per-step critic Q(o_t, prefix, a_{t+P}) of the chunk's first action with the
+    1-step target r_{t+P} + γ(1−d)·Q̄(o_{t+1}, a_{t+1..t+P}, â'), â' the first action of a chunk
+    the actor samples at o_{t+1} (ablation; ``sernf_learner.transitions`` has the timing). The
+    actor still outputs H-action chunks; its Q term and best-of-N selection score their first
+    action."""
 
     def __post_init__(self) -> None:
         for name in ("obs_history", "horizon", "token_dim", "flow_layers", "flow_hidden", "flow_heads",
@@ -100,6 +115,11 @@ class PolicySpec:
             raise ValueError(f"PolicySpec needs v_min < v_max, got {self.v_min}, {self.v_max}")
         if self.image_backbone not in ("resnet18", "dinov2"):
             raise ValueError(f"PolicySpec.image_backbone must be resnet18 or dinov2, got {self.image_backbone!r}")
+        if self.actor not in ACTORS:
+            raise ValueError(f"PolicySpec.actor must be one of {ACTORS}, got {self.actor!r}")
+        h = self.critic_horizon
+        if h is not None and (isinstance(h, bool) or not isinstance(h, int) or h not in (1, self.horizon)):
+            raise ValueError(f"PolicySpec.critic_horizon must be null, 1 or horizon={self.horizon}, got {h!r}")
 
 
 @dataclass

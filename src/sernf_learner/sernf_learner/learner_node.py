@@ -322,7 +322,9 @@ class OnlineLearner:
         self.origin = origin
         c = policy.config
         # The policy's own chunk timing (DESIGN §6): transitions must be cut as it acts.
-        self.timing = timing = ChunkTiming(T=c.obs_history, P=c.prefix_len, H=c.horizon, gamma=gamma)
+        # td_horizon: the critic's own TD step (H; 1 for a per-step critic, an ablation).
+        self.timing = timing = ChunkTiming(T=c.obs_history, P=c.prefix_len, H=c.horizon, gamma=gamma,
+                                           td_horizon=c.critic_horizon)
         self.target = TargetCritic(policy)
         self.rl = OnlineRL(policy, self.target, config)
         # Our own read instance: the ingest thread writes through another one (one per thread).

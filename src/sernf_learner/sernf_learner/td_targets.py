@@ -10,6 +10,14 @@ with ``Q̄`` the minimum over the M *target* critics: Polyak-averaged copies of 
 (τ = 0.05, G2). The sampler already provides ``reward`` = Σγ^i r, ``discount`` = γ^H and
 ``done`` (docs/architecture.md, "Transition batch"); :func:`td_target` only combines them.
 
+Per-step critic (ablation, ``ChunkCriticConfig.horizon`` = 1 < H): the critic scores only the
+first chunk action, ``Q(o_t, a_{t..t+P-1}, a_{t+P})``, and the sampler cuts the TD fields over
+one step after that action (``ChunkTiming.td_horizon`` = 1), so the same code computes
+``y = r_{t+P} + γ (1 - d) Q̄(o_{t+1}, a_{t+1..t+P}, â')`` with ``â'`` the first action of a chunk
+sampled at ``o_{t+1}`` — in the usual per-step notation, with the action's own time index,
+``r + γ Q̄(s', prefix', a')``. Both the online and the target critic see
+:meth:`Policy.critic_actions` of their chunks.
+
 Which policy proposes â' is what differs between the stages: the frozen IL policy π_θ0 in
 Stage II, the current actor in Stages III/IV. Both are the same ``Policy`` object here (Stage II
 never updates the actor), so :func:`critic_update` just takes the policy and a sampling mode.
@@ -119,7 +127,8 @@ class TargetCritic(nn.Module):
     def min_q(self, policy: nn.Module, obs, prefix_norm: torch.Tensor, chunks_norm: torch.Tensor) -> torch.Tensor:
         """``min_m Q̄_m(o, prefix, chunk_n)`` ``[B, N]`` for ``chunks_norm [B, N, H, A]``."""
         tokens = self.encoder(policy.normalize_obs(obs))
-        return self.critic.min_value(tokens, prefix_norm.to(tokens.dtype), chunks_norm.to(tokens.dtype))
+        chunks = policy.critic_actions(chunks_norm)  # the leading actions this critic scores
+        return self.critic.min_value(tokens, prefix_norm.to(tokens.dtype), chunks.to(tokens.dtype))
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Trainable target parameters by name (what a checkpoint must keep)."""
@@ -212,7 +221,7 @@ def critic_update(
         next_value(policy, target, batch["next_obs"], norm.normalize(batch["next_prefix"]), config),
     )  # [B]
     tokens = policy.critic_tokens(batch["obs"])
-    prefix, chunk = norm.normalize(batch["prefix"]), norm.normalize(batch["chunk"])
+    prefix, chunk = norm.normalize(batch["prefix"]), policy.critic_actions(norm.normalize(batch["chunk"]))
     logits = policy.critic(tokens, prefix.to(tokens.dtype), chunk.to(tokens.dtype))  # [M, B, Z]
     hl = policy.critic.hl_gauss
     loss = hl.loss(logits, y.expand(logits.shape[0], -1)).mean()

@@ -58,6 +58,7 @@ from sernf_learner.transitions import ChunkTiming, MixedSampler, TransitionSampl
 from sernf_policy.critic import ChunkCriticConfig
 from sernf_policy.encoders import EncoderConfig
 from sernf_policy.flow import ChunkFlowConfig
+from sernf_policy.gaussian_actor import GaussianActorConfig
 from sernf_policy.policy import Policy, PolicyConfig
 
 CHECKPOINT_FORMAT = 1
@@ -142,20 +143,46 @@ def build_policy_config(config: RunConfig, observation_spec: dict, action_dim: i
     """The model of ``config.policy`` for the data's observation spec and action size."""
     p = config.policy
     encoder = EncoderConfig(token_dim=p.token_dim, image_backbone=p.image_backbone)
-    flow = ChunkFlowConfig(
-        action_dim=action_dim, horizon=p.horizon, context_dim=p.token_dim, num_layers=p.flow_layers,
-        hidden_dim=p.flow_hidden, num_heads=p.flow_heads, noise_std=p.noise_std, seed=config.seed,
-    )
+    flow = gaussian = None
+    if p.actor == "gaussian":  # ablation: same sizes, a Gaussian instead of the couplings
+        gaussian = GaussianActorConfig(
+            action_dim=action_dim, horizon=p.horizon, context_dim=p.token_dim, num_layers=p.flow_layers,
+            hidden_dim=p.flow_hidden, num_heads=p.flow_heads, noise_std=p.noise_std,
+        )
+    else:
+        flow = ChunkFlowConfig(
+            action_dim=action_dim, horizon=p.horizon, context_dim=p.token_dim, num_layers=p.flow_layers,
+            hidden_dim=p.flow_hidden, num_heads=p.flow_heads, noise_std=p.noise_std, seed=config.seed,
+        )
     critic = ChunkCriticConfig(
-        action_dim=action_dim, horizon=p.horizon, prefix_len=p.prefix_len, obs_dim=p.token_dim,
-        d_model=p.critic_d_model, num_heads=p.critic_heads, num_layers=p.critic_layers, ff_dim=p.critic_ff,
-        dropout=p.critic_dropout, num_critics=p.num_critics, v_min=p.v_min, v_max=p.v_max,
+        action_dim=action_dim, horizon=p.critic_horizon or p.horizon, prefix_len=p.prefix_len,
+        obs_dim=p.token_dim, d_model=p.critic_d_model, num_heads=p.critic_heads, num_layers=p.critic_layers,
+        ff_dim=p.critic_ff, dropout=p.critic_dropout, num_critics=p.num_critics, v_min=p.v_min, v_max=p.v_max,
     )
     return PolicyConfig(
         observation_spec=dict(observation_spec), action_dim=action_dim, obs_history=p.obs_history,
         prefix_len=p.prefix_len, horizon=p.horizon, flow=flow, critic=critic, encoder=encoder,
-        num_samples=p.num_samples, sigma_sample=p.sigma_sample,
+        num_samples=p.num_samples, sigma_sample=p.sigma_sample, actor=p.actor, gaussian=gaussian,
     )
+
+
+def generate_point_demos(config: RunConfig, uri: str, n: int, seed: int) -> None:
+    """Append ``n`` mixed-quality point-task demonstrations (``mixed_point_dataset``, seed
+    ``seed``, the chunk timing and task of ``config``) to the episode store at ``uri``,
+    creating it if missing."""
+    from sernf_sim.datasets import mixed_point_dataset
+    from sernf_sim.point_task import PointTaskConfig
+
+    p = config.policy
+    episodes = mixed_point_dataset(
+        n=n, seed=seed, T=p.obs_history, P=p.prefix_len, H=p.horizon,
+        task_config=PointTaskConfig(**dict(config.env.task_overrides)),
+    )
+    env = make_env(config, 1, 0)
+    spec = StoreSpec(obs=env.observation_spec, action_dim=env.action_dim, control_rate_hz=env.control_hz)
+    store = EpisodeStore(uri, mode="a", spec=spec)
+    for steps, meta in episodes:
+        store.append_episode(steps, meta)
 
 
 def make_env(config: RunConfig, num_envs: int, seed: int):
@@ -246,14 +273,17 @@ class Trainer:
 
         seed_everything(config.seed)
         self.offline_store = self._open_offline_store()
-        self.timing = ChunkTiming(T=config.policy.obs_history, P=config.policy.prefix_len,
-                                  H=config.policy.horizon, gamma=config.data.gamma)
         if checkpoint is not None:
             self.policy = Policy.load(checkpoint / "policy", device=self.device)
         elif init_policy is not None:
             self.policy = Policy.load(init_policy, device=self.device)
         else:
             self.policy = self._new_policy()
+        # TD fields span as many steps as the critic scores actions (H, or 1 for the per-step
+        # ablation): the policy's own critic decides, as it does for a loaded policy.
+        self.timing = ChunkTiming(T=config.policy.obs_history, P=config.policy.prefix_len,
+                                  H=config.policy.horizon, gamma=config.data.gamma,
+                                  td_horizon=self.policy.config.critic_horizon)
         self.target = TargetCritic(self.policy) if self.policy.critic is not None else None
         self.stage_index, self.step, self.global_step = 0, 0, 0
         self.run_id = uuid.uuid4().hex[:8]  # names online episodes; from os entropy, not the seeded RNGs
@@ -274,19 +304,7 @@ class Trainer:
         n = self.config.data.generate_point_demos
         exists = (Path(uri) / "zarr.json").exists() if "://" not in uri else True
         if not exists and n > 0:
-            from sernf_sim.datasets import mixed_point_dataset
-            from sernf_sim.point_task import PointTaskConfig
-
-            p = self.config.policy
-            episodes = mixed_point_dataset(
-                n=n, seed=self.config.data.demo_seed, T=p.obs_history, P=p.prefix_len, H=p.horizon,
-                task_config=PointTaskConfig(**dict(self.config.env.task_overrides)),
-            )
-            env = make_env(self.config, 1, 0)
-            spec = StoreSpec(obs=env.observation_spec, action_dim=env.action_dim, control_rate_hz=env.control_hz)
-            store = EpisodeStore(uri, mode="a", spec=spec)
-            for steps, meta in episodes:
-                store.append_episode(steps, meta)
+            generate_point_demos(self.config, uri, n, self.config.data.demo_seed)
         return EpisodeStore(uri, mode="r")
 
     def _new_policy(self) -> Policy:

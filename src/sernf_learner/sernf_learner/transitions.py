@@ -22,6 +22,18 @@ lies inside the episode and at least the first chunk action ``a_{t+P}`` exists. 
 * ``done = 1`` iff the episode *terminated* (metadata ``terminated``, not a time-limit
   truncation) and its last step ``L-1`` lies in ``t .. t+H-1``.
 
+Per-step critic (ablation, ``ChunkTiming.td_horizon = 1``): the critic scores only the
+chunk's first action ``a_{t+P}`` (the next one to be executed after the queued prefix), so its
+1-step TD fields follow that action: ``reward = r_{t+P}`` (the reward after ``a_{t+P}``),
+``discount = gamma``, ``next_obs`` at ``t+1`` (the decision that proposes ``a_{t+P+1}``),
+``next_prefix = a_{t+1..t+P}`` (the queue then: the rest of this prefix and ``a_{t+P}``), and
+``done`` iff the episode terminated at step ``t+P``. This is the ordinary per-step Bellman
+equation of a policy whose actions are delayed by P queued ones. Counting ``r_t`` instead (the
+reward of the prefix action ``a_t``) would drop the final P rewards of every episode: the last
+valid decision step is ``L-1-P``, so a sparse reward at ``L-1`` (the point task's +1 on success)
+would never enter a target. ``obs``, ``prefix`` and the H-action ``chunk`` (the actor's
+imitation target) are as above.
+
 Batches are gathered with vectorized numpy indexing from the store's in-memory snapshot and
 returned as torch tensors (images stay uint8). Sampler state (RNG, visible episode count)
 exports to a JSON-serializable dict for exact resume. No rclpy.
@@ -65,7 +77,12 @@ class ChunkTiming:
     H: int
     """Chunk length = executed actions between decisions (scissors 10, cube 6)."""
     gamma: float = 0.997
-    """Per-step discount; a transition bootstraps with ``gamma**H``."""
+    """Per-step discount; a transition bootstraps with ``gamma**td_steps``."""
+    td_horizon: int | None = None
+    """Steps the TD fields (reward, discount, next_obs, next_prefix, done) span: None = H (the
+    paper's chunked critic, eq. 2) or 1 (the per-step critic of the ablation, whose reward is
+    that of the chunk's first action, see the module doc). H is stored as None, so both
+    spellings are the same timing (equality, JSON, sampler states)."""
 
     def __post_init__(self) -> None:
         for name, lo in (("T", 1), ("P", 0), ("H", 1)):
@@ -79,14 +96,33 @@ class ChunkTiming:
         if not (isinstance(self.gamma, int | float) and 0.0 < self.gamma <= 1.0):
             raise ValueError(f"ChunkTiming.gamma must be in (0, 1], got {self.gamma!r}")
         object.__setattr__(self, "gamma", float(self.gamma))
+        h = self.td_horizon
+        if h is not None:
+            if isinstance(h, bool) or not isinstance(h, int | np.integer) or int(h) not in (1, self.H):
+                raise ValueError(f"ChunkTiming.td_horizon must be None, 1 or H={self.H}, got {h!r}")
+            object.__setattr__(self, "td_horizon", None if int(h) == self.H else int(h))
+
+    @property
+    def td_steps(self) -> int:
+        """Steps between a transition and its bootstrap: ``td_horizon``, or H by default."""
+        return self.H if self.td_horizon is None else self.td_horizon
+
+    @property
+    def reward_offset(self) -> int:
+        """First reward of a transition relative to its decision step ``t``: 0 for the chunked
+        critic (``r_t``), P for the per-step critic (``r_{t+P}``, after the action it scores)."""
+        return 0 if self.td_horizon is None else self.P
 
     @property
     def discount(self) -> float:
-        """Bootstrap factor ``gamma**H``."""
-        return self.gamma**self.H
+        """Bootstrap factor ``gamma**td_steps`` (``gamma**H`` for the chunked critic)."""
+        return self.gamma**self.td_steps
 
     def to_json(self) -> dict[str, Any]:
-        return {"T": self.T, "P": self.P, "H": self.H, "gamma": self.gamma}
+        out: dict[str, Any] = {"T": self.T, "P": self.P, "H": self.H, "gamma": self.gamma}
+        if self.td_horizon is not None:  # the default keeps the JSON of existing checkpoints
+            out["td_horizon"] = self.td_horizon
+        return out
 
 
 @dataclass(frozen=True)
@@ -229,6 +265,8 @@ class TransitionSampler:
     def build_batch(self, episode: np.ndarray, t: np.ndarray) -> dict[str, Any]:
         """numpy batch for explicit ``(episode [B], t [B])`` pairs (t must be valid)."""
         T, P, H, gamma = self.timing.T, self.timing.P, self.timing.H, self.timing.gamma
+        K = self.timing.td_steps  # TD step: H (chunked critic) or 1 (per-step critic, module doc)
+        R = self.timing.reward_offset  # rewards r_{t+R..t+R+K-1}: R = 0, or P for the per-step critic
         episode = np.asarray(episode, dtype=np.int64)
         t = np.asarray(t, dtype=np.int64)
         if episode.shape != t.shape or episode.ndim != 1:
@@ -243,21 +281,21 @@ class TransitionSampler:
             raise IndexError("t outside the valid decision steps 0 .. L-1-P")
         hist = np.arange(T, dtype=np.int64) - (T - 1)  # [T] offsets -T+1 .. 0, oldest first
         obs_idx = start + np.maximum(tt + hist, 0)  # [B, T] pad by repeating o_0
-        t_next = np.minimum(tt + H, last)  # [B, 1] next decision, clamped to the last step
+        t_next = np.minimum(tt + K, last)  # [B, 1] next decision, clamped to the last step
         next_obs_idx = start + np.maximum(t_next + hist, 0)  # [B, T]
         prefix_idx = start + tt + np.arange(P)  # [B, P] always inside the episode
         chunk_rel = tt + P + np.arange(H)  # [B, H]
         chunk_mask = chunk_rel <= last  # [B, H]
         chunk_idx = start + np.minimum(chunk_rel, last)  # [B, H] pad with a_{L-1}
-        next_prefix_idx = start + np.minimum(tt + H + np.arange(P), last)  # [B, P]
-        reward_rel = tt + np.arange(H)  # [B, H] rewards r_{t..t+H-1}
+        next_prefix_idx = start + np.minimum(tt + K + np.arange(P), last)  # [B, P]
+        reward_rel = tt + R + np.arange(K)  # [B, K] rewards r_{t+R..t+R+K-1}
         reward_idx = start + np.minimum(reward_rel, last)
-        weights = (gamma ** np.arange(H, dtype=np.float64)) * (reward_rel <= last)  # [B, H]
+        weights = (gamma ** np.arange(K, dtype=np.float64)) * (reward_rel <= last)  # [B, K]
 
         arrays = self._snapshot.arrays
         action, reward = arrays["action"], arrays["reward"]
         rewards = (reward[reward_idx].astype(np.float64) * weights).sum(axis=1)  # [B]
-        done = self._terminated[episode] & (last[:, 0] <= t + H - 1)  # [B]
+        done = self._terminated[episode] & (last[:, 0] <= t + R + K - 1)  # [B] ended within the reward window
         obs_keys = list(self.store.spec.obs)
         return {
             "obs": {k: arrays[k][obs_idx] for k in obs_keys},  # [B, T, ...]

@@ -1,5 +1,6 @@
-"""SERNF model: normalizing-flow actor over action chunks, chunked distributional critic,
-encoders, normalizer, checkpoints and action selection (best-of-N); policy_node.
+"""SERNF model: normalizing-flow actor over action chunks (a Gaussian one for ablations),
+chunked distributional critic, encoders, normalizer, checkpoints and action selection
+(best-of-N); policy_node.
 
 The model modules are pure PyTorch (no rclpy or message types). The names below are exported
 lazily (PEP 562), so importing a torch-free submodule such as ``sernf_policy.policy_node``
@@ -21,6 +22,8 @@ _EXPORTS = {
     "DinoV2Encoder": "encoders",
     "DinoV2EncoderConfig": "encoders",
     "EncoderConfig": "encoders",
+    "GaussianActorConfig": "gaussian_actor",
+    "GaussianChunkActor": "gaussian_actor",
     "HLGauss": "hl_gauss",
     "LowDimTokenizer": "encoders",
     "Normalizer": "normalizer",

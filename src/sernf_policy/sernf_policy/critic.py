@@ -44,7 +44,9 @@ class ChunkCriticConfig:
 
     #: A: action dimensions per step.
     action_dim: int
-    #: H: actions per chunk.
+    #: Actions scored after the prefix: the chunk length H for the paper's chunked critic, or
+    #: 1 for the per-step critic of the ablation (the policy then scores a chunk's first
+    #: action; 1-step TD target). ``T_a = P + horizon``.
     horizon: int
     #: P: prefix actions (queued, not yet executed) given to the critic; may be 0.
     prefix_len: int

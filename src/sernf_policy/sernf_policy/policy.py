@@ -4,10 +4,15 @@
 
 * the **actor**: an observation encoder, a :class:`PrefixTokenizer` and the chunk flow
   (:mod:`flow`). Prefix actions (queued, not yet executed, Fig. 7) enter the flow as extra
-  context tokens appended after the observation tokens;
+  context tokens appended after the observation tokens. ``PolicyConfig.actor = "gaussian"``
+  swaps the flow for a tanh-squashed diagonal Gaussian over the chunk (:mod:`gaussian_actor`,
+  an ablation) with the same interface; the module keeps the attribute name ``flow``;
 * optionally the **critic**: its *own* observation encoder plus the chunk-critic ensemble
-  (:mod:`critic`). Actor and critic parameters are disjoint, which the training stages rely on
-  (stage II trains the critic alone, stage III's actor loss must not move the critic);
+  (:mod:`critic`). It scores the first ``critic.horizon`` actions of a chunk: all ``H`` of
+  them for the paper's chunked critic, only the first one for the per-step ablation
+  (:meth:`Policy.critic_actions`). Actor and critic parameters are disjoint, which the
+  training stages rely on (stage II trains the critic alone, stage III's actor loss must not
+  move the critic);
 * the **normalizers** (buffers only): actions (and prefix) to ``[-1, 1]`` and each low-dim
   observation key to ``[-1, 1]``, fitted on the dataset and saved in the checkpoint.
 
@@ -42,6 +47,7 @@ from .config_io import build_dataclass
 from .critic import ChunkCritic, ChunkCriticConfig
 from .encoders import EncoderConfig, ObservationEncoder
 from .flow import ChunkFlow, ChunkFlowConfig
+from .gaussian_actor import GaussianActorConfig, GaussianChunkActor
 from .normalizer import Normalizer
 from .spec import CACHED_FEATURES_SUFFIX, ObsKeySpec, parse_observation_spec
 
@@ -49,6 +55,8 @@ __all__ = ["Policy", "PolicyConfig", "PrefixTokenizer"]
 
 CHECKPOINT_KIND = "sernf_policy"
 Selection = Literal["best_of_n", "most_likely", "single"]
+ActorKind = Literal["flow", "gaussian"]
+ACTOR_KINDS = ("flow", "gaussian")
 
 
 def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
@@ -72,8 +80,11 @@ class PolicyConfig:
     #: H: actions per predicted chunk (scissors 10, cube 6).
     horizon: int
     #: The flow actor; its action_dim / horizon / context_dim must equal A / H / token_dim.
-    flow: ChunkFlowConfig
-    #: The critic ensemble, or None for an imitation-only policy.
+    #: None exactly when ``actor == "gaussian"``.
+    flow: ChunkFlowConfig | None
+    #: The critic ensemble, or None for an imitation-only policy. Its horizon is the number of
+    #: leading chunk actions it scores: H (the paper's chunked critic) or 1 (ablation: a
+    #: per-step critic); see :meth:`Policy.critic_actions`.
     critic: ChunkCriticConfig | None = None
     #: Observation encoder settings (used for the actor's and the critic's own encoder).
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -84,6 +95,11 @@ class PolicyConfig:
     #: "best_of_n" (critic argmax; falls back to most likely without a critic),
     #: "most_likely" (flow log-prob argmax) or "single" (one sample).
     selection: Selection = "best_of_n"
+    #: Actor family: "flow" (the paper's normalizing flow, §IV-B) or "gaussian" (ablation:
+    #: tanh-squashed diagonal Gaussian over the chunk, :mod:`gaussian_actor`).
+    actor: ActorKind = "flow"
+    #: The Gaussian actor; set exactly when ``actor == "gaussian"`` (then ``flow`` is None).
+    gaussian: GaussianActorConfig | None = None
 
     def __post_init__(self) -> None:
         self.observation_spec = parse_observation_spec(self.observation_spec)
@@ -99,26 +115,48 @@ class PolicyConfig:
             raise ValueError(f"PolicyConfig.selection must be best_of_n/most_likely/single, got {self.selection!r}")
         if not isinstance(self.encoder, EncoderConfig):
             raise ValueError("PolicyConfig.encoder must be an EncoderConfig")
-        if not isinstance(self.flow, ChunkFlowConfig):
-            raise ValueError("PolicyConfig.flow must be a ChunkFlowConfig")
+        if self.actor not in ACTOR_KINDS:
+            raise ValueError(f"PolicyConfig.actor must be one of {ACTOR_KINDS}, got {self.actor!r}")
+        if self.actor == "flow":
+            if not isinstance(self.flow, ChunkFlowConfig):
+                raise ValueError("PolicyConfig.flow must be a ChunkFlowConfig")
+            if self.gaussian is not None:
+                raise ValueError('PolicyConfig.gaussian must be None with actor="flow"')
+            actor_cfg, actor_name = self.flow, "flow"
+        else:
+            if not isinstance(self.gaussian, GaussianActorConfig):
+                raise ValueError('PolicyConfig.gaussian must be a GaussianActorConfig with actor="gaussian"')
+            if self.flow is not None:
+                raise ValueError('PolicyConfig.flow must be None with actor="gaussian"')
+            actor_cfg, actor_name = self.gaussian, "gaussian"
         d = self.encoder.token_dim
-        got = (self.flow.action_dim, self.flow.horizon, self.flow.context_dim)
+        got = (actor_cfg.action_dim, actor_cfg.horizon, actor_cfg.context_dim)
         if got != (self.action_dim, self.horizon, d):
             raise ValueError(
-                f"PolicyConfig.flow (action_dim, horizon, context_dim) = {got} must equal "
+                f"PolicyConfig.{actor_name} (action_dim, horizon, context_dim) = {got} must equal "
                 f"(action_dim, horizon, encoder.token_dim) = {(self.action_dim, self.horizon, d)}"
             )
         if self.critic is not None:
             if not isinstance(self.critic, ChunkCriticConfig):
                 raise ValueError("PolicyConfig.critic must be a ChunkCriticConfig or None")
             c = self.critic
-            got = (c.action_dim, c.horizon, c.prefix_len, c.obs_dim)
-            want = (self.action_dim, self.horizon, self.prefix_len, d)
+            got = (c.action_dim, c.prefix_len, c.obs_dim)
+            want = (self.action_dim, self.prefix_len, d)
             if got != want:
                 raise ValueError(
-                    f"PolicyConfig.critic (action_dim, horizon, prefix_len, obs_dim) = {got} must "
-                    f"equal (action_dim, horizon, prefix_len, encoder.token_dim) = {want}"
+                    f"PolicyConfig.critic (action_dim, prefix_len, obs_dim) = {got} must "
+                    f"equal (action_dim, prefix_len, encoder.token_dim) = {want}"
                 )
+            if c.horizon not in (1, self.horizon):
+                raise ValueError(
+                    f"PolicyConfig.critic.horizon must be horizon={self.horizon} (chunked critic) or 1 "
+                    f"(per-step critic of the chunk's first action), got {c.horizon}"
+                )
+
+    @property
+    def critic_horizon(self) -> int:
+        """Leading chunk actions the critic scores and its TD step (H = the chunked critic)."""
+        return self.horizon if self.critic is None else self.critic.horizon
 
     @classmethod
     def create(
@@ -132,23 +170,29 @@ class PolicyConfig:
         encoder: EncoderConfig | None = None,
         flow: Mapping[str, Any] | None = None,
         critic: bool | Mapping[str, Any] = True,
+        actor: ActorKind = "flow",
+        gaussian: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> PolicyConfig:
-        """Build a consistent config: ``flow`` / ``critic`` are keyword overrides of the
-        sub-configs (their shared dimensions are filled in); ``critic=False`` gives no critic."""
+        """Build a consistent config: ``flow`` / ``gaussian`` / ``critic`` are keyword overrides
+        of the sub-configs (their shared dimensions are filled in; the critic's ``horizon`` may
+        be overridden for the per-step ablation); ``critic=False`` gives no critic; ``actor``
+        picks which actor sub-config is built."""
         encoder = encoder or EncoderConfig()
         d = encoder.token_dim
-        flow_cfg = ChunkFlowConfig(action_dim=action_dim, horizon=horizon, context_dim=d, **dict(flow or {}))
+        flow_cfg = gauss_cfg = None
+        if actor == "gaussian":
+            gauss_cfg = GaussianActorConfig(action_dim=action_dim, horizon=horizon, context_dim=d, **dict(gaussian or {}))
+        else:
+            flow_cfg = ChunkFlowConfig(action_dim=action_dim, horizon=horizon, context_dim=d, **dict(flow or {}))
         critic_cfg = None
         if critic is not False:
-            overrides = {} if critic is True else dict(critic)
-            critic_cfg = ChunkCriticConfig(
-                action_dim=action_dim, horizon=horizon, prefix_len=prefix_len, obs_dim=d, **overrides
-            )
+            overrides = {"horizon": horizon, **({} if critic is True else dict(critic))}
+            critic_cfg = ChunkCriticConfig(action_dim=action_dim, prefix_len=prefix_len, obs_dim=d, **overrides)
         return cls(
             observation_spec=dict(observation_spec), action_dim=action_dim, obs_history=obs_history,
             prefix_len=prefix_len, horizon=horizon, flow=flow_cfg, critic=critic_cfg, encoder=encoder,
-            **kwargs,
+            actor=actor, gaussian=gauss_cfg, **kwargs,
         )
 
     @classmethod
@@ -165,6 +209,7 @@ class PolicyConfig:
             {
                 "observation_spec": spec,
                 "flow": ChunkFlowConfig.from_dict,
+                "gaussian": GaussianActorConfig.from_dict,
                 "critic": ChunkCriticConfig.from_dict,
                 "encoder": EncoderConfig.from_dict,
             },
@@ -193,7 +238,7 @@ class PrefixTokenizer(nn.Module):
 
 
 class Policy(nn.Module):
-    """Flow actor + optional chunk critic + normalizers (see module docstring)."""
+    """Flow (or Gaussian) actor + optional chunk critic + normalizers (see module docstring)."""
 
     def __init__(self, config: PolicyConfig) -> None:
         super().__init__()
@@ -207,7 +252,11 @@ class Policy(nn.Module):
         )
         self.actor_encoder = ObservationEncoder(config.encoder, spec, t)
         self.prefix_tokenizer = PrefixTokenizer(config.action_dim, config.prefix_len, d)
-        self.flow = ChunkFlow(config.flow)
+        # The actor keeps the attribute name "flow" whatever its family: the stages call
+        # policy.flow.{log_prob, sample, set_dropout} and flow checkpoints name it "flow.*".
+        self.flow: ChunkFlow | GaussianChunkActor = (
+            ChunkFlow(config.flow) if config.actor == "flow" else GaussianChunkActor(config.gaussian)
+        )
         self.critic_encoder: ObservationEncoder | None = None
         self.critic: ChunkCritic | None = None
         if config.critic is not None:
@@ -293,11 +342,20 @@ class Policy(nn.Module):
         """Reparameterised samples: ``(chunks_norm [B, N, H, A], log_prob [B, N])`` (model density)."""
         return self.flow.sample(self.actor_context(obs, prefix_norm), num_samples, sigma, generator=generator)
 
+    def critic_actions(self, chunks_norm: Tensor) -> Tensor:
+        """The part of chunks ``[..., H, A]`` the critic scores: their first ``critic.horizon``
+        actions (all H for the chunked critic, returned as is; the first one for the per-step
+        ablation, which values a chunk by ``Q(o_t, prefix, a_{t+P})``)."""
+        h = self._require_critic().config.horizon
+        return chunks_norm if chunks_norm.shape[-2] == h else chunks_norm[..., :h, :]
+
     def min_q(self, obs: Mapping[str, Any], prefix_norm: Tensor, chunks_norm: Tensor) -> Tensor:
-        """``min_j Q_j(obs, prefix, chunk)`` ``[B, N]`` for ``chunks_norm [B, N, H, A]``."""
+        """``min_j Q_j(obs, prefix, chunk)`` ``[B, N]`` for ``chunks_norm [B, N, H, A]``
+        (scored on :meth:`critic_actions`)."""
         critic = self._require_critic()
         tokens = self.critic_tokens(obs)
-        return critic.min_value(tokens, prefix_norm.to(tokens.dtype), chunks_norm.to(tokens.dtype))
+        chunks = self.critic_actions(chunks_norm)
+        return critic.min_value(tokens, prefix_norm.to(tokens.dtype), chunks.to(tokens.dtype))
 
     def _require_critic(self) -> ChunkCritic:
         if self.critic is None:

@@ -1,0 +1,122 @@
+"""bench/learning.py: run specs per method, statistics, and a tiny end-to-end benchmark
+(2 methods x 1 seed of config/point_full.yaml with a handful of updates and 10 eval episodes)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sernf_learner.configs import load_config
+
+REPO = Path(__file__).resolve().parents[3]
+BENCH = REPO / "bench" / "learning.py"
+CONFIG = REPO / "config" / "point_full.yaml"
+TINY = {  # point_full.yaml shrunk to seconds
+    "il.steps": 4, "critic_warmup.steps": 3, "offline_rl.steps": 2, "online_rl.iterations": 1,
+    "online_rl.episodes_per_iteration": 4, "online_rl.updates_per_iteration": 2, "data.generate_point_demos": 8,
+    "trainer.eval.episodes": 10, "trainer.eval.num_envs": 10, "env.num_envs": 4,
+}
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_learning", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_learning"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("bench_learning", None)
+
+
+def test_run_specs_apply_each_methods_changes(bench):
+    base = load_config(CONFIG)
+    specs = {name: bench.run_spec(base, name, seed=2, threads=1, vary_demo_seed=False) for name in bench.METHODS}
+    assert set(specs) == {"nf_il", "nf_il_more_demos", "sernf_offline", "sernf_full",
+                          "ablation_per_step_critic", "ablation_gaussian_actor"}
+    for name, spec in specs.items():
+        cfg = spec["config"]
+        assert cfg["seed"] == 2 and cfg["trainer"]["torch_num_threads"] == 1 and not cfg["trainer"]["progress"]
+        assert spec["final_stage"] in cfg["trainer"]["eval"]["stages"]
+        assert cfg["data"]["demo_seed"] == base.data.demo_seed  # one dataset for every method by default
+        assert cfg["policy"]["critic_horizon"] == (1 if name == "ablation_per_step_critic" else None)
+        assert cfg["policy"]["actor"] == ("gaussian" if name == "ablation_gaussian_actor" else "flow")
+        budget = base.online_rl.iterations * base.online_rl.episodes_per_iteration
+        assert spec["extra_demos"] == (budget if name == "nf_il_more_demos" else 0)
+    assert [specs[n]["final_stage"] for n in ("nf_il", "sernf_offline", "sernf_full")] == ["il", "offline_rl", "online_rl"]
+    assert specs["nf_il_more_demos"]["extra_demo_seed"] != base.data.demo_seed
+    assert bench.run_spec(base, "nf_il", 2, 1, vary_demo_seed=True)["config"]["data"]["demo_seed"] == 2
+
+
+def test_aggregate_reports_mean_sample_std_and_missing_runs(bench, tmp_path):
+    for seed, success in ((0, 0.5), (1, 0.6), (2, 0.7)):
+        d = bench.run_dir(tmp_path, "nf_il", seed)
+        d.mkdir(parents=True)
+        (d / "result.json").write_text(json.dumps({
+            "method": "nf_il", "seed": seed, "success": success, "subtask_success": {"reach": success},
+            "n_eval_episodes": 200, "selection": "most_likely", "wall_s": 10.0 * (seed + 1),
+            "offline_episodes": 200, "offline_successful_episodes": 110,
+        }))
+    methods, missing = bench.aggregate(tmp_path, ["nf_il", "sernf_full"], [0, 1, 2, 3])
+    m = methods["nf_il"]
+    assert m["success"] == [0.5, 0.6, 0.7] and m["seeds"] == [0, 1, 2]
+    assert m["mean"] == pytest.approx(0.6) and m["std"] == pytest.approx(0.1)  # ddof = 1
+    assert m["subtask_mean"] == {"reach": pytest.approx(0.6)} and m["wall_s_mean"] == pytest.approx(20.0)
+    assert methods["sernf_full"]["mean"] is None
+    assert missing == ["nf_il/seed3"] + [f"sernf_full/seed{s}" for s in range(4)]
+    table = bench.markdown_table(methods)
+    assert "| nf_il | il | 0.600 ± 0.100 | 0.500, 0.600, 0.700 |" in table
+    assert "| sernf_full |" in table and "(no finished run)" in table
+    bench.plot(methods, tmp_path / "p.png", "test")
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _run(out: Path, methods: list[str], extra: dict | None = None) -> subprocess.CompletedProcess:
+    sets = [a for k, v in {**TINY, **(extra or {})}.items() for a in ("--set", f"{k}={v}")]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(
+        [sys.executable, str(BENCH), "--config", str(CONFIG), "--seeds", "0", "--methods", *methods,
+         "--out", str(out), "--jobs", "2", "--threads", "1", *sets],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+
+
+def test_benchmark_end_to_end_with_tiny_budgets(tmp_path):
+    out = tmp_path / "bench"
+    methods = ["nf_il_more_demos", "sernf_offline"]
+    proc = _run(out, methods)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for name in methods:
+        assert f"start {name} seed=0" in proc.stdout and f"done  {name} seed=0" in proc.stdout
+    report = json.loads((out / "learning.json").read_text())
+    assert {"schema", "command", "config", "seeds", "results", "missing", "jobs", "threads"} <= set(report)
+    assert report["missing"] == [] and report["seeds"] == [0] and "--jobs 2" in report["command"]
+    assert report["config"]["il"]["steps"] == TINY["il.steps"]
+    for name in methods:
+        r = report["results"][name]
+        assert len(r["success"]) == 1 and 0.0 <= r["mean"] <= 1.0 and r["std"] == 0.0
+        assert r["n_eval_episodes"] == [10] and set(r["subtask_success"]) == {"reach"}
+        assert r["wall_s"][0] > 0 and r["per_seed"][0]["seed"] == 0
+    more, offline = report["results"]["nf_il_more_demos"], report["results"]["sernf_offline"]
+    assert more["selection"] == ["most_likely"] and offline["selection"] == ["best_of_n"]
+    assert offline["per_seed"][0]["stage_success"].keys() == {"il", "offline_rl"}
+    # IL on more demos: the base 8 episodes plus online RL's budget (1 iteration x 4 episodes).
+    assert more["extra_demos"] == 4 and more["offline_episodes"] == [12] and offline["offline_episodes"] == [8]
+    assert (out / "learning.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| method | stages | success (mean ± std) |" in proc.stdout
+    assert "| nf_il_more_demos | il |" in proc.stdout
+
+    # Finished runs are skipped: nothing starts, the results stay.
+    stamp = (out / "runs" / "sernf_offline" / "seed0" / "result.json").stat().st_mtime_ns
+    again = _run(out, methods)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "2 already done, 0 to run" in again.stdout and "start " not in again.stdout
+    assert (out / "runs" / "sernf_offline" / "seed0" / "result.json").stat().st_mtime_ns == stamp
+    # Another config in the same directory is refused rather than mixed in.
+    changed = _run(out, methods, {"il.steps": 5})
+    assert changed.returncode == 2 and "another config" in changed.stderr

@@ -1,0 +1,93 @@
+"""The main job end to end (`python -m sernf.demo`) with tiny budgets.
+
+Runs the real command in a subprocess with ``config/demo_tiny.yaml`` (a handful of demos, a few
+updates per stage, one online iteration of two rollouts through the ROS graph, four evaluation
+episodes per stage) and checks what it writes: ``summary.json`` with the required keys, the
+learning-curve PNG, and that Stage IV really went through the sim robot, policy and learner
+nodes (their logs, the policy's replay store, the learner's checkpoint). Whether the method
+improves success is what the full demo measures (config/demo_hand.yaml), not CI.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sernf import demo
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "config" / "demo_tiny.yaml"
+STAGES = ("il", "critic_warmup", "offline_rl", "online_rl")
+
+
+def test_both_demo_configs_load():
+    for name in ("demo_hand.yaml", "demo_tiny.yaml"):
+        cfg, run, _ = demo.load_demo_config(REPO / "config" / name)
+        assert run.env.task == "hand_pick_place"
+        assert run.policy.v_max == 2.0  # two-stage reward: returns up to 2
+        assert cfg.dataset.num_demos >= 1
+
+
+def test_two_proportion_test_matches_a_hand_computation():
+    # 0.30 vs 0.45 over 200 + 200: pooled p = 0.375, se0 = sqrt(.375*.625*(2/200)) = 0.04841
+    t = demo.two_proportion_test(0.30, 200, 0.45, 200)
+    assert t["z"] == pytest.approx(0.15 / 0.048412, rel=1e-3)
+    assert t["p_value_one_sided"] == pytest.approx(0.000965, rel=0.02)
+    lo, hi = demo.wilson_interval(0, 50)
+    assert lo == 0.0 and 0.0 < hi < 0.1
+
+
+@pytest.mark.slow
+@pytest.mark.ros
+def test_demo_runs_end_to_end_and_writes_its_outputs(tmp_path, ros_env):
+    out = tmp_path / "run"
+    env = {**ros_env, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "sernf.demo", "--config", str(TINY), "--out", str(out), "--no-progress"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
+    elapsed = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert elapsed < 300, f"tiny demo took {elapsed:.0f} s"
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["evaluation_episodes"] == 4
+    assert set(STAGES) <= set(summary["stages"])
+    for stage in STAGES:
+        s = summary["stages"][stage]
+        assert 0.0 <= s["success"] <= 1.0
+        assert set(s["subtask_success"]) == {"grasp", "place"}
+        assert s["episodes"] == 4
+    assert "online_rl_vs_il" in summary["significance"]
+    assert summary["data"]["offline"]["episodes"] == 8
+    assert summary["data"]["online"]["episodes"] == 2
+    # Stage IV ran through the ROS graph: the policy node recorded the rollouts into its store,
+    # the learner node ingested them, trained and announced a checkpoint the policy reloaded.
+    assert "ROS graph" in summary["online_stage"]
+    graph = out / "online_graph"
+    for node in ("sim_robot", "policy", "learner"):
+        assert (graph / "logs" / f"{node}.log").stat().st_size > 0, node
+    iterations = [json.loads(line) for line in (graph / "iterations.jsonl").read_text().splitlines()]
+    assert len(iterations) == 1 and len(iterations[0]["episodes"]) == 2
+    assert iterations[0]["checkpoint_step"] > 0
+    assert Path(iterations[0]["checkpoint"]).is_relative_to(graph / "learner")
+    from sernf_learner.replay import EpisodeStore
+
+    assert EpisodeStore(str(graph / "replay" / "online.zarr"), mode="r").num_episodes == 2
+    png = (out / "learning_curve.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 1000
+    assert "HAND PICK-AND-PLACE SUCCESS RATES" in proc.stdout
+    assert "SERNF (full)" in proc.stdout
+
+    # A finished run resumes to the same results without training again.
+    again = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = json.loads((out / "summary.json").read_text())
+    assert {k: v["success"] for k, v in resumed["stages"].items()} == {k: v["success"] for k, v in summary["stages"].items()}
+    # A second fresh run into the same directory is refused (it would mix two runs' data).
+    refused = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert refused.returncode == 2 and "--resume" in refused.stderr
