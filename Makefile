@@ -7,7 +7,7 @@ IN_ENV := source env.sh &&
 export OMP_NUM_THREADS ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast lint demo bench lock clean
+.PHONY: setup test test-fast lint demo bench bench-learning lock clean
 
 setup:
 	@bash tools/bootstrap.sh
@@ -32,6 +32,11 @@ bench: setup
 	@$(IN_ENV) python bench/model_size.py
 	@$(IN_ENV) python bench/replay_throughput.py
 	@$(IN_ENV) python bench/learner_throughput.py
+
+## The learning benchmark of docs/results.md: 6 methods x 3 seeds on the point task (~40 CPU min).
+bench-learning: setup
+	@$(IN_ENV) python bench/learning.py --config config/point_full.yaml --seeds 0 1 2 --methods all \
+		--out results/bench_learning --jobs 2 --threads 1
 
 ## Regenerate the lock file from the current .venv.
 lock:

@@ -74,11 +74,15 @@ def _recorded_launch(path: Path, share: Path) -> list[dict]:
     return recorded
 
 
+#: Parameters every rclpy node declares itself (rclpy.time_source): allowed in any node's section.
+ROS_BUILTIN_PARAMETERS = {"use_sim_time"}
+
+
 def _node_parameters(module_name: str) -> set[str]:
     module = importlib.import_module(module_name)
     config_class = getattr(module, "PARAMETERS", None)
     assert dataclasses.is_dataclass(config_class), f"{module_name} must define PARAMETERS = <config dataclass>"
-    return {f.name for f in dataclasses.fields(config_class)}
+    return {f.name for f in dataclasses.fields(config_class)} | ROS_BUILTIN_PARAMETERS
 
 
 @pytest.mark.parametrize("launch_file", LAUNCH_FILES, ids=lambda p: p.name)

@@ -163,3 +163,28 @@ def test_malformed_commands_are_rejected_and_the_robot_holds(processes, driver):
     assert np.linalg.norm(driver.ee[-1][:3] - start[:3]) < 2e-3
     assert sim.poll() is None
     assert "rejected" in processes.log(sim)
+
+
+def test_publish_clock_at_speed_advances_simulated_time_one_period_per_step(processes, driver):
+    from rosgraph_msgs.msg import Clock
+
+    clocks: list[int] = []
+    driver.node.create_subscription(Clock, "/clock", lambda m: clocks.append(
+        m.clock.sec * 1_000_000_000 + m.clock.nanosec), 50)
+    sim = _start_sim(processes, "publish_clock:=true", "speed:=4.0", "max_steps:=30")
+    assert driver.spin_until(lambda: len(driver.ee) > 0 and len(clocks) > 2, 60), processes.log(sim)
+    assert driver.call(driver.reset_client, Trigger.Request()).success
+    driver.ee.clear()
+    stamps: list[int] = []
+    driver.node.create_subscription(PoseStamped, "/franka/ee_pose", lambda m: stamps.append(
+        m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec), 50)
+    assert driver.spin_until(lambda: any(e.event == EpisodeEvent.END for e in driver.events), 20), processes.log(sim)
+    # /clock moves in whole control periods (10 Hz -> 100 ms), strictly forward.
+    steps = np.diff(np.array(clocks))
+    assert len(steps) > 10 and np.all(steps > 0) and np.all(steps % 100_000_000 == 0), steps[:20]
+    # Messages carry simulated time: consecutive observation stamps are one period apart.
+    assert len(stamps) > 10
+    np.testing.assert_array_equal(np.diff(np.array(stamps)) % 100_000_000, 0)
+    end = next(e for e in driver.events if e.event == EpisodeEvent.END)
+    end_ns = end.header.stamp.sec * 1_000_000_000 + end.header.stamp.nanosec
+    assert clocks[0] <= end_ns <= clocks[-1]

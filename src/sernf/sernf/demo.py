@@ -121,11 +121,16 @@ class DemoConfig:
     dataset: DemoDatasetConfig = field(default_factory=DemoDatasetConfig)
     """How the offline dataset is generated (when the store does not exist yet)."""
     threads: int = 2
-    """torch intra-op threads (the target machines have 2 cores)."""
+    """torch intra-op threads (the target machines have 2 cores); also the learner node's."""
+    sim_speed: float = 1.0
+    """Speed of the simulated robot in Stage IV through ROS (x real time). The graph runs on the
+    simulator's /clock, so the recorded episodes keep the task's 10 Hz at any speed."""
 
     def __post_init__(self) -> None:
         if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:
             raise ValueError(f"demo.threads must be an int >= 1, got {self.threads!r}")
+        if not (isinstance(self.sim_speed, int | float) and math.isfinite(self.sim_speed) and 0 < self.sim_speed <= 20):
+            raise ValueError(f"demo.sim_speed must be in (0, 20], got {self.sim_speed!r}")
 
 
 def load_demo_config(path: str | os.PathLike[str]) -> tuple[DemoConfig, RunConfig, dict[str, Any]]:
@@ -492,12 +497,12 @@ def run_online_graph(run: RunConfig, demo: DemoConfig, raw: Mapping[str, Any], o
         offline_store=offline_uri, episodes_per_iteration=o.episodes_per_iteration,
         updates_per_iteration=o.updates_per_iteration, batch_size=o.batch_size, rho=o.rho,
         num_samples=o.num_samples, sigma_sample=o.sigma, max_steps=int(make_env(run, 1, 0).time_limit),
-        learner_threads=demo.threads, seed=run.seed + len(records) * 1000,
+        learner_threads=demo.threads, seed=run.seed + len(records) * 1000, speed=float(demo.sim_speed),
     )
     remaining = o.iterations - len(records)
     print(f"[demo] Stage IV online_rl through the ROS graph: {remaining} iteration(s) of "
           f"{o.episodes_per_iteration} rollouts (best of {o.num_samples}, sigma {o.sigma:g}) + "
-          f"{o.updates_per_iteration} learner updates, in real time at the task's control rate", flush=True)
+          f"{o.updates_per_iteration} learner updates; simulated robot at {demo.sim_speed:g}x real time", flush=True)
     t_stage = time.perf_counter()
     with OnlineGraph(config, log=lambda line: print(line, flush=True)) as graph:
         for it in graph.iterations(remaining, first=len(records) + 1):

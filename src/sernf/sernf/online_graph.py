@@ -17,6 +17,7 @@ watches it from outside, through the same interfaces an operator uses on the rob
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import time
@@ -80,12 +81,16 @@ class GraphStageConfig:
     """σ_sample while collecting (exploration)."""
     max_steps: int
     """Episode time limit (control steps), the task's."""
+    speed: float = 1.0
+    """Simulated robot speed (x real time). The simulator publishes /clock and the policy runs on
+    it (config/sim.yaml), so episodes keep the task's control rate at any speed; the policy's
+    inference must keep up with the faster ticks (real-time chunking reports overruns)."""
     learner_threads: int = 1
     """Torch threads of the learner (the graph is idle while it trains)."""
     seed: int = 0
     """Seed of the simulator's random layouts (continues across episodes)."""
     episode_timeout_s: float = 120.0
-    """Longest wait for one episode to be recorded and announced."""
+    """Longest wait (wall clock) for one episode to end."""
     training_timeout_s: float = 1800.0
     """Longest wait for the learner's checkpoint after an iteration's last episode."""
 
@@ -97,6 +102,8 @@ class GraphStageConfig:
                 raise ValueError(f"GraphStageConfig.{name} must be an int >= 1, got {value!r}")
         if not 0.0 <= self.rho <= 1.0:
             raise ValueError(f"GraphStageConfig.rho must be in [0, 1], got {self.rho}")
+        if not (math.isfinite(self.speed) and self.speed > 0.0):
+            raise ValueError(f"GraphStageConfig.speed must be > 0, got {self.speed}")
         if not self.sigma_sample > 0.0:
             raise ValueError(f"GraphStageConfig.sigma_sample must be > 0, got {self.sigma_sample}")
         for name in ("run_config", "initial_checkpoint", "offline_store"):
@@ -110,9 +117,11 @@ def write_graph_parameters(config: GraphStageConfig) -> Path:
     params = yaml.safe_load((SOURCE_CONFIG_DIR / "sim.yaml").read_text(encoding="utf-8"))
     sim, policy, learner = (params[n]["ros__parameters"] for n in ("sim_robot", "policy", "learner"))
     run = config.run_dir.resolve()
-    # Real time (speed 1): the policy node records episodes at its own control rate, which must
-    # be the task's (see config/sim.yaml).
-    sim.update(max_steps=config.max_steps, auto_reset=False, seed=config.seed, speed=1.0, reset_config=-1)
+    # The simulator is the time source (publish_clock) and the policy runs on simulated time
+    # (use_sim_time), as config/sim.yaml has it: required for speed > 1.
+    sim.update(max_steps=config.max_steps, auto_reset=False, seed=config.seed, speed=float(config.speed),
+               reset_config=-1, publish_clock=True)
+    policy["use_sim_time"] = True
     policy.update(checkpoint="", replay_uri=str(run / "replay" / "online.zarr"), num_samples=config.num_samples,
                   sigma_sample=float(config.sigma_sample), selection="best_of_n",
                   max_episode_steps=config.max_steps + 20)

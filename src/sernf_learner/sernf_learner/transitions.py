@@ -90,9 +90,11 @@ class ChunkTiming:
             if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < lo:
                 raise ValueError(f"ChunkTiming.{name} must be an int >= {lo}, got {value!r}")
             object.__setattr__(self, name, int(value))
-        if self.P > self.H:
-            # The next prefix a_{t+H..t+H+P-1} must be the tail of this chunk a_{t+P..t+P+H-1}.
-            raise ValueError(f"ChunkTiming needs P <= H (next prefix = tail of the chunk), got P={self.P}, H={self.H}")
+        if self.P >= self.H:
+            # The next prefix a_{t+H..t+H+P-1} must be the tail of this chunk a_{t+P..t+P+H-1},
+            # and a chunk must add actions after it: with P == H the decision steps stop P steps
+            # before the end and the episode's last reward and terminal flag reach no transition.
+            raise ValueError(f"ChunkTiming needs P < H (next prefix = tail of the chunk), got P={self.P}, H={self.H}")
         if not (isinstance(self.gamma, int | float) and 0.0 < self.gamma <= 1.0):
             raise ValueError(f"ChunkTiming.gamma must be in (0, 1], got {self.gamma!r}")
         object.__setattr__(self, "gamma", float(self.gamma))

@@ -73,7 +73,7 @@ def np_batch(batch: dict) -> dict:
 
 def test_chunk_timing_validation():
     assert ChunkTiming(T=4, P=2, H=6).discount == pytest.approx(0.997**6)
-    for bad in (dict(T=0, P=1, H=2), dict(T=1, P=-1, H=2), dict(T=1, P=3, H=2), dict(T=1, P=1, H=0),
+    for bad in (dict(T=0, P=1, H=2), dict(T=1, P=-1, H=2), dict(T=1, P=3, H=2), dict(T=1, P=2, H=2), dict(T=1, P=1, H=0),
                 dict(T=1, P=1, H=2, gamma=0.0), dict(T=1, P=1, H=2, gamma=1.5), dict(T=True, P=1, H=2)):
         with pytest.raises(ValueError, match="ChunkTiming"):
             ChunkTiming(**bad)
@@ -165,7 +165,7 @@ def reference_transition(ep: dict, terminated: bool, t: int, tm: ChunkTiming) ->
     T=st.integers(1, 4), P=st.integers(0, 3), extra=st.integers(0, 5), seed=st.integers(0, 1000),
 )
 def test_vectorized_batch_matches_reference(mem_uri, lengths, T, P, extra, seed):
-    timing = ChunkTiming(T=T, P=P, H=max(P, 1) + extra, gamma=0.95)
+    timing = ChunkTiming(T=T, P=P, H=P + 1 + extra, gamma=0.95)
     rng = np.random.default_rng(seed)
     episodes = []
     for n in lengths:

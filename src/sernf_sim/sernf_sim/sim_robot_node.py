@@ -5,8 +5,13 @@ to, steps the MuJoCo task one control step per command, and publishes what the d
 cameras publish: camera images, hand joint states, end-effector pose, plus sparse rewards and
 episode boundaries. A policy node cannot tell it from the robot.
 
-Timing. A timer ticks at ``control_rate_hz × speed`` wall-clock (``speed`` > 1 runs faster
-than real time; the policy node must then run at the same scaled rate). Each tick takes one
+Timing. A timer ticks at ``control_rate_hz × speed`` on the steady wall clock (``speed`` > 1
+runs faster than real time). With ``publish_clock`` the node is the graph's time source: it
+publishes simulated time on ``/clock`` (rosgraph_msgs/Clock), one control period per tick, and
+stamps everything with it; nodes started with ``use_sim_time: true`` (the policy node) then
+tick, stamp and record on simulated time, so at any speed they see the task's 10 Hz and the
+episodes they record have the task's control rate (a policy node on wall time at speed > 1
+would record 10 Hz timestamps for a 30 Hz stream, which the learner rejects). Each tick takes one
 complete command (arm delta + hand targets with the same stamp) from a short FIFO, or the
 hold action when none arrived — physics never waits for the policy, as on the robot. Relative
 arm commands are consumed exactly once (replaying a delta would move the arm twice); the
@@ -33,7 +38,10 @@ from typing import Any
 
 import numpy as np
 from geometry_msgs.msg import PoseStamped
+from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
+from rclpy.time import Time
+from rosgraph_msgs.msg import Clock as ClockMsg
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float32MultiArray
 from std_srvs.srv import Trigger
@@ -72,7 +80,12 @@ class SimRobotConfig:
     auto_reset: bool = False
     """Start the next episode automatically after one ends."""
     reset_delay_s: float = 0.5
-    """Wall-clock pause between an episode's end and the automatic reset."""
+    """Pause between an episode's end and the automatic reset (simulated seconds with
+    publish_clock, else wall-clock)."""
+    publish_clock: bool = False
+    """Publish simulated time on /clock and stamp every message with it (start: the wall time
+    at start-up, then one control period per tick). Needed for speed > 1 with a policy node
+    (give it use_sim_time: true)."""
     frame_id: str = "world"
     """Frame of the published end-effector pose."""
     arm_command_topic: str = "/franka/relative_pose_command"
@@ -136,11 +149,32 @@ class SimRobotNode(Node):
         self.create_subscription(PoseStamped, self.cfg.arm_command_topic, self._on_arm, 10)
         self.create_subscription(JointState, self.cfg.hand_command_topic, self._on_hand, 10)
         self.create_service(Trigger, "~/reset", self._on_reset)
+        # Simulated time: whole control periods in integer nanoseconds (no float drift).
+        self._step_ns = round(1e9 / self.cfg.control_rate_hz)
+        self._sim_ns = self.get_clock().now().nanoseconds
+        self.clock_pub = self.create_publisher(ClockMsg, "/clock", 10) if self.cfg.publish_clock else None
         period = 1.0 / (self.cfg.control_rate_hz * self.cfg.speed)
-        self.create_timer(period, self._tick)
+        # The physics timer runs on the steady clock: this node is the time source, it must not
+        # wait for /clock itself (use_sim_time on this node would stall it).
+        self.create_timer(period, self._tick, clock=Clock(clock_type=ClockType.STEADY_TIME))
+        self._publish_clock()
         self.get_logger().info(
-            f"sim robot up: hand_pick_place ({self.cfg.variant}), {1 / period:.1f} Hz wall-clock, "
+            f"sim robot up: hand_pick_place ({self.cfg.variant}), {1 / period:.1f} Hz wall-clock "
+            f"(speed {self.cfg.speed:g}{', simulated time on /clock' if self.clock_pub else ''}), "
             f"{'cameras' if self.cfg.render_images else 'state-only'}; call ~/reset to start")
+
+    # -- time -----------------------------------------------------------------------------------
+    def _now(self) -> Time:
+        """Simulated time with publish_clock, else the node's clock."""
+        if self.clock_pub is not None:
+            return Time(nanoseconds=self._sim_ns)
+        return self.get_clock().now()
+
+    def _publish_clock(self) -> None:
+        if self.clock_pub is not None:
+            msg = ClockMsg()
+            msg.clock = self._now().to_msg()
+            self.clock_pub.publish(msg)
 
     # -- commands -------------------------------------------------------------------------------
     def _on_arm(self, msg: PoseStamped) -> None:
@@ -206,7 +240,7 @@ class SimRobotNode(Node):
 
     def _publish_episode(self, event: int, reason: str) -> None:
         msg = EpisodeEvent()
-        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.header.stamp = self._now().to_msg()
         msg.episode_id = self._episode_id()
         msg.event = event
         msg.reason = reason
@@ -214,8 +248,11 @@ class SimRobotNode(Node):
 
     # -- control loop ---------------------------------------------------------------------------
     def _tick(self) -> None:
+        # Time advances one control period per tick, running or not (as on the robot).
+        self._sim_ns += self._step_ns
+        self._publish_clock()
         if not self._running:
-            if self._reset_at is not None and self.get_clock().now().nanoseconds * 1e-9 >= self._reset_at:
+            if self._reset_at is not None and self._now().nanoseconds * 1e-9 >= self._reset_at:
                 self._start_episode()
             else:
                 self._publish_observation()  # drivers publish state whether or not we act
@@ -226,7 +263,7 @@ class SimRobotNode(Node):
             action = self.env.hold_action(self._obs)[0]
         obs, reward, terminated, truncated, info = self.env.step(action[None])
         self._obs = obs
-        stamp = self.get_clock().now().to_msg()
+        stamp = self._now().to_msg()
         if reward[0] > 0:
             event = RewardEvent()
             event.header.stamp = stamp
@@ -242,10 +279,10 @@ class SimRobotNode(Node):
             self._publish_episode(EpisodeEvent.END, reason)
             self.get_logger().info(f"episode {self._episode_id()} ended: {reason} after {int(info['steps'][0])} steps")
             if self.get_parameter("auto_reset").value:
-                self._reset_at = self.get_clock().now().nanoseconds * 1e-9 + self.cfg.reset_delay_s
+                self._reset_at = self._now().nanoseconds * 1e-9 + self.cfg.reset_delay_s
 
     def _publish_observation(self, stamp: Any = None) -> None:
-        stamp = stamp or self.get_clock().now().to_msg()
+        stamp = stamp or self._now().to_msg()
         obs = {k: v[0] for k, v in self._obs.items()}
         joints = JointState()
         joints.header.stamp = stamp
