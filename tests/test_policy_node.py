@@ -240,3 +240,27 @@ def test_episode_is_recorded_committed_and_announced(start_node, checkpoints, tm
     np.testing.assert_allclose(steps["action"][:, :7], published, atol=1e-6)
     np.testing.assert_allclose(steps["action"][:, 7:], hand, atol=1e-6)
     assert np.all(np.diff(steps["timestamp"]) > 0)
+
+
+def test_a_new_episode_holds_the_measured_hand_not_the_last_episodes_target(start_node, checkpoints, tmp_path):
+    # Between episodes the robot is reset (the hand goes home). The first P actions of a new
+    # episode (its hold prefix) must keep the hand where it is measured, not jump back to the
+    # target the previous episode ended with (e.g. a closed fist before the approach).
+    replay = pytest.importorskip("sernf_learner.replay", reason="sernf_learner.replay is not there yet")
+    uri = str(tmp_path / "replay.zarr")
+    _, harness = start_node(checkpoints["base"][0], replay_uri=uri)
+    harness.wait_for(lambda: "no episode" in harness.diag().get("hold_reason", ""), 45.0,
+                     "the node to be ready and idle", harness.node_log)
+    measured = np.array([0.2, 0.3])  # the harness publishes index 0.2, thumb 0.3 (by name)
+    for _ in range(2):
+        assert harness.call(harness.start_client).success
+        wait_commanding(harness, timeout=5.0)
+        time.sleep(1.5)
+        assert harness.call(harness.stop_client).success
+        n = len(harness.replay)
+        harness.wait_for(lambda n=n: len(harness.replay) > n, 15.0, "a ReplayEpisode", harness.node_log)
+    store = replay.EpisodeStore(uri, mode="r")
+    (first, _), (second, _) = (store.read_episode(m.episode_id) for _, m in harness.replay.since(0)[:2])
+    last_target = first["action"][-1, 7:]
+    assert np.abs(last_target - measured).max() > 1e-3, "test needs the first episode to end elsewhere"
+    np.testing.assert_allclose(second["action"][:h.P, 7:], np.tile(measured, (h.P, 1)), atol=1e-6)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -67,8 +68,9 @@ class Driver:
         assert self.spin_until(future.done, timeout), f"{client.srv_name} did not answer"
         return future.result()
 
-    def command(self, delta: np.ndarray, hand_targets: np.ndarray) -> None:
-        stamp = self.node.get_clock().now().to_msg()
+    def command(self, delta: np.ndarray, hand_targets: np.ndarray, stamp: Any = None) -> None:
+        """One action (arm delta + hand targets) under one stamp (default: now)."""
+        stamp = stamp or self.node.get_clock().now().to_msg()
         arm = PoseStamped()
         arm.header.stamp = stamp
         arm.pose.position.x, arm.pose.position.y, arm.pose.position.z = map(float, delta[:3])
@@ -187,4 +189,47 @@ def test_publish_clock_at_speed_advances_simulated_time_one_period_per_step(proc
     np.testing.assert_array_equal(np.diff(np.array(stamps)) % 100_000_000, 0)
     end = next(e for e in driver.events if e.event == EpisodeEvent.END)
     end_ns = end.header.stamp.sec * 1_000_000_000 + end.header.stamp.nanosec
-    assert clocks[0] <= end_ns <= clocks[-1]
+    # The clock message of the last step is published after the episode end: let it arrive.
+    assert driver.spin_until(lambda: clocks[-1] >= end_ns, 5.0), (end_ns, clocks[-3:])
+    assert clocks[0] <= end_ns
+
+
+def test_lockstep_waits_for_the_command_stamped_with_the_current_state(processes, driver):
+    from builtin_interfaces.msg import Time as TimeMsg
+    from rosgraph_msgs.msg import Clock
+
+    clocks: list[int] = []
+    stamps: list[TimeMsg] = []
+    driver.node.create_subscription(Clock, "/clock", lambda m: clocks.append(
+        m.clock.sec * 1_000_000_000 + m.clock.nanosec), 50)
+    driver.node.create_subscription(PoseStamped, "/franka/ee_pose", lambda m: stamps.append(m.header.stamp), 50)
+    sim = _start_sim(processes, "publish_clock:=true", "lockstep_timeout_s:=30.0", "max_steps:=50")
+    assert driver.spin_until(lambda: len(driver.ee) > 0 and len(clocks) > 0, 60), processes.log(sim)
+    assert driver.call(driver.reset_client, Trigger.Request()).success
+    assert driver.spin_until(lambda: any(e.event == EpisodeEvent.START for e in driver.events), 10)
+    # No command: simulated time stands still, the state keeps being published (unchanged).
+    driver.spin_until(lambda: False, 0.5)
+    paused_at = clocks[-1]
+    ee_count = len(driver.ee)
+    driver.spin_until(lambda: False, 1.0)
+    assert clocks[-1] == paused_at, "simulated time advanced without a command in lockstep"
+    assert len(driver.ee) > ee_count + 3, "the paused robot stopped publishing its state"
+    assert np.allclose(driver.ee[-1], driver.ee[ee_count])
+    # A command stamped with an older time is late: dropped, the sim still waits.
+    start = driver.ee[-1].copy()
+    home = np.array(driver.joints[-1].position)
+    current = stamps[-1]
+    old = TimeMsg(sec=current.sec - 1, nanosec=current.nanosec)
+    driver.command(np.array([0.02, 0, 0, 1.0, 0, 0, 0]), home, stamp=old)
+    driver.spin_until(lambda: False, 0.5)
+    assert clocks[-1] == paused_at
+    # The command for the current state: one step, exactly one period of simulated time.
+    for _ in range(3):
+        current = stamps[-1]
+        driver.command(np.array([0.02, 0, 0, 1.0, 0, 0, 0]), home, stamp=current)
+        now_ns = current.sec * 1_000_000_000 + current.nanosec
+        assert driver.spin_until(lambda now_ns=now_ns: clocks[-1] > now_ns, 5.0), processes.log(sim)
+        assert clocks[-1] == now_ns + 100_000_000
+        driver.spin_until(lambda: False, 0.2)
+    assert driver.ee[-1][0] - start[0] > 0.04, f"the EE did not follow the three commands: {driver.ee[-1] - start}"
+

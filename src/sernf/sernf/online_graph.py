@@ -122,6 +122,9 @@ def write_graph_parameters(config: GraphStageConfig) -> Path:
     sim.update(max_steps=config.max_steps, auto_reset=False, seed=config.seed, speed=float(config.speed),
                reset_config=-1, publish_clock=True)
     policy["use_sim_time"] = True
+    # Three nodes, the learner's training and this process share 2 cores: a scheduler stall of a
+    # few hundred ms must not end an episode as a sensor failure (the robot default is 0.2 s).
+    policy["stale_after_s"] = max(float(policy.get("stale_after_s", 0.2)), 0.5)
     policy.update(checkpoint="", replay_uri=str(run / "replay" / "online.zarr"), num_samples=config.num_samples,
                   sigma_sample=float(config.sigma_sample), selection="best_of_n",
                   max_episode_steps=config.max_steps + 20)

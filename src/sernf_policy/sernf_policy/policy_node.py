@@ -676,6 +676,11 @@ class PolicyNode(Node):
         # A fresh start: first decision with P hold actions, history padded from the next tick.
         self._scheduler.reset()
         self._buffer.reset_history()
+        # The hand's last target belongs to the previous episode: the reset between episodes
+        # moved the hand (home pose). Holding it would make the prefix (and the first P
+        # executed actions) jump back to where the last episode ended, e.g. a closed fist
+        # before the approach. Until this episode commands the hand, hold what is measured.
+        self._hand_target = None
         self.get_logger().info(f"episode {episode_id} started")
         if announce:
             self._announce_episode(episode_id, EpisodeEvent.START, "started")

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -86,6 +87,11 @@ class SimRobotConfig:
     """Publish simulated time on /clock and stamp every message with it (start: the wall time
     at start-up, then one control period per tick). Needed for speed > 1 with a policy node
     (give it use_sim_time: true)."""
+    lockstep_timeout_s: float = 0.0
+    """With publish_clock, during an episode: wait up to this long (wall clock) for the command
+    stamped with the current step before holding, so simulated time slows down instead of the
+    robot holding when the policy's process falls behind (a loaded machine, speed > 1). 0: never
+    wait (physics runs on, as on the real robot)."""
     frame_id: str = "world"
     """Frame of the published end-effector pose."""
     arm_command_topic: str = "/franka/relative_pose_command"
@@ -114,6 +120,8 @@ class SimRobotConfig:
             raise ValueError("max_steps must be >= 1 and image_size >= 8")
         if self.reset_delay_s < 0:
             raise ValueError("reset_delay_s must be >= 0")
+        if not (math.isfinite(self.lockstep_timeout_s) and self.lockstep_timeout_s >= 0):
+            raise ValueError(f"lockstep_timeout_s must be >= 0, got {self.lockstep_timeout_s}")
 
 
 class SimRobotNode(Node):
@@ -129,7 +137,9 @@ class SimRobotNode(Node):
         self._lock = threading.Lock()
         self._arm: dict[tuple[int, int], np.ndarray] = {}
         self._hand: dict[tuple[int, int], np.ndarray] = {}
-        self._commands: deque[np.ndarray] = deque(maxlen=3)
+        self._commands: deque[tuple[int, np.ndarray]] = deque(maxlen=3)  # (stamp ns, action)
+        self._missed_commands = 0
+        self._waiting_since: float | None = None
         self._dropped_commands = 0
         self._episode = 0
         self._running = False
@@ -206,7 +216,8 @@ class SimRobotNode(Node):
             if stamp in self._arm and stamp in self._hand:
                 if len(self._commands) == self._commands.maxlen:
                     self._dropped_commands += 1
-                self._commands.append(np.concatenate([self._arm.pop(stamp), self._hand.pop(stamp)]))
+                stamp_ns = stamp[0] * 1_000_000_000 + stamp[1]
+                self._commands.append((stamp_ns, np.concatenate([self._arm.pop(stamp), self._hand.pop(stamp)])))
             for table in (self._arm, self._hand):  # forget unpaired halves that never complete
                 while len(table) > 4:
                     table.pop(next(iter(table)))
@@ -235,8 +246,15 @@ class SimRobotNode(Node):
             self._running = True
             self._reset_at = None
             self._rewards_in_episode = 0
+            self._missed_commands = 0
+            self._waiting_since = None
+            if self.clock_pub is not None:
+                # A new step of simulated time for the first state, published after it: a policy
+                # on simulated time ticks on it and commands the first step at once.
+                self._sim_ns += self._step_ns
         self._publish_episode(EpisodeEvent.START, "reset" if index < 0 else f"test_config_{index}")
         self._publish_observation()
+        self._publish_clock()
 
     def _publish_episode(self, event: int, reason: str) -> None:
         msg = EpisodeEvent()
@@ -248,21 +266,33 @@ class SimRobotNode(Node):
 
     # -- control loop ---------------------------------------------------------------------------
     def _tick(self) -> None:
-        # Time advances one control period per tick, running or not (as on the robot).
-        self._sim_ns += self._step_ns
-        self._publish_clock()
         if not self._running:
             if self._reset_at is not None and self._now().nanoseconds * 1e-9 >= self._reset_at:
                 self._start_episode()
-            else:
-                self._publish_observation()  # drivers publish state whether or not we act
+                return
+            self._sim_ns += self._step_ns  # time runs whether or not we act (as on the robot)
+            self._publish_observation()  # drivers publish state whether or not we act
+            self._publish_clock()
             return
         with self._lock:
-            action = self._commands.popleft() if self._commands else None
+            action = self._take_command()
+        if action is None and self.clock_pub is not None and self.cfg.lockstep_timeout_s > 0:
+            # Lockstep: simulated time stands still until the command for this step arrives.
+            waited = time.monotonic() - (self._waiting_since or time.monotonic())
+            if self._waiting_since is None:
+                self._waiting_since = time.monotonic()
+            if waited < self.cfg.lockstep_timeout_s:
+                # A paused robot's drivers still publish its (unchanged) state: the policy's
+                # staleness watchdog measures wall time and must not fire while we wait.
+                self._publish_observation()
+                return
+        self._waiting_since = None
         if action is None:
+            self._missed_commands += 1
             action = self.env.hold_action(self._obs)[0]
         obs, reward, terminated, truncated, info = self.env.step(action[None])
         self._obs = obs
+        self._sim_ns += self._step_ns
         stamp = self._now().to_msg()
         if reward[0] > 0:
             event = RewardEvent()
@@ -277,9 +307,29 @@ class SimRobotNode(Node):
             reason = str(info["termination_reason"][0]) or ("time_limit" if truncated[0] else "terminated")
             self._running = False
             self._publish_episode(EpisodeEvent.END, reason)
-            self.get_logger().info(f"episode {self._episode_id()} ended: {reason} after {int(info['steps'][0])} steps")
+            self.get_logger().info(f"episode {self._episode_id()} ended: {reason} after {int(info['steps'][0])} steps"
+                                   f" ({self._missed_commands} without a fresh command: held)")
             if self.get_parameter("auto_reset").value:
                 self._reset_at = self._now().nanoseconds * 1e-9 + self.cfg.reset_delay_s
+        # The clock last: a policy on simulated time ticks on this message and must already have
+        # the observation of the new time, so the command it sends is its reaction to that state.
+        self._publish_clock()
+
+    def _take_command(self) -> np.ndarray | None:
+        """The command for the current state (caller holds the lock); None = hold.
+
+        On simulated time the policy stamps its reaction to the observation of time t with t:
+        take exactly that command (older ones are late and dropped), so each action is applied
+        to the state it was chosen for, as the episode recorder logs it. On wall-clock time
+        (no /clock) the two timers drift against each other: take the oldest queued command."""
+        if self.clock_pub is None:
+            return self._commands.popleft()[1] if self._commands else None
+        now = self._sim_ns
+        while self._commands and self._commands[0][0] < now:
+            self._commands.popleft()
+        if self._commands and self._commands[0][0] == now:
+            return self._commands.popleft()[1]
+        return None
 
     def _publish_observation(self, stamp: Any = None) -> None:
         stamp = stamp or self._now().to_msg()
