@@ -1000,7 +1000,7 @@ PARAMETERS = PolicyNodeConfig
 
 def main(args: list[str] | None = None) -> None:
     # Control timer, sensor callbacks and event callbacks each get a thread.
-    spin_node(PolicyNode, NODE_NAME, num_threads=3, args=args)
+    spin_node(PolicyNode, NODE_NAME, num_threads=1, args=args)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
 
 __all__ = ["spin_node"]
@@ -24,7 +24,11 @@ def spin_node(make_node: Callable[[], Node], name: str, num_threads: int = 2,
     node = None
     try:
         node = make_node()
-        executor = MultiThreadedExecutor(num_threads=num_threads)
+        # One thread: rclpy's MultiThreadedExecutor keeps polling ready-but-running callbacks and
+        # burns a core of its own (ros2/rclpy#1223); nodes whose heavy work runs in their own
+        # worker pools (the policy node) do better on the single-threaded executor.
+        executor = (SingleThreadedExecutor() if num_threads == 1
+                    else MultiThreadedExecutor(num_threads=num_threads))
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
