@@ -367,7 +367,7 @@ PARAMETERS = SimRobotConfig
 
 
 def main(args: list[str] | None = None) -> None:
-    spin_node(SimRobotNode, "sim_robot", num_threads=2, args=args)
+    spin_node(SimRobotNode, "sim_robot", num_threads=1, args=args)
 
 
 if __name__ == "__main__":
