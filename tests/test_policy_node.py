@@ -73,9 +73,12 @@ def test_commands_flow_at_the_control_rate_and_rtc_leaves_no_gap(start_node, che
     times = harness.arm.times(t0, t1)
     assert 25 <= len(times) <= 35, f"{len(times)} arm commands in 3 s at 10 Hz"
     gaps = np.diff(times)
-    # Waiting for inference would leave a gap of >= one tick + 0.15 s; the bound leaves room
-    # for timer jitter on a loaded 2-core machine. The overrun count below is the exact check.
-    assert gaps.max() < 2.4 * TICK, f"gap of {gaps.max():.3f} s in the command stream"
+    # Waiting for inference would leave a gap in every decision (>= one tick + 0.15 s, every H
+    # ticks); the bound only catches that and leaves room for a scheduler stall of the node's
+    # process on a loaded 2-core CI machine (one gap of 0.30 s seen in a full-suite run). The
+    # overrun count below is the exact check that the queue never ran dry.
+    assert gaps.max() < 3.5 * TICK, f"gap of {gaps.max():.3f} s in the command stream"
+    assert np.sum(gaps > 1.5 * TICK) <= 1, f"repeated gaps in the command stream: {np.round(gaps, 3)}"
     assert len(harness.hand.times(t0, t1)) >= 25
     harness.wait_for(lambda: harness.diagnostics.last()[0] > t1, 5.0, "diagnostics")
     assert diag_int(harness, "overruns") == overruns_before, harness.diag()
