@@ -8,7 +8,7 @@ stand-in for the paper's scissors task) it
 2. runs Stages I–III with the resumable :class:`~sernf_learner.trainer.Trainer` (schedule
    ``offline``): Stage I imitation on the successful demos, Stage II critic warm-up, Stage III
    offline RL on all demos, each evaluated on the same fixed-seed random layouts;
-3. runs Stage IV through the ROS graph (``--online graph``, the default; :mod:`sernf.online_graph`):
+3. runs Stage IV through the ROS graph (``--online graph``, the default; :mod:`sernf.ros.online_graph`):
    the simulated robot, the policy node and the learner node as separate processes talking
    over DDS, exactly what ``ros2 launch sernf sim.launch.py`` starts. Each iteration collects
    K rollouts on the simulated robot with best-of-N selection (recorded and announced by the
@@ -478,7 +478,8 @@ def run_online_graph(run: RunConfig, demo: DemoConfig, raw: Mapping[str, Any], o
     iteration); a resumed run continues with the next iteration (the learner node resumes
     from its own checkpoint in the same folder).
     """
-    from sernf.online_graph import GraphStageConfig, OnlineGraph
+    from sernf.online_graph import GraphStageConfig
+    from sernf.ros.online_graph import OnlineGraph
     from sernf_learner.trainer import make_env
 
     o, ev = run.online_rl, run.trainer.eval

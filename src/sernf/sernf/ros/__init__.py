@@ -1,0 +1,1 @@
+"""The bringup package's ROS shell: code that runs rclpy (DESIGN §2)."""
