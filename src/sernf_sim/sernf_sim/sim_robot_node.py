@@ -278,10 +278,9 @@ class SimRobotNode(Node):
             action = self._take_command()
         if action is None and self.clock_pub is not None and self.cfg.lockstep_timeout_s > 0:
             # Lockstep: simulated time stands still until the command for this step arrives.
-            waited = time.monotonic() - (self._waiting_since or time.monotonic())
             if self._waiting_since is None:
                 self._waiting_since = time.monotonic()
-            if waited < self.cfg.lockstep_timeout_s:
+            if time.monotonic() - self._waiting_since < self.cfg.lockstep_timeout_s:
                 # A paused robot's drivers still publish its (unchanged) state: the policy's
                 # staleness watchdog measures wall time and must not fire while we wait.
                 self._publish_observation()
