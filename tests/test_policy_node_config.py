@@ -15,7 +15,6 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float32MultiArray
 
 from sernf_policy.policy_node import PolicyNodeConfig
-from sernf_policy.ros.parameters import declare_config, field_docs
 from sernf_policy.ros_conversions import (
     chunk_to_trajectory,
     float_array_to_vector,
@@ -27,6 +26,7 @@ from sernf_policy.ros_conversions import (
     seconds_to_time,
     time_to_seconds,
 )
+from sernf_ros.parameters import declare_config, field_docs
 
 
 def image(encoding: str, pixels: np.ndarray, pad: int = 0) -> Image:

@@ -85,9 +85,9 @@ from sernf_learner.trainer import (
     unflatten_state,
 )
 from sernf_learner.transitions import ChunkTiming, MixedSampler, TransitionSampler
-from sernf_policy.ros.parameters import declare_config
-from sernf_policy.ros.spin import spin_node
-from sernf_policy.ros_conversions import diagnostic_array
+from sernf_ros.diagnostics import diagnostic_array
+from sernf_ros.parameters import declare_config
+from sernf_ros.spin import spin_node
 
 __all__ = ["LearnerNode", "LearnerNodeConfig", "OnlineLearner", "main"]
 

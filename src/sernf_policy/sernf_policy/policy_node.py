@@ -75,13 +75,13 @@ from trajectory_msgs.msg import JointTrajectory
 
 from sernf_interfaces.msg import CheckpointAvailable, EpisodeEvent, ReplayEpisode
 from sernf_interfaces.msg import RewardEvent as RewardEventMsg
+from sernf_ros.parameters import declare_config
+from sernf_ros.spin import spin_node
 
 from .action_space import ActionSpace, ActionSpaceConfig
 from .episode_recorder import EpisodeRecorder, EpisodeRecorderConfig, EpisodeSummary, RewardEvent
 from .observation_buffer import ObservationBuffer, ObservationBufferConfig
 from .realtime_chunking import HOLD, ChunkScheduler, ChunkTimingConfig, InferenceRequest
-from .ros.parameters import declare_config
-from .ros.spin import spin_node
 from .ros_conversions import (
     OBSERVATION_TYPES,
     chunk_to_trajectory,

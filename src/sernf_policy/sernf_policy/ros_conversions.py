@@ -7,15 +7,17 @@ DESIGN §3). Poses are ``[x, y, z, qw, qx, qy, qz]`` (the action's quaternion or
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from builtin_interfaces.msg import Duration, Time
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Pose, PoseStamped
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float32MultiArray
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from sernf_ros.diagnostics import diagnostic_array
+from sernf_ros.stamps import seconds_to_time, time_to_seconds
 
 __all__ = [
     "OBSERVATION_TYPES",
@@ -40,15 +42,6 @@ simulator's privileged object state)."""
 # Channel order of the 8-bit colour encodings we accept, as indices into the message's
 # channels that give R, G, B.
 _RGB_CHANNELS = {"rgb8": (3, (0, 1, 2)), "bgr8": (3, (2, 1, 0)), "rgba8": (4, (0, 1, 2)), "bgra8": (4, (2, 1, 0))}
-
-
-def time_to_seconds(stamp: Time) -> float:
-    return float(stamp.sec) + float(stamp.nanosec) * 1e-9
-
-
-def seconds_to_time(seconds: float) -> Time:
-    nanoseconds = int(round(seconds * 1e9))
-    return Time(sec=nanoseconds // 1_000_000_000, nanosec=nanoseconds % 1_000_000_000)
 
 
 def image_to_rgb(msg: Image) -> np.ndarray:
@@ -151,27 +144,3 @@ def chunk_to_trajectory(
         point.time_from_start = Duration(sec=nanoseconds // 1_000_000_000, nanosec=nanoseconds % 1_000_000_000)
         msg.points.append(point)
     return msg
-
-
-def diagnostic_array(
-    stamp: Time, name: str, hardware_id: str, level: bytes, message: str, values: Mapping[str, object]
-) -> DiagnosticArray:
-    """One DiagnosticStatus in a DiagnosticArray; ``level`` is ``DiagnosticStatus.OK`` / ``WARN``
-    / ``ERROR``; values are stringified (floats with %.6g, bools as true/false)."""
-    status = DiagnosticStatus()
-    status.level = level
-    status.name = name
-    status.hardware_id = hardware_id
-    status.message = message
-    for key, value in values.items():
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, float):
-            text = f"{value:.6g}"
-        else:
-            text = str(value)
-        status.values.append(KeyValue(key=key, value=text))
-    array = DiagnosticArray()
-    array.header.stamp = stamp
-    array.status.append(status)
-    return array

@@ -1,1 +1,0 @@
-"""ROS-side helpers shared by the nodes (the only non-node modules importing rclpy)."""
