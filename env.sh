@@ -10,6 +10,8 @@ fi
 source "$_sernf_root/.venv/bin/activate"
 # shellcheck disable=SC1091
 source "$_sernf_root/install/setup.bash"
+# User commands (sernf-train, ...): linked into install/bin by tools/bootstrap.sh.
+export PATH="$_sernf_root/install/bin:$PATH"
 export RMW_IMPLEMENTATION="${RMW_IMPLEMENTATION:-rmw_fastrtps_cpp}"
 # These wheels ignore ROS_LOCALHOST_ONLY (DESIGN §3); keep discovery on this machine unless the
 # user asks otherwise (set ROS_AUTOMATIC_DISCOVERY_RANGE=SUBNET to talk to a robot PC).

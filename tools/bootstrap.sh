@@ -64,4 +64,12 @@ if [[ "$(cat install/.sernf-build 2>/dev/null)" != "$build_hash-$launch_hash" ]]
   )
   echo "$build_hash-$launch_hash" > install/.sernf-build
 fi
+# --- 5. user commands on PATH ---------------------------------------------------------------------
+# colcon installs console scripts under install/<pkg>/lib/<pkg>/ (where `ros2 run` looks); link
+# the user-facing ones (sernf-*) into install/bin, which env.sh puts on PATH.
+mkdir -p install/bin
+find install/bin -maxdepth 1 -type l -delete
+for script in install/*/lib/*/sernf-*; do
+  [[ -x "$script" ]] && ln -sf "$ROOT/$script" "install/bin/$(basename "$script")"
+done
 log "ready (source ./env.sh for a shell)"
