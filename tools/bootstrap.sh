@@ -64,6 +64,45 @@ if [[ "$(cat install/.sernf-build 2>/dev/null)" != "$build_hash-$launch_hash" ]]
   )
   echo "$build_hash-$launch_hash" > install/.sernf-build
 fi
+
+# --- 4b. test-only vendor interfaces -------------------------------------------------------------
+# tools/test_interfaces/<pkg> stand in for vendor interface packages that have no wheel (Franka's
+# franka_msgs, for the error-recovery action). Their COLCON_IGNORE keeps them out of step 4 and of
+# any robot PC's build; here a copy without it is built into install/ -- unless the environment
+# already provides the package (a robot PC with franka_ros2 sourced), which must never be overlaid.
+vendor_package_found() {
+  local IFS=: prefix
+  for prefix in ${AMENT_PREFIX_PATH:-}; do
+    [[ "$prefix" == "$ROOT/install"* ]] && continue
+    [[ -e "$prefix/share/ament_index/resource_index/packages/$1" ]] && return 0
+  done
+  return 1
+}
+for pkg_dir in tools/test_interfaces/*/; do
+  pkg=$(basename "$pkg_dir")
+  if vendor_package_found "$pkg"; then
+    if [[ -e "install/$pkg/.sernf-test-interface" ]]; then
+      log "the environment provides $pkg: removing the test-only copy from install/"
+      rm -rf "install/$pkg" "install/.sernf-test-$pkg"
+    fi
+    continue
+  fi
+  pkg_hash=$(find "$pkg_dir" -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
+  if [[ "$(cat "install/.sernf-test-$pkg" 2>/dev/null)" != "$pkg_hash" ]]; then
+    log "building the test-only interface package $pkg"
+    staging="build/.test_interfaces/$pkg"  # under build/, which colcon's discovery skips
+    rm -rf "$staging" && mkdir -p "$(dirname "$staging")" log && cp -r "$pkg_dir" "$staging"
+    rm -f "$staging/COLCON_IGNORE"
+    (
+      export PATH="$VENV/bin:$PATH" AMENT_PREFIX_PATH="$VENV" CMAKE_PREFIX_PATH="$VENV"
+      "$VENV/bin/colcon" --log-base log build --paths "$staging" --event-handlers console_cohesion- \
+        --cmake-args -DPython3_EXECUTABLE="$VENV/bin/python" -DBUILD_TESTING=OFF -Wno-dev \
+        > "log/colcon-build-$pkg.txt" 2>&1 || { tail -40 "log/colcon-build-$pkg.txt"; exit 1; }
+    )
+    touch "install/$pkg/.sernf-test-interface"
+    echo "$pkg_hash" > "install/.sernf-test-$pkg"
+  fi
+done
 # --- 5. user commands on PATH ---------------------------------------------------------------------
 # colcon installs console scripts under install/<pkg>/lib/<pkg>/ (where `ros2 run` looks); link
 # the user-facing ones (sernf-*) into install/bin, which env.sh puts on PATH.
