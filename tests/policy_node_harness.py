@@ -124,7 +124,10 @@ class Harness:
         n = self.node
         self.pose_pub = n.create_publisher(PoseStamped, "/franka/ee_pose", qos_profile_sensor_data)
         self.joint_pub = n.create_publisher(JointState, "/orca_hand/joint_states", qos_profile_sensor_data)
-        self.checkpoint_pub = n.create_publisher(CheckpointAvailable, "/sernf/checkpoint", 10)
+        from sernf_policy.policy_node import CHECKPOINT_QOS
+
+        # The learner's profile (transient local): the policy node subscribes with it.
+        self.checkpoint_pub = n.create_publisher(CheckpointAvailable, "/sernf/checkpoint", CHECKPOINT_QOS)
         self.reward_pub = n.create_publisher(RewardEvent, "/sernf/reward", 10)
         self.arm = Received()
         self.hand = Received()
@@ -207,10 +210,23 @@ class Harness:
             raise AssertionError(f"service {client.srv_name} did not answer")
         return future.result()
 
-    def announce_checkpoint(self, uri: str, step: int, sha256: str, stage: str = "online_rl") -> None:
+    def announce_checkpoint(self, uri: str, step: int, sha256: str, stage: str = "online_rl", *,
+                            run_id: str = "", config_sha256: str = "", key: Any = None,
+                            signature: str | None = None) -> None:
+        """Publish a CheckpointAvailable; ``key`` (an AnnouncementKey) signs it as the learner
+        does; ``signature`` overrides the signature (forgeries)."""
+        from sernf_policy.announcement_auth import CHECKPOINT_KIND, checkpoint_fields
+
         msg = CheckpointAvailable()
         msg.header.stamp = self.node.get_clock().now().to_msg()
         msg.uri, msg.step, msg.stage, msg.sha256 = uri, step, stage, sha256
+        msg.run_id, msg.config_sha256 = run_id, config_sha256
+        if key is not None:
+            msg.key_id = key.key_id
+            msg.signature = key.sign(CHECKPOINT_KIND, checkpoint_fields(
+                uri=uri, step=step, stage=stage, sha256=sha256, run_id=run_id, config_sha256=config_sha256))
+        if signature is not None:
+            msg.signature = signature
         self.checkpoint_pub.publish(msg)
 
     def publish_reward(self, value: float, subtask: str) -> None:

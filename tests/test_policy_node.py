@@ -38,6 +38,8 @@ def start_node(processes, tmp_path):
     harnesses = []
 
     def start(checkpoint: Path, **params):
+        # Announced checkpoints must lie in a root: the test's checkpoints and its own tmp_path.
+        params.setdefault("checkpoint_roots", [str(Path(checkpoint).parent), str(tmp_path)])
         path = h.write_params(tmp_path / "policy_params.yaml", h.node_params(str(checkpoint), **params))
         proc = processes.python("policy_node", "-m", "sernf_policy.policy_node", "--ros-args",
                                 "--params-file", str(path))

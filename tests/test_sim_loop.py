@@ -66,7 +66,8 @@ def _graph_config(tmp: Path, demos: Path, initial: Path) -> Path:
     sim, policy, learner = (params[n]["ros__parameters"] for n in ("sim_robot", "policy", "learner"))
     sim.update(max_steps=25, auto_reset=True, reset_delay_s=0.2)
     policy.update(num_samples=4,
-                  replay_uri=str(tmp / "replay" / "online.zarr"), max_episode_steps=40)
+                  replay_uri=str(tmp / "replay" / "online.zarr"), max_episode_steps=40,
+                  checkpoint_roots=[str(tmp)])
     run_config = tmp / "run.yaml"
     run_config.write_text(yaml.safe_dump({
         "seed": 0, "data": {"gamma": 0.99},
@@ -74,6 +75,7 @@ def _graph_config(tmp: Path, demos: Path, initial: Path) -> Path:
         "online_rl": {"batch_size": 16, "rho": 0.5}}))
     learner.update(output_dir=str(tmp / "learner"), initial_checkpoint=str(initial),
                    offline_store_uri=str(demos), replay_root=str(tmp / "replay"),
+                   watch_stores=[str(tmp / "replay" / "online.zarr")],
                    run_config=str(run_config), episodes_per_update=2, updates_per_round=10,
                    batch_size=16)
     config_dir = tmp / "config"

@@ -19,6 +19,7 @@ setup(
     entry_points={
         "console_scripts": [
             "policy_node = sernf_policy.policy_node:main",
+            "sernf-keys = sernf_policy.announcement_auth:main",
         ],
     },
 )

@@ -116,13 +116,16 @@ def write_graph_parameters(config: GraphStageConfig) -> Path:
     policy["stale_after_s"] = max(float(policy.get("stale_after_s", 0.2)), 0.5)
     policy.update(checkpoint="", replay_uri=str(run / "replay" / "online.zarr"), num_samples=config.num_samples,
                   sigma_sample=float(config.sigma_sample), selection="best_of_n",
-                  max_episode_steps=config.max_steps + 20)
+                  max_episode_steps=config.max_steps + 20,
+                  # Announced checkpoints are loaded only from these (the learner's own and the start).
+                  checkpoint_roots=[str(run / "learner"), str(Path(config.initial_checkpoint).resolve().parent)])
     learner.update(
         output_dir=str(run / "learner"), initial_checkpoint=str(Path(config.initial_checkpoint).resolve()),
         offline_store_uri=str(Path(config.offline_store).resolve()), replay_root=str(run / "replay"),
         run_config=str(Path(config.run_config).resolve()), episodes_per_update=config.episodes_per_iteration,
         updates_per_round=config.updates_per_iteration, batch_size=config.batch_size, rho=float(config.rho),
-        torch_num_threads=config.learner_threads, announce_initial_checkpoint=True)
+        torch_num_threads=config.learner_threads, announce_initial_checkpoint=True,
+        watch_stores=[str(run / "replay" / "online.zarr")])
     config_dir = run / "config"
     config_dir.mkdir(parents=True, exist_ok=True)
     tmp = config_dir / ".sim.yaml.tmp"

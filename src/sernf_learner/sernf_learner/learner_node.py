@@ -59,6 +59,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.event_handler import PublisherEventCallbacks
 from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from sernf_interfaces.msg import CheckpointAvailable, ReplayEpisode
 from sernf_learner.configs import RunConfig, load_config
@@ -85,6 +86,14 @@ from sernf_learner.trainer import (
     unflatten_state,
 )
 from sernf_learner.transitions import ChunkTiming, MixedSampler, TransitionSampler
+from sernf_policy.announcement_auth import (
+    CHECKPOINT_KIND,
+    REPLAY_KIND,
+    checkpoint_fields,
+    load_optional_key,
+    replay_fields,
+)
+from sernf_policy.checkpoint import recover_stale_temps
 from sernf_ros.diagnostics import diagnostic_array
 from sernf_ros.parameters import declare_config
 from sernf_ros.spin import spin_node
@@ -101,6 +110,11 @@ CHECKPOINTS = "checkpoints"
 STATE_FORMAT = 1
 STATE_KIND = "sernf-learner-online"
 _LOG_THROTTLE_S = 2.0
+LOCK_FILE = ".learner.lock"
+#: /sernf/checkpoint: reliable, transient local, the latest kept (the policy node's profile):
+#: a policy node that starts, or restarts, after the announcement still gets it.
+CHECKPOINT_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                            durability=DurabilityPolicy.TRANSIENT_LOCAL, history=HistoryPolicy.KEEP_LAST)
 
 
 # ------------------------------------------------------------------------------ configuration
@@ -185,8 +199,25 @@ class LearnerNodeConfig:
     diagnostics_period_s: float = 1.0
     """Period of the learner's /diagnostics status (also sent after rejections and checkpoints)."""
 
+    watch_stores: tuple[str, ...] = ()
+    """Replay stores (paths under replay_root or URLs under allowed_url_prefixes) the learner
+    reconciles with at start and every reconcile_period_s: every committed episode it has not
+    ingested yet is ingested, announced or not (announcements only cut the latency)."""
+
+    reconcile_period_s: float = 5.0
+    """Seconds between reconciliations with watch_stores."""
+
+    checkpoint_key_file: str = ""
+    """Key (file, mode 0600, made by sernf-keys) to sign checkpoint announcements with (the
+    policy node's checkpoint_key_file); empty: announcements go out unsigned."""
+
+    replay_key_file: str = ""
+    """Key replay announcements must be signed with (the policy node's replay_key_file); set:
+    unsigned or wrongly signed announcements are refused. Episodes found by reconciliation
+    need no signature: they come from the configured watch_stores."""
+
     def __post_init__(self) -> None:
-        for name in ("allowed_url_prefixes", "offline_stages"):
+        for name in ("allowed_url_prefixes", "offline_stages", "watch_stores"):
             object.__setattr__(self, name, tuple(str(v) for v in getattr(self, name)))
         if not self.output_dir:
             raise ValueError("output_dir must not be empty")
@@ -198,6 +229,8 @@ class LearnerNodeConfig:
             raise ValueError(f"rho must be in [0, 1] (negative: from the run config), got {self.rho!r}")
         if isinstance(self.keep_checkpoints, bool) or self.keep_checkpoints < 1:
             raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints!r}")
+        if not (math.isfinite(self.reconcile_period_s) and self.reconcile_period_s > 0):
+            raise ValueError(f"reconcile_period_s must be > 0, got {self.reconcile_period_s}")
         if not (math.isfinite(self.diagnostics_period_s) and self.diagnostics_period_s > 0):
             raise ValueError(f"diagnostics_period_s must be > 0, got {self.diagnostics_period_s}")
         bad = [s for s in self.offline_stages if s not in OFFLINE_STAGES]
@@ -242,6 +275,13 @@ class SavedCheckpoint:
     """Total gradient updates behind the policy."""
     stage: str = STAGE
     """Stage that produced it."""
+
+    @property
+    def config_sha256(self) -> str:
+        """sha256 of the policy's config.json (announced and signed with the weights' sha256)."""
+        from sernf_policy.checkpoint import CONFIG_FILE, file_sha256
+
+        return file_sha256(self.policy_dir / CONFIG_FILE)
 
 
 def latest_checkpoint(out: Path) -> Path | None:
@@ -520,6 +560,9 @@ class _Stats:
     last_checkpoint_uri: str = ""
     last_checkpoint_step: int = -1
     checkpoints_announced: int = 0
+    reconciled: int = 0
+    """Episodes found in watch_stores that no announcement had brought (queued for ingestion)."""
+    reconcile_errors: int = 0
 
 
 @dataclass(frozen=True)
@@ -538,9 +581,22 @@ class LearnerNode(Node):
         self.online_config = self.cfg.online_config(self.run_config)
         self.out = Path(self.cfg.output_dir).absolute()
         self.out.mkdir(parents=True, exist_ok=True)
+        self._lock_fh = _lock_output_dir(self.out)
+        # We are the only writer now: what a killed predecessor left half-written goes.
+        for line in recover_stale_temps(self.out / CHECKPOINTS):
+            self.get_logger().warning(f"start-up clean-up: {line}")
+        # A new id per process: the policy node requires increasing steps within a run.
+        self.run_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+        self._checkpoint_key = load_optional_key(self.cfg.checkpoint_key_file)
+        self._replay_key = load_optional_key(self.cfg.replay_key_file)
         # The learner's own directory is off limits: ingesting its online store into itself loops.
         self.locations = ReplayLocations(self.cfg.replay_root, self.cfg.allowed_url_prefixes,
                                          forbidden=(str(self.out),))
+        for uri in self.cfg.watch_stores:
+            try:
+                self.locations.resolve(uri)
+            except ReplayRejected as exc:
+                raise ValueError(f"watch_stores: {exc}") from None
         if self.cfg.torch_num_threads > 0:
             import torch
 
@@ -553,6 +609,12 @@ class LearnerNode(Node):
         self._stats = _Stats()
         self._ready: list[_Ready] = []
         self._claimed: set[tuple[str, str]] = set()  # episodes trained on or waiting in _ready
+        # Episode ids with a journal entry not yet processed by the ingest thread (-> count),
+        # so reconciliation does not queue an episode twice.
+        self._pending_ids: dict[str, int] = {}
+        # (store, id) that reconciliation queued and ingestion refused for good: not retried
+        # until the next start.
+        self._given_up: set[tuple[str, str]] = set()
         self._done_seqs: set[int] = set()
         self._current: SavedCheckpoint | None = None
         self._announce_current = False
@@ -566,7 +628,7 @@ class LearnerNode(Node):
         self._event_group = MutuallyExclusiveCallbackGroup()
         self._diag_group = MutuallyExclusiveCallbackGroup()
         self._checkpoint_pub = self.create_publisher(
-            CheckpointAvailable, self.cfg.checkpoint_topic, 10,
+            CheckpointAvailable, self.cfg.checkpoint_topic, CHECKPOINT_QOS,
             event_callbacks=PublisherEventCallbacks(matched=self._on_checkpoint_matched),
             callback_group=self._diag_group)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -606,7 +668,7 @@ class LearnerNode(Node):
                 self._claimed.add(key)
         pending = self.journal.pending()
         for entry in pending:
-            self._queue.put((entry.seq, entry.announcement))
+            self._enqueue(entry.seq, entry.announcement)
         if pending:
             self.get_logger().info(f"re-processing {len(pending)} journal entries not covered by a checkpoint "
                                    f"(seq {pending[0].seq}..{pending[-1].seq})")
@@ -618,16 +680,81 @@ class LearnerNode(Node):
                            source=str(msg.source), episode_return=float(msg.episode_return))
         try:
             check_announcement_fields(ann)
+            if self._replay_key is not None:
+                problem = self._replay_key.verify(REPLAY_KIND, replay_fields(
+                    episode_id=msg.episode_id, uri=msg.uri, num_steps=msg.num_steps,
+                    episode_return=msg.episode_return, source=msg.source, subtask_names=list(msg.subtask_names),
+                    subtask_success=list(msg.subtask_success)), str(msg.key_id), str(msg.signature))
+                if problem:
+                    raise ReplayRejected("signature", problem)
             self.locations.resolve(ann.uri)
         except ReplayRejected as exc:
             self._rejected(None, ann, exc)
             return
         seq = self.journal.accept(ann)  # durable before it is queued: survives a kill
-        self._queue.put((seq, ann))
+        self._enqueue(seq, ann)
         with self._lock:
             self._stats.accepted += 1
         self.get_logger().info(f"replay episode {ann.episode_id} ({ann.num_steps} steps, {ann.uri}) accepted "
                                f"as journal entry {seq}; queue {self._queue.qsize()}")
+
+    def _enqueue(self, seq: int, ann: Announcement) -> None:
+        with self._lock:
+            self._pending_ids[ann.episode_id] = self._pending_ids.get(ann.episode_id, 0) + 1
+        self._queue.put((seq, ann))
+
+    def _dequeued(self, ann: Announcement) -> None:
+        with self._lock:
+            left = self._pending_ids.get(ann.episode_id, 0) - 1
+            if left > 0:
+                self._pending_ids[ann.episode_id] = left
+            else:
+                self._pending_ids.pop(ann.episode_id, None)
+
+    def _reconcile(self, ingestor: ReplayIngestor) -> int:
+        """Queue every committed episode of watch_stores that is neither in the online store
+        nor waiting in the queue; returns how many. Runs on the ingest thread (the online
+        store's only writer, so its ids are current).
+
+        This is what makes delivery at-least-once: an episode committed while the learner was
+        down, or whose announcement was lost, is found here; the announcement only makes it
+        arrive sooner. Ingestion stays exactly-once: ids already ingested are skipped here,
+        and the ingestor recognises a second copy of the same episode.
+        """
+        have = set(ingestor.online.episode_ids())
+        queued = 0
+        for uri in self.cfg.watch_stores:
+            try:
+                resolved = self.locations.resolve(uri)
+                store = EpisodeStore(resolved, mode="r")
+                ids = store.episode_ids()
+            except FileNotFoundError:
+                continue  # nothing committed there yet
+            except Exception as exc:  # noqa: BLE001 - a watched store we cannot read: report, retry later
+                with self._lock:
+                    self._stats.reconcile_errors += 1
+                    self._stats.last_error = f"reconciling with {uri}: {type(exc).__name__}: {exc}"
+                self.get_logger().warning(f"cannot reconcile with watched store {uri}: {exc}",
+                                          throttle_duration_sec=30.0)
+                continue
+            for episode_id in ids:
+                with self._lock:
+                    skip = (episode_id in have or episode_id in self._pending_ids
+                            or (resolved, episode_id) in self._given_up)
+                if skip:
+                    continue
+                meta = store.episode_metadata(episode_id)
+                ann = Announcement(episode_id, resolved, int(meta["length"]), source=str(meta.get("source", "")),
+                                   episode_return=float(meta.get("return", float("nan"))))
+                seq = self.journal.accept(ann, via="reconcile")
+                self._enqueue(seq, ann)
+                queued += 1
+        if queued:
+            with self._lock:
+                self._stats.reconciled += queued
+            self.get_logger().info(f"reconciliation: {queued} committed episode(s) in the watched stores were "
+                                   "not ingested yet (learner down or announcement lost); queued")
+        return queued
 
     def _rejected(self, seq: int | None, ann: Announcement, exc: ReplayRejected) -> None:
         if seq is not None:
@@ -654,7 +781,11 @@ class LearnerNode(Node):
                 return
         ingestor = self._ingestor
         assert ingestor is not None
+        next_reconcile = 0.0  # at once: episodes committed while we were down
         while not self._stop.is_set():
+            if self.cfg.watch_stores and time.monotonic() >= next_reconcile:
+                self._reconcile(ingestor)
+                next_reconcile = time.monotonic() + self.cfg.reconcile_period_s
             try:
                 item = self._queue.get(timeout=0.2)
             except queue.Empty:
@@ -662,9 +793,13 @@ class LearnerNode(Node):
             if item is None:
                 return
             seq, ann = item
+            self._dequeued(ann)
             try:
                 result = ingestor.ingest(ann)
             except ReplayRejected as exc:
+                if exc.reason not in ("store", "episode"):  # those two may change: retried
+                    with self._lock:
+                        self._given_up.add((ann.uri, ann.episode_id))
                 self._rejected(seq, ann, exc)
                 continue
             except Exception as exc:  # noqa: BLE001 - the learner's own store failed: keep the entry pending, keep serving
@@ -856,6 +991,12 @@ class LearnerNode(Node):
         msg = CheckpointAvailable()
         msg.header.stamp = self.get_clock().now().to_msg()
         msg.uri, msg.step, msg.stage, msg.sha256 = str(saved.policy_dir), int(saved.step), saved.stage, saved.sha256
+        msg.run_id, msg.config_sha256 = self.run_id, saved.config_sha256
+        if self._checkpoint_key is not None:
+            msg.key_id = self._checkpoint_key.key_id
+            msg.signature = self._checkpoint_key.sign(CHECKPOINT_KIND, checkpoint_fields(
+                uri=msg.uri, step=msg.step, stage=msg.stage, sha256=msg.sha256, run_id=msg.run_id,
+                config_sha256=msg.config_sha256))
         self._checkpoint_pub.publish(msg)
         with self._lock:
             self._stats.checkpoints_announced += 1
@@ -902,6 +1043,9 @@ class LearnerNode(Node):
             "last_checkpoint_uri": s.last_checkpoint_uri,
             "last_checkpoint_step": s.last_checkpoint_step,
             "checkpoints_announced": s.checkpoints_announced,
+            "reconciled": s.reconciled,
+            "reconcile_errors": s.reconcile_errors,
+            "run_id": self.run_id,
         }
         if not self.context.ok():
             return
@@ -919,6 +1063,21 @@ class LearnerNode(Node):
         self._ingest_thread.join(timeout=10.0)
         self._train_thread.join(timeout=30.0)
         self.journal.close()
+
+
+def _lock_output_dir(out: Path) -> Any:
+    """Hold an exclusive lock on ``out`` for the life of the process: one learner per run
+    directory (two would write one journal and one store, and the start-up clean-up of one
+    would remove the other's half-written checkpoint). The kernel drops it when we die."""
+    import fcntl
+
+    fh = open(out / LOCK_FILE, "a+b")  # noqa: SIM115 - held open for the life of the process
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        raise ValueError(f"another learner is running on {out} (it holds {out / LOCK_FILE})") from None
+    return fh
 
 
 def _file_sha256(policy_dir: Path) -> str:

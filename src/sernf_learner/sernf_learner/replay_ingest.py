@@ -66,6 +66,7 @@ REJECT_REASONS = (
     "length",  # num_steps differs from the stored episode length
     "duplicate",  # an episode with that id was already ingested from another store
     "data",  # the episode's arrays cannot be read or fail validation (NaN, dtypes, ...)
+    "signature",  # a replay key is configured and the announcement is unsigned or wrongly signed
 )
 
 # The replay store's own id rule (sernf_learner.replay): an id we cannot store is refused up
@@ -447,11 +448,14 @@ class Journal:
         os.fsync(self._fh.fileno())
         self._records += 1
 
-    def accept(self, ann: Announcement) -> int:
-        """Record an accepted announcement durably; returns its sequence number."""
+    def accept(self, ann: Announcement, via: str = "announcement") -> int:
+        """Record an accepted announcement durably; returns its sequence number. ``via``: how
+        the learner learnt of the episode ("announcement", or "reconcile" for one found in a
+        watched store)."""
         with self._lock:
             seq = max(self._accepted, default=-1) + 1
-            self._append({"op": "accepted", "seq": seq, "announcement": ann.to_json(), "unix": time.time()})
+            self._append({"op": "accepted", "seq": seq, "announcement": ann.to_json(), "via": via,
+                          "unix": time.time()})
             self._accepted[seq] = ann
             return seq
 

@@ -48,6 +48,8 @@ __all__ = [
     "file_sha256",
     "load_state_strict",
     "read_checkpoint",
+    "recover_stale_temps",
+    "resolve_inside_roots",
     "write_checkpoint",
 ]
 
@@ -180,6 +182,67 @@ def read_checkpoint(directory: str | os.PathLike[str], kind: str) -> tuple[dict[
         raise CheckpointError(f"unreadable safetensors file {weights}: {exc}") from exc
     header.setdefault("metadata", {})
     return header, tensors
+
+
+def resolve_inside_roots(directory: str | os.PathLike[str], roots: tuple[str, ...] | list[str]) -> Path:
+    """The real path of checkpoint ``directory`` if it and its files lie inside one of ``roots``.
+
+    Both sides are resolved (``..`` and every symlink) first, so a symlink inside a root that
+    points elsewhere, or ``root/../x``, is refused; the checkpoint's two files are resolved
+    too (a weights file that is a symlink out of the root is refused). Raises
+    :class:`CheckpointError` naming the problem. No roots: everything is refused.
+    """
+    if not roots:
+        raise CheckpointError(f"{directory}: no checkpoint roots are configured, so no announced checkpoint "
+                              "is accepted (set checkpoint_roots)")
+    real_roots = [os.path.realpath(os.path.expanduser(r)) for r in roots]
+
+    def inside(path: str) -> bool:
+        return any(path == r or path.startswith(r.rstrip(os.sep) + os.sep) for r in real_roots)
+
+    real = os.path.realpath(os.path.abspath(os.path.expanduser(os.fspath(directory))))
+    if not inside(real):
+        raise CheckpointError(f"{directory} resolves to {real}, outside the checkpoint roots {real_roots}")
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        target = os.path.realpath(os.path.join(real, name))
+        if not inside(target):
+            raise CheckpointError(f"{directory}/{name} resolves to {target}, outside the checkpoint roots")
+    return Path(real)
+
+
+def recover_stale_temps(parent: str | os.PathLike[str], pattern: str = ".*") -> list[str]:
+    """Clean up what killed writers left in ``parent``; returns what was done (one line each).
+
+    :func:`write_checkpoint` writes ``.<name>.tmp-*`` and moves a replaced checkpoint aside to
+    ``.<name>.old-*`` for an instant. A temp directory is never committed data: removed. An
+    ``.old-*`` directory whose ``<name>`` is missing is the only copy of a committed checkpoint
+    (killed between the two renames): renamed back. One whose ``<name>`` exists is superseded:
+    removed. Only hidden names of these two forms that match ``pattern`` are touched; call it
+    where no writer runs (at start-up of the only writer).
+    """
+    parent = Path(parent)
+    done: list[str] = []
+    if not parent.is_dir():
+        return done
+    for path in sorted(parent.glob(pattern)):
+        name = path.name
+        if not name.startswith("."):
+            continue
+        for marker, kind in ((".tmp-", "tmp"), (".old-", "old")):
+            if marker not in name:
+                continue
+            target = parent / name[1:].split(marker, 1)[0]
+            if kind == "old" and path.is_dir() and not target.exists() and target.name:
+                os.replace(path, target)
+                done.append(f"restored {target} from {path.name}")
+            elif path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+                done.append(f"removed {path}")
+            else:
+                path.unlink(missing_ok=True)
+                done.append(f"removed {path}")
+            break
+    return done
 
 
 def load_state_strict(module: nn.Module, tensors: Mapping[str, Tensor], source: str) -> None:

@@ -37,7 +37,42 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["EpisodeRecorder", "EpisodeRecorderConfig", "EpisodeSummary", "RewardEvent"]
+__all__ = ["EpisodeRecorder", "EpisodeRecorderConfig", "EpisodeSummary", "RewardEvent", "RewardSpec"]
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    """What rewards a task can earn: reward events outside it are refused, never recorded.
+
+    The paper's tasks have sparse subtask rewards (scissors: grasp, then cut; the simulated
+    hand task: grasp, then place), value 1 each, earned at most once per episode. A reward of
+    1000, a subtask the task does not have, or a second "cut" in one episode is not a
+    labelling slip to be averaged away: it would teach the critic a return the task cannot
+    give, so it is refused with a reason.
+    """
+
+    subtasks: tuple[str, ...] = ()
+    """Subtasks a reward may name; empty: any name (and none) is accepted. When set, a reward
+    must name one of them."""
+    value_min: float = 0.0
+    """Smallest accepted value."""
+    value_max: float = 1.0
+    """Largest accepted value."""
+    once_per_subtask: bool = True
+    """A subtask earns at most one reward per episode (further ones are refused)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "subtasks", tuple(str(t) for t in self.subtasks))
+        if not (math.isfinite(self.value_min) and math.isfinite(self.value_max) and self.value_min <= self.value_max):
+            raise ValueError(f"RewardSpec: need finite value_min <= value_max, got {self.value_min}, {self.value_max}")
+
+    def check(self, event: RewardEvent) -> str:
+        """'' if ``event`` fits the spec (ignoring once-per-episode), else why not."""
+        if not math.isfinite(event.value) or not self.value_min <= event.value <= self.value_max:
+            return f"value {event.value!r} outside [{self.value_min:g}, {self.value_max:g}]"
+        if self.subtasks and event.subtask not in self.subtasks:
+            return f"subtask {event.subtask!r} is not one of the task's {list(self.subtasks)}"
+        return ""
 
 
 @dataclass(frozen=True)
@@ -57,6 +92,9 @@ class EpisodeRecorderConfig:
 
     source: str = "online"
     """Episode source written into the metadata ("online" for policy rollouts)."""
+
+    reward_spec: RewardSpec | None = None
+    """Rewards this task can earn; None: any finite reward is kept."""
 
     def __post_init__(self) -> None:
         period = float(self.control_period_s)
@@ -188,7 +226,19 @@ class EpisodeRecorder:
             return "non-finite stamp or value"
         if event.stamp < self.start_time:
             return f"earned at {event.stamp:.3f}, before the episode started ({self.start_time:.3f})"
+        spec = self.config.reward_spec
+        if spec is not None:
+            problem = spec.check(event)
+            if problem:
+                return problem
         with self._lock:
+            if self._end_time is not None:
+                last = self._steps.timestamp[-1] + self.config.control_period_s if self._steps.timestamp else 0.0
+                if event.stamp > max(self._end_time, last):
+                    return f"earned at {event.stamp:.3f}, after the episode ended ({self._end_time:.3f})"
+            if (spec is not None and spec.once_per_subtask and event.subtask
+                    and any(r.subtask == event.subtask for r in self._rewards)):
+                return f"subtask {event.subtask!r} was already rewarded in this episode (at most once)"
             self._rewards.append(event)
         return ""
 

@@ -12,14 +12,28 @@ exactly ``uint8`` (never cast: a float image in [0, 1] would silently become bla
 real numbers cast to float32 and finite. A rejected message marks its key *invalid* (with the
 reason) until a good one arrives; the last good value is not used meanwhile.
 
-Freshness uses the *receive* time on the caller's monotonic clock, not the header stamp: it
-is what the control loop can trust without synchronized clocks between machines.
+Physical plausibility (:class:`KeyBounds`, from the spec's ``low``/``high``/``quaternion_at``
+and the deployment's limits): every lowdim value must lie in its ``[low, high]`` box (joint
+ranges with a margin, the workspace box, a catch-all magnitude), and a quaternion must have
+unit norm within ``quaternion_tolerance``. A quaternion that is off by less than the tolerance
+(float noise, a filter's drift) is *normalised*; one further off (e.g. ``(2, 2, 0, 0)`` or all
+zeros) is *refused*: it is not a rotation that noise produced, so the sender is broken and
+guessing the rotation it meant would be unsafe. A refused value marks the key invalid (hold).
+
+Freshness has two clocks, and a key is stale when either says so:
+
+* the *receive* time on the caller's monotonic clock: a sensor that stopped publishing;
+* the *header stamp* against the node's clock (ROS time: wall clock, or the simulator's
+  /clock), when the message has one: a sensor that keeps publishing old data (a replayed
+  buffer, a stuck driver) or a message delayed in the network. This needs the machines'
+  clocks synchronised (PTP/chrony on the robot PCs); a stamp of 0 (never set) is stale.
 
 Pure numpy; thread-safe (subscription callbacks and the control timer may run concurrently).
 """
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import deque
 from collections.abc import Mapping
@@ -28,7 +42,62 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ObservationBuffer", "ObservationBufferConfig"]
+__all__ = ["KeyBounds", "ObservationBuffer", "ObservationBufferConfig"]
+
+
+@dataclass(frozen=True)
+class KeyBounds:
+    """Physical limits of one lowdim key (see the module docstring)."""
+
+    low: np.ndarray | None = None
+    """[d] lower bounds (None: none)."""
+    high: np.ndarray | None = None
+    """[d] upper bounds (None: none)."""
+    quaternion_at: int | None = None
+    """Index of a (w, x, y, z) unit quaternion in the vector (None: none)."""
+    quaternion_tolerance: float = 0.05
+    """Largest accepted | |q| - 1 |; within it q is normalised, beyond it refused."""
+    what: str = ""
+    """Where the bounds come from (named in refusals), e.g. "hand joint limits +- 0.1 rad"."""
+
+    def __post_init__(self) -> None:
+        for name in ("low", "high"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, np.asarray(value, np.float64).reshape(-1))
+        if not (math.isfinite(self.quaternion_tolerance) and 0 < self.quaternion_tolerance < 1):
+            raise ValueError(f"KeyBounds.quaternion_tolerance must be in (0, 1), got {self.quaternion_tolerance}")
+
+    def apply(self, array: np.ndarray) -> tuple[np.ndarray | None, str]:
+        """(the value, possibly with its quaternion normalised, '') or (None, why refused)."""
+        for bound, name, bad in ((self.low, "below", np.less), (self.high, "above", np.greater)):
+            if bound is None:
+                continue
+            if bound.shape != array.shape:
+                return None, f"bounds have shape {list(bound.shape)}, value {list(array.shape)}"
+            out = np.flatnonzero(bad(array, bound))
+            if out.size:
+                i = int(out[0])
+                limit = "lower" if name == "below" else "upper"
+                return None, (f"out of bounds: index {i} = {float(array[i]):.6g} is {name} its {limit} bound "
+                              f"{float(bound[i]):.6g}{f' ({self.what})' if self.what else ''}")
+        if self.quaternion_at is not None:
+            q = array[self.quaternion_at:self.quaternion_at + 4].astype(np.float64)
+            norm = float(np.linalg.norm(q))
+            if not abs(norm - 1.0) <= self.quaternion_tolerance:
+                return None, (f"quaternion at {self.quaternion_at} has norm {norm:.6g}, not 1 within "
+                              f"{self.quaternion_tolerance:g} (refused, not normalised)")
+            array = array.copy()
+            array[self.quaternion_at:self.quaternion_at + 4] = (q / norm).astype(array.dtype)
+        return array, ""
+
+
+def bounds_from_spec(spec: Any, quaternion_tolerance: float = 0.05) -> KeyBounds | None:
+    """The bounds an ObsKeySpec declares (None when it declares none)."""
+    low, high, quat = getattr(spec, "low", None), getattr(spec, "high", None), getattr(spec, "quaternion_at", None)
+    if low is None and high is None and quat is None:
+        return None
+    return KeyBounds(low, high, quat, quaternion_tolerance, what="observation spec")
 
 
 @dataclass(frozen=True)
@@ -55,6 +124,8 @@ class ObservationBufferConfig:
 class _Slot:
     value: np.ndarray | None = None
     received: float = float("-inf")
+    stamp: float | None = None
+    """Header stamp of the newest value (seconds, node clock); None: the message had none."""
     invalid_reason: str = ""
 
 
@@ -65,10 +136,19 @@ class ObservationBuffer:
     step), e.g. :class:`sernf_policy.spec.ObsKeySpec`.
     """
 
-    def __init__(self, spec: Mapping[str, Any], config: ObservationBufferConfig) -> None:
+    def __init__(self, spec: Mapping[str, Any], config: ObservationBufferConfig,
+                 bounds: Mapping[str, KeyBounds] | None = None) -> None:
         if not spec:
             raise ValueError("ObservationBuffer needs at least one observation key")
         self.config = config
+        self._bounds: dict[str, list[KeyBounds]] = {}
+        for key, ks in spec.items():
+            from_spec = bounds_from_spec(ks)
+            self._bounds[key] = [from_spec] if from_spec is not None else []
+        for key, extra in (bounds or {}).items():
+            if key not in self._bounds:
+                raise ValueError(f"bounds for unknown observation key {key!r}")
+            self._bounds[key].append(extra)
         self._spec: dict[str, tuple[str, tuple[int, ...]]] = {}
         for key, ks in spec.items():
             kind, shape = str(ks.kind), tuple(int(s) for s in ks.shape)
@@ -86,20 +166,27 @@ class ObservationBuffer:
 
     # ------------------------------------------------------------------------- arrivals
 
-    def update(self, key: str, value: Any, received: float) -> str:
+    def update(self, key: str, value: Any, received: float, stamp: float | None = None) -> str:
         """Store a new observation for ``key``; returns ``""`` or why it was rejected.
 
+        ``received``: arrival time on the caller's monotonic clock; ``stamp``: the message's
+        header stamp on the node's clock (seconds), None for messages without a header.
         A rejected value marks the key invalid until the next good one.
         """
         if key not in self._spec:
             return f"unknown observation key {key!r}"
         array, reason = self._validate(key, value)
+        for bounds in self._bounds[key] if not reason else ():
+            array, reason = bounds.apply(array)
+            if reason:
+                break
         with self._lock:
             slot = self._slots[key]
             if reason:
                 slot.value, slot.invalid_reason = None, reason
             else:
                 slot.value, slot.received, slot.invalid_reason = array, float(received), ""
+                slot.stamp = None if stamp is None else float(stamp)
         return reason
 
     def invalidate(self, key: str, reason: str) -> None:
@@ -110,8 +197,11 @@ class ObservationBuffer:
 
     # ---------------------------------------------------------------------- inspection
 
-    def problems(self, now: float, max_age: float | None = None) -> dict[str, str]:
-        """Key -> why it cannot be used now (missing, invalid, stale); empty when all good."""
+    def problems(self, now: float, max_age: float | None = None, clock_now: float | None = None) -> dict[str, str]:
+        """Key -> why it cannot be used now (missing, invalid, stale); empty when all good.
+
+        ``now``: the monotonic clock of ``received``; ``clock_now``: the node's clock that
+        header stamps are on (None: stamps are not checked)."""
         max_age = self.config.stale_after_s if max_age is None else float(max_age)
         out: dict[str, str] = {}
         with self._lock:
@@ -124,6 +214,9 @@ class ObservationBuffer:
                     age = now - slot.received
                     if age > max_age:
                         out[key] = f"stale: last message {age:.3f} s old (> {max_age:.3f} s)"
+                    elif clock_now is not None and slot.stamp is not None and clock_now - slot.stamp > max_age:
+                        out[key] = (f"stale: header stamp {clock_now - slot.stamp:.3f} s old (> {max_age:.3f} s; "
+                                    "received just now: old data, a delayed message or unsynchronised clocks)")
         return out
 
     def stale(self, now: float, max_age: float = 0.2) -> list[str]:
@@ -138,13 +231,13 @@ class ObservationBuffer:
 
     # ------------------------------------------------------------------------- history
 
-    def sample(self, now: float) -> dict[str, str]:
+    def sample(self, now: float, clock_now: float | None = None) -> dict[str, str]:
         """Control tick: append the newest value of every key to the history.
 
         Returns :meth:`problems`; when it is non-empty nothing is appended (the history keeps
         only observations that were all good at their tick).
         """
-        problems = self.problems(now)
+        problems = self.problems(now, clock_now=clock_now)
         if problems:
             return problems
         with self._lock:

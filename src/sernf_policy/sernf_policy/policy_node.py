@@ -66,7 +66,13 @@ from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.duration import Duration
 from rclpy.node import Node
-from rclpy.qos import qos_profile_sensor_data
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_profile_sensor_data,
+)
 from rclpy.time import Time
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float32MultiArray
@@ -79,8 +85,22 @@ from sernf_ros.parameters import declare_config
 from sernf_ros.spin import spin_node
 
 from .action_space import ActionSpace, ActionSpaceConfig
-from .episode_recorder import EpisodeRecorder, EpisodeRecorderConfig, EpisodeSummary, RewardEvent
-from .observation_buffer import ObservationBuffer, ObservationBufferConfig
+from .announcement_auth import (
+    CHECKPOINT_KIND,
+    REPLAY_KIND,
+    checkpoint_fields,
+    checkpoint_order_problem,
+    load_optional_key,
+    replay_fields,
+)
+from .episode_recorder import (
+    EpisodeRecorder,
+    EpisodeRecorderConfig,
+    EpisodeSummary,
+    RewardEvent,
+    RewardSpec,
+)
+from .observation_buffer import KeyBounds, ObservationBuffer, ObservationBufferConfig
 from .realtime_chunking import HOLD, ChunkScheduler, ChunkTimingConfig, InferenceRequest
 from .ros_conversions import (
     OBSERVATION_TYPES,
@@ -100,11 +120,38 @@ __all__ = ["PolicyNode", "PolicyNodeConfig", "main"]
 NODE_NAME = "policy"
 _ACTION_DEFAULTS = ActionSpaceConfig()
 _LOG_THROTTLE_S = 2.0
+#: QoS of /sernf/checkpoint on both ends: reliable, transient local, the latest one kept, so
+#: the announcement survives until a late subscriber (a restarted policy node) joins.
+CHECKPOINT_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                            durability=DurabilityPolicy.TRANSIENT_LOCAL, history=HistoryPolicy.KEEP_LAST)
 _SELECTIONS = ("", "best_of_n", "most_likely", "single")
 # Episode ids become replay-store ids (sernf_learner.replay's rule): adopt only ids that fit.
 _EPISODE_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}$")
 # EpisodeEvent END reasons that mean a time limit, i.e. a truncation (not a terminal state).
 _TRUNCATION_REASONS = frozenset({"timeout", "time_limit", "truncated"})
+
+
+#: RewardEvent.source values and their names.
+_REWARD_SOURCE_KINDS = {0: "sim", 1: "operator", 2: "auto"}
+
+
+def _node_fqn(name: str) -> str:
+    """Fully qualified node name: "sim_robot" -> "/sim_robot"."""
+    name = str(name).strip()
+    return name if name.startswith("/") else "/" + name
+
+
+def _is_sha256(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+
+
+def policy_weights_sha(directory: Path) -> str:
+    """The weights sha256 a checkpoint's config.json records (what Policy.load verified)."""
+    import json
+
+    from .checkpoint import CONFIG_FILE
+
+    return str(json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8")).get("weights_sha256", ""))
 
 
 # ------------------------------------------------------------------------------ configuration
@@ -136,7 +183,26 @@ class PolicyNodeConfig:
     """Joints read (in this order) from joint_state observations; empty: the hand joints."""
 
     stale_after_s: float = 0.2
-    """An observation older than this (seconds since received) stops commanding."""
+    """An observation older than this stops commanding: seconds since it was received, or since
+    its header stamp on the node's clock (messages with a header; needs synchronised clocks)."""
+
+    quaternion_tolerance: float = 0.05
+    """Pose observations: | |q| - 1 | up to this is normalised, beyond it the pose is refused (hold)."""
+
+    workspace_low: tuple[float, ...] = (-1.2, -1.2, -0.5)
+    """Lower corner (x, y, z, m) of the box pose observations must lie in (robot base frame;
+    the Franka reaches ~0.86 m); outside it the pose is refused (hold)."""
+
+    workspace_high: tuple[float, ...] = (1.2, 1.2, 1.5)
+    """Upper corner (x, y, z, m) of that box."""
+
+    joint_limit_margin_rad: float = 0.1
+    """Hand joint observations may exceed hand_lower/hand_upper by this much (sensor noise,
+    compliance); further out they are refused (hold)."""
+
+    lowdim_abs_max: float = 1000.0
+    """Every low-dimensional observation value must satisfy |v| <= this (a catch-all for keys
+    without tighter bounds, e.g. 1e30 from a broken driver)."""
 
     num_samples: int = 0
     """N candidate chunks per decision (Alg. 2); 0: the checkpoint's setting."""
@@ -211,7 +277,41 @@ class PolicyNodeConfig:
     """sernf_interfaces/ReplayEpisode announcements of committed episodes."""
 
     checkpoint_topic: str = "/sernf/checkpoint"
-    """sernf_interfaces/CheckpointAvailable input (hot reload)."""
+    """sernf_interfaces/CheckpointAvailable input (hot reload; transient-local QoS: a node
+    started after the learner gets its latest announcement)."""
+
+    reward_sources: tuple[str, ...] = ()
+    """Nodes (names as in the DDS graph, e.g. /sim_robot, /reward_labeler) whose RewardEvents
+    are accepted; empty: any publisher. Without SROS2 a node name is a claim, not an identity."""
+
+    reward_source_kinds: tuple[str, ...] = ()
+    """RewardEvent.source values accepted: sim, operator, auto; empty: any."""
+
+    reward_value_min: float = 0.0
+    """Smallest reward value the task can earn (smaller ones are refused, never recorded)."""
+
+    reward_value_max: float = 1.0
+    """Largest reward value the task can earn (paper: sparse subtask rewards of 1)."""
+
+    reward_once_per_subtask: bool = True
+    """A subtask earns at most one reward per episode; with subtasks set, rewards must name one."""
+
+    episode_authorities: tuple[str, ...] = ()
+    """Nodes whose EpisodeEvents (START, END, ABORT) are obeyed, e.g. /sim_robot or the operator
+    console; empty: any publisher (not for a robot). Events from others are refused and counted."""
+
+    checkpoint_roots: tuple[str, ...] = ()
+    """Directories announced checkpoints must lie in (after resolving '..' and symlinks), e.g.
+    the learner's checkpoint directory. Empty: every announced checkpoint is refused (only the
+    checkpoint parameter is loaded)."""
+
+    checkpoint_key_file: str = ""
+    """Key (file, mode 0600, made by sernf-keys) the learner signs checkpoint announcements
+    with; set: unsigned or wrongly signed announcements are refused. Empty: not checked."""
+
+    replay_key_file: str = ""
+    """Key this node signs its replay announcements with (the learner's replay_key_file);
+    empty: announcements go out unsigned."""
 
     diagnostics_period_s: float = 1.0
     """Period of /diagnostics messages (also sent after every inference)."""
@@ -227,7 +327,8 @@ class PolicyNodeConfig:
 
     def __post_init__(self) -> None:
         for name in ("observation_keys", "observation_types", "observation_topics",
-                     "joint_state_names", "subtasks", "hand_joint_names"):
+                     "joint_state_names", "subtasks", "hand_joint_names", "reward_sources",
+                     "reward_source_kinds", "episode_authorities", "checkpoint_roots"):
             object.__setattr__(self, name, tuple(str(v) for v in getattr(self, name)))
         for name in ("hand_lower", "hand_upper"):
             object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
@@ -256,13 +357,36 @@ class PolicyNodeConfig:
         for name in ("num_samples", "torch_num_threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("workspace_low", "workspace_high"):
+            object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
+            if len(getattr(self, name)) != 3:
+                raise ValueError(f"{name} must be 3 numbers (x, y, z), got {list(getattr(self, name))}")
+        if any(lo >= hi for lo, hi in zip(self.workspace_low, self.workspace_high, strict=True)):
+            raise ValueError(f"workspace_low {self.workspace_low} must be below workspace_high {self.workspace_high}")
+        if not (0 < self.quaternion_tolerance < 1):
+            raise ValueError(f"quaternion_tolerance must be in (0, 1), got {self.quaternion_tolerance}")
+        for name in ("joint_limit_margin_rad", "lowdim_abs_max"):
+            value = float(getattr(self, name))
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
         if self.max_episode_steps < 1:
             raise ValueError(f"max_episode_steps must be >= 1, got {self.max_episode_steps}")
         if self.selection not in _SELECTIONS:
             raise ValueError(f"selection must be one of {list(_SELECTIONS)}, got {self.selection!r}")
+        bad_kinds = sorted(set(self.reward_source_kinds) - set(_REWARD_SOURCE_KINDS.values()))
+        if bad_kinds:
+            raise ValueError(f"reward_source_kinds {bad_kinds} are not among {sorted(_REWARD_SOURCE_KINDS.values())}")
+        for name in ("reward_sources", "episode_authorities"):
+            object.__setattr__(self, name, tuple(_node_fqn(n) for n in getattr(self, name)))
+        self.reward_spec()  # validates the reward bounds
         self.action_space_config()  # validates the action-space fields
         EpisodeRecorderConfig(control_period_s=1.0 / self.control_rate_hz, subtasks=self.subtasks,
                               max_steps=self.max_episode_steps)
+
+    def reward_spec(self) -> RewardSpec:
+        """The rewards this task can earn (subtasks, value range, once per episode)."""
+        return RewardSpec(subtasks=self.subtasks, value_min=float(self.reward_value_min),
+                          value_max=float(self.reward_value_max), once_per_subtask=bool(self.reward_once_per_subtask))
 
     def action_space_config(self) -> ActionSpaceConfig:
         names = {f.name for f in dataclasses.fields(ActionSpaceConfig)}
@@ -285,6 +409,8 @@ class _LoadedPolicy:
     step: int
     stage: str
     sha256: str
+    run_id: str = ""
+    """Learner run that announced it ("" for the node's own checkpoint parameter)."""
 
     @property
     def config(self) -> Any:
@@ -318,6 +444,10 @@ class _Stats:
     episodes_committed: int = 0
     last_replay_error: str = ""
     last_observation_error: str = ""
+    rewards_rejected: int = 0
+    last_reward_rejection: str = ""
+    episode_events_rejected: int = 0
+    last_episode_event_rejection: str = ""
 
 
 # -------------------------------------------------------------------------------------- node
@@ -366,6 +496,11 @@ class PolicyNode(Node):
         self._hand_target: np.ndarray | None = None
         self._stats = _Stats()
         self._stores: dict[str, Any] = {}
+        # Learner runs whose announcements a later run superseded (a learner restart is a new run).
+        self._retired_runs: set[str] = set()
+        # Fail at start-up on a bad key file (mode, contents), not at the first announcement.
+        self._checkpoint_key = load_optional_key(self.cfg.checkpoint_key_file)
+        self._replay_key = load_optional_key(self.cfg.replay_key_file)
 
         self._inference_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="inference")
         self._checkpoint_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
@@ -393,12 +528,14 @@ class PolicyNode(Node):
                 JointState, self.cfg.hand_command_topic, self._on_hand_command, 10,
                 callback_group=self._sensor_group,
             )
-        self.create_subscription(RewardEventMsg, self.cfg.reward_topic, self._on_reward, 100,
-                                 callback_group=self._event_group)
-        self.create_subscription(EpisodeEvent, self.cfg.episode_topic, self._on_episode_event, 10,
-                                 callback_group=self._event_group)
-        self.create_subscription(CheckpointAvailable, self.cfg.checkpoint_topic, self._on_checkpoint, 10,
-                                 callback_group=self._event_group)
+        # Callbacks with the message info: its publisher gid names the sending node.
+        self._reward_sub = self.create_subscription(RewardEventMsg, self.cfg.reward_topic, self._on_reward, 100,
+                                                    callback_group=self._event_group)
+        self._episode_sub = self.create_subscription(EpisodeEvent, self.cfg.episode_topic, self._on_episode_event,
+                                                     10, callback_group=self._event_group)
+        # Transient local: the learner's latest announcement reaches a policy node started later.
+        self.create_subscription(CheckpointAvailable, self.cfg.checkpoint_topic, self._on_checkpoint,
+                                 CHECKPOINT_QOS, callback_group=self._event_group)
         self.create_service(Trigger, "~/start_episode", self._on_start_service,
                             callback_group=self._event_group)
         self.create_service(Trigger, "~/stop_episode", self._on_stop_service,
@@ -410,6 +547,11 @@ class PolicyNode(Node):
 
         if self.cfg.checkpoint:
             self._checkpoint_pool.submit(self._load_checkpoint, self.cfg.checkpoint, "", None, "initial")
+        if not self.cfg.checkpoint_roots:
+            self.get_logger().warning("checkpoint_roots is empty: every announced checkpoint will be refused")
+        if self._checkpoint_key is None:
+            self.get_logger().warning("checkpoint_key_file is empty: checkpoint announcements are not authenticated "
+                                      "(only their location and step order are checked)")
         self.get_logger().info(
             f"policy node up: {self.cfg.control_rate_hz:g} Hz, observations "
             f"{list(self.cfg.observation_keys)}, action dims {self.action_space.names}, "
@@ -435,6 +577,10 @@ class PolicyNode(Node):
                 qos_profile_sensor_data, callback_group=self._sensor_group,
             )
 
+    def _clock_s(self) -> float:
+        """The node's clock (ROS time: wall or simulated) in seconds, what header stamps are on."""
+        return self.get_clock().now().nanoseconds * 1e-9
+
     def _on_observation(self, key: str, msg: Any, convert: Callable[[Any], np.ndarray]) -> None:
         buffer = self._buffer
         if buffer is None or key not in buffer.keys:
@@ -445,7 +591,9 @@ class PolicyNode(Node):
             buffer.invalidate(key, str(exc))
             self._note_observation_error(key, str(exc))
             return
-        reason = buffer.update(key, value, time.monotonic())
+        header = getattr(msg, "header", None)
+        stamp = time_to_seconds(header.stamp) if header is not None else None
+        reason = buffer.update(key, value, time.monotonic(), stamp)
         if reason:
             self._note_observation_error(key, reason)
 
@@ -465,9 +613,49 @@ class PolicyNode(Node):
             with self._lock:
                 self._hand_target = target.astype(np.float32)
 
-    def _on_reward(self, msg: RewardEventMsg) -> None:
+    def _sender(self, topic: str, info: Any) -> str:
+        """Fully qualified name of the node that published a message, from the DDS graph
+        (its publisher gid in the message info <-> the topic's endpoint gids); '' if unknown.
+
+        Without DDS-Security this only names the sender as it declared itself: any process can
+        call its node /sim_robot. It keeps honest mistakes (a test tool, a second operator
+        console, a stale labeler) out; SROS2 permissions make the name an identity.
+        """
+        gid = (info or {}).get("publisher_gid") if isinstance(info, dict) else None
+        if not gid:
+            return ""
+        data = bytes(gid.get("data", b"")) if isinstance(gid, dict) else bytes(gid)
+        for endpoint in self.get_publishers_info_by_topic(topic):
+            if bytes(endpoint.endpoint_gid) == data:
+                namespace = endpoint.node_namespace.rstrip("/")
+                return f"{namespace}/{endpoint.node_name}"
+        return ""
+
+    def _refuse_reward(self, why: str) -> None:
+        with self._lock:
+            self._stats.rewards_rejected += 1
+            self._stats.last_reward_rejection = why
+            count = self._stats.rewards_rejected
+        self.get_logger().warning(f"reward refused, not recorded: {why} [{count} refused so far]",
+                                  throttle_duration_sec=_LOG_THROTTLE_S)
+
+    def _on_reward(self, msg: RewardEventMsg, info: Any = None) -> None:
         event = RewardEvent(stamp=time_to_seconds(msg.header.stamp), value=float(msg.value),
                             subtask=str(msg.subtask))
+        kind = _REWARD_SOURCE_KINDS.get(int(msg.source), f"unknown({int(msg.source)})")
+        if self.cfg.reward_sources:
+            sender = self._sender(self._reward_sub.topic_name, info)
+            if sender not in self.cfg.reward_sources:
+                self._refuse_reward(f"from {sender or 'an unknown publisher'}, not among reward_sources "
+                                    f"{list(self.cfg.reward_sources)} (value {event.value:g}, {event.subtask!r})")
+                return
+        if self.cfg.reward_source_kinds and kind not in self.cfg.reward_source_kinds:
+            self._refuse_reward(f"source {kind} is not among reward_source_kinds {list(self.cfg.reward_source_kinds)}")
+            return
+        problem = self.cfg.reward_spec().check(event)
+        if problem:
+            self._refuse_reward(f"{problem} (from {kind})")
+            return
         with self._lock:
             recorders = list(self._closing)
             if self._episode is not None and self._episode.recorder is not None:
@@ -475,11 +663,28 @@ class PolicyNode(Node):
         # Give it to every recorder whose episode may contain it; each checks the time window.
         reasons = [recorder.add_reward(event) for recorder in recorders]
         if recorders and all(reasons):
+            if any("already rewarded" in r for r in reasons):
+                self._refuse_reward(f"{reasons[-1]} (value {event.value:g})")
+                return
             self.get_logger().warning(f"reward {event.value:g} at {event.stamp:.3f} not recorded: "
                                       f"{reasons[-1]}", throttle_duration_sec=_LOG_THROTTLE_S)
 
-    def _on_episode_event(self, msg: EpisodeEvent) -> None:
+    def _on_episode_event(self, msg: EpisodeEvent, info: Any = None) -> None:
         episode_id = str(msg.episode_id)
+        if self.cfg.episode_authorities:
+            sender = self._sender(self._episode_sub.topic_name, info)
+            if sender == self.get_fully_qualified_name():
+                return  # our own announcement coming back
+            if sender not in self.cfg.episode_authorities:
+                names = {EpisodeEvent.START: "START", EpisodeEvent.END: "END", EpisodeEvent.ABORT: "ABORT"}
+                why = (f"{names.get(msg.event, msg.event)} for {episode_id!r} ({msg.reason!r}) from "
+                       f"{sender or 'an unknown publisher'}, not among episode_authorities "
+                       f"{list(self.cfg.episode_authorities)}")
+                with self._lock:
+                    self._stats.episode_events_rejected += 1
+                    self._stats.last_episode_event_rejection = why
+                self.get_logger().warning(f"episode event refused: {why}", throttle_duration_sec=_LOG_THROTTLE_S)
+                return
         with self._lock:
             if episode_id and episode_id in self._known_episode_ids:
                 running = self._episode is not None and self._episode.episode_id == episode_id
@@ -560,7 +765,7 @@ class PolicyNode(Node):
         Samples the observation history."""
         if self._policy is None:
             return "no policy loaded", "no policy"
-        problems = self._buffer.sample(now)
+        problems = self._buffer.sample(now, self._clock_s())
         if problems:
             ordered = sorted(problems.items())
             return (
@@ -657,7 +862,7 @@ class PolicyNode(Node):
             return f"episode {self._episode.episode_id} is already running"
         if self._policy is None:
             return "no policy loaded"
-        problems = self._buffer.problems(time.monotonic())
+        problems = self._buffer.problems(time.monotonic(), clock_now=self._clock_s())
         if problems:
             return "inputs not ready: " + "; ".join(f"{k} {r}" for k, r in sorted(problems.items()))
         if not episode_id:
@@ -667,7 +872,7 @@ class PolicyNode(Node):
         if self.cfg.replay_uri:
             recorder = EpisodeRecorder(
                 EpisodeRecorderConfig(control_period_s=self.cfg.period_s, subtasks=self.cfg.subtasks,
-                                      max_steps=self.cfg.max_episode_steps),
+                                      max_steps=self.cfg.max_episode_steps, reward_spec=self.cfg.reward_spec()),
                 episode_id=episode_id, start_time=stamp, obs_keys=list(self._policy.config.observation_spec),
                 action_dim=self.action_space.action_dim,
             )
@@ -745,6 +950,11 @@ class PolicyNode(Node):
         msg.source = meta["source"]
         msg.subtask_names = list(summary.subtask_names)
         msg.subtask_success = list(summary.subtask_success)
+        if self._replay_key is not None:
+            msg.key_id = self._replay_key.key_id
+            msg.signature = self._replay_key.sign(REPLAY_KIND, replay_fields(
+                episode_id=msg.episode_id, uri=msg.uri, num_steps=msg.num_steps, episode_return=msg.episode_return,
+                source=msg.source, subtask_names=list(msg.subtask_names), subtask_success=list(msg.subtask_success)))
         if self.context.ok():
             self._replay_pub.publish(msg)
         self.get_logger().info(f"episode {episode_id} committed: {summary.num_steps} steps, "
@@ -808,32 +1018,78 @@ class PolicyNode(Node):
     # --------------------------------------------------------------------------- checkpoints
 
     def _on_checkpoint(self, msg: CheckpointAvailable) -> None:
+        """An announcement: cheap checks here (fields, signature, step order), disk work on
+        the checkpoint worker. Nothing from the topic is trusted (see the module docstring)."""
         sha = str(msg.sha256).strip().lower()
-        if not msg.uri or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
-            self._reject_checkpoint(str(msg.uri), f"invalid announcement (uri {msg.uri!r}, sha256 {msg.sha256!r})")
+        uri, step, stage, run_id = str(msg.uri), int(msg.step), str(msg.stage), str(msg.run_id)
+        config_sha = str(msg.config_sha256).strip().lower()
+        if not uri or not _is_sha256(sha) or (config_sha and not _is_sha256(config_sha)):
+            self._reject_checkpoint(uri, f"invalid announcement (uri {msg.uri!r}, sha256 {msg.sha256!r}, "
+                                         f"config_sha256 {msg.config_sha256!r})")
             return
+        if self._checkpoint_key is not None:
+            fields = checkpoint_fields(uri=str(msg.uri), step=step, stage=stage, sha256=str(msg.sha256),
+                                       run_id=run_id, config_sha256=str(msg.config_sha256))
+            problem = self._checkpoint_key.verify(CHECKPOINT_KIND, fields, str(msg.key_id), str(msg.signature))
+            if problem:
+                self._reject_checkpoint(uri, problem)
+                return
         with self._lock:
             running = self._pending or self._policy
-        if running is not None and running.sha256 == sha and running.step == int(msg.step):
-            # Learners re-announce their latest checkpoint (e.g. to late joiners, after a
-            # restart); reloading the model we already run would only cost time.
-            self.get_logger().info(f"checkpoint {msg.uri} (step {msg.step}) is the one already loaded")
+            if running is not None and running.sha256 == sha and running.step == step:
+                # Learners re-announce their latest checkpoint (transient local, after a
+                # restart); reloading the model we already run would only cost time. A restarted
+                # learner announces it under its new run id: later steps come from that run.
+                if run_id != running.run_id and running.run_id:
+                    self._retired_runs.add(running.run_id)
+                    self._adopt_run(run_id)
+                self.get_logger().info(f"checkpoint {msg.uri} (step {msg.step}) is the one already loaded")
+                return
+            problem = self._order_problem(run_id, step, sha)
+        if problem:
+            self._reject_checkpoint(uri, problem)
             return
-        self.get_logger().info(f"checkpoint announced: {msg.uri} (step {msg.step}, {msg.stage})")
-        self._checkpoint_pool.submit(self._load_checkpoint, str(msg.uri), sha, int(msg.step), str(msg.stage))
+        self.get_logger().info(f"checkpoint announced: {msg.uri} (step {msg.step}, {msg.stage}, run {run_id or '?'})")
+        self._checkpoint_pool.submit(self._load_checkpoint, uri, sha, step, stage, run_id, config_sha, True)
 
-    def _load_checkpoint(self, uri: str, sha256: str, step: int | None, stage: str) -> None:
+    def _order_problem(self, run_id: str, step: int, sha: str) -> str:
+        """Why (run_id, step) may not replace the newest verified policy; '' if it may. Holds the lock."""
+        newest = self._pending or self._policy
+        current = None if newest is None else (newest.run_id, newest.step, newest.sha256)
+        return checkpoint_order_problem(current, run_id, step, sha, self._retired_runs)
+
+    def _adopt_run(self, run_id: str) -> None:
+        """The running policy now belongs to learner run ``run_id``. Holds the lock."""
+        for attr in ("_pending", "_policy"):
+            loaded = getattr(self, attr)
+            if loaded is not None:
+                setattr(self, attr, dataclasses.replace(loaded, run_id=run_id))
+
+    def _load_checkpoint(self, uri: str, sha256: str, step: int | None, stage: str, run_id: str = "",
+                         config_sha256: str = "", announced: bool = False) -> None:
         """Checkpoint worker: verify and load; the control tick swaps it in between chunks."""
         # Lazy imports keep torch off the import path of tools that only read the config.
-        from .checkpoint import WEIGHTS_FILE, CheckpointError, file_sha256
+        from .checkpoint import (
+            CONFIG_FILE,
+            WEIGHTS_FILE,
+            CheckpointError,
+            file_sha256,
+            resolve_inside_roots,
+        )
         from .policy import Policy
 
         try:
-            directory = Path(uri)
+            # Announced: only from the configured roots, symlinks resolved (the node's own
+            # checkpoint parameter is configuration, trusted as such).
+            directory = resolve_inside_roots(uri, self.cfg.checkpoint_roots) if announced else Path(uri)
             actual = file_sha256(directory / WEIGHTS_FILE)
             if sha256 and actual != sha256:
                 raise CheckpointError(f"sha256 of {WEIGHTS_FILE} is {actual}, announced {sha256}")
+            if config_sha256 and file_sha256(directory / CONFIG_FILE) != config_sha256:
+                raise CheckpointError(f"sha256 of {CONFIG_FILE} differs from the announced {config_sha256}")
             policy = Policy.load(directory, device=self.cfg.device)
+            if sha256 and policy_weights_sha(directory) != sha256:
+                raise CheckpointError("the checkpoint changed while it was loaded")
             self._check_compatible(policy.config)
             if self.cfg.selection:
                 policy.config.selection = self.cfg.selection
@@ -844,8 +1100,17 @@ class PolicyNode(Node):
             self._reject_checkpoint(uri, str(exc))
             return
         with self._lock:
-            self._pending = _LoadedPolicy(policy, uri, int(step), stage, actual)
-            self._stats.last_checkpoint_error = ""
+            # Announcements may have been overtaken while this one loaded: check the order again.
+            problem = self._order_problem(run_id, int(step), actual) if announced else ""
+            if not problem:
+                newest = self._pending or self._policy
+                if newest is not None and run_id and newest.run_id and run_id != newest.run_id:
+                    self._retired_runs.add(newest.run_id)
+                self._pending = _LoadedPolicy(policy, uri, int(step), stage, actual, run_id)
+                self._stats.last_checkpoint_error = ""
+        if problem:
+            self._reject_checkpoint(uri, problem)
+            return
         self.get_logger().info(f"checkpoint {uri} (step {step}) verified; swapping it in between chunks")
 
     def _reject_checkpoint(self, uri: str, why: str) -> None:
@@ -922,12 +1187,38 @@ class PolicyNode(Node):
             self._buffer = ObservationBuffer(
                 cfg.observation_spec,
                 ObservationBufferConfig(history=cfg.obs_history, stale_after_s=self.cfg.stale_after_s),
+                bounds=self._deployment_bounds(cfg.observation_spec),
             )
             self._scheduler = ChunkScheduler(
                 ChunkTimingConfig(P=cfg.prefix_len, H=cfg.horizon, action_dim=cfg.action_dim)
             )
         self._policy = pending
         self.get_logger().info(f"running checkpoint {pending.uri} (step {pending.step}, {pending.stage})")
+
+    def _deployment_bounds(self, spec: Any) -> dict[str, KeyBounds]:
+        """This robot's physical limits per observation key (on top of the spec's own): a
+        magnitude bound for every lowdim value, the hand joint ranges with a margin, the
+        workspace box and unit quaternions for poses."""
+        out: dict[str, KeyBounds] = {}
+        types = dict(zip(self.cfg.observation_keys, self.cfg.observation_types, strict=True))
+        cap, tol = self.cfg.lowdim_abs_max, self.cfg.quaternion_tolerance
+        for key, key_spec in spec.items():
+            if key_spec.kind != "lowdim" or key not in types:
+                continue
+            d = int(key_spec.shape[0])
+            low, high = np.full(d, -cap), np.full(d, cap)
+            what, quaternion_at = f"|v| <= {cap:g}", None
+            if types[key] in ("pose", "pose_with_covariance"):
+                low[:3], high[:3] = np.maximum(low[:3], self.cfg.workspace_low), np.minimum(
+                    high[:3], self.cfg.workspace_high)
+                quaternion_at, what = 3, f"workspace box {list(self.cfg.workspace_low)}..{list(self.cfg.workspace_high)} m"
+            elif types[key] == "joint_state" and key == self._hand_key and self.action_space.hand is not None:
+                margin = self.cfg.joint_limit_margin_rad
+                low = np.maximum(low, np.asarray(self.cfg.hand_lower) - margin)
+                high = np.minimum(high, np.asarray(self.cfg.hand_upper) + margin)
+                what = f"hand joint limits +- {margin:g} rad"
+            out[key] = KeyBounds(low, high, quaternion_at, tol, what)
+        return out
 
     # ---------------------------------------------------------------------------- diagnostics
 
@@ -966,6 +1257,10 @@ class PolicyNode(Node):
             "inference_errors": stats.inference_errors,
             "last_inference_error": stats.last_inference_error,
             "last_observation_error": stats.last_observation_error,
+            "rewards_rejected": stats.rewards_rejected,
+            "last_reward_rejection": stats.last_reward_rejection,
+            "episode_events_rejected": stats.episode_events_rejected,
+            "last_episode_event_rejection": stats.last_episode_event_rejection,
             "commands_published": stats.commands_published,
             "hold_commands": stats.hold_commands,
             "commands_clipped": stats.commands_clipped,

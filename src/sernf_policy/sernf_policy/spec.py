@@ -11,9 +11,10 @@ observations with it, the replay store records it, and checkpoints carry it. It 
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -46,6 +47,16 @@ class ObsKeySpec:
     shape: tuple[int, ...]
     #: ``"rgb"`` (uint8 images, per-step shape ``[h, w, 3]``) or ``"lowdim"`` (float32 ``[d]``).
     kind: Literal["rgb", "lowdim"]
+    #: Physical lower bound per dimension (lowdim only; e.g. joint ranges minus a margin, the
+    #: workspace box): a live observation outside ``[low, high]`` is refused (the policy node
+    #: holds). None: no bound. Not part of the schema: stores and checkpoints that differ
+    #: only in bounds are compatible (compare=False).
+    low: tuple[float, ...] | None = field(default=None, compare=False)
+    #: Physical upper bound per dimension (see ``low``).
+    high: tuple[float, ...] | None = field(default=None, compare=False)
+    #: Index of a unit quaternion ``(w, x, y, z)`` inside the vector (e.g. 3 for a pose
+    #: ``[x, y, z, qw, qx, qy, qz]``); its norm is checked on live observations. None: none.
+    quaternion_at: int | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.kind not in _KIND_DTYPE:
@@ -61,6 +72,26 @@ class ObsKeySpec:
         if self.kind == "lowdim" and len(shape) != 1:
             raise ValueError(f"lowdim ObsKeySpec.shape must be (d,), got {shape}")
         object.__setattr__(self, "shape", shape)
+        for name in ("low", "high"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if self.kind != "lowdim":
+                raise ValueError(f"ObsKeySpec.{name}: bounds are for lowdim keys only")
+            try:
+                bound = tuple(float(v) for v in value)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"ObsKeySpec.{name} must be a sequence of numbers, got {value!r}") from exc
+            if len(bound) != shape[0] or any(math.isnan(v) for v in bound):
+                raise ValueError(f"ObsKeySpec.{name} needs {shape[0]} numbers (not NaN), got {value!r}")
+            object.__setattr__(self, name, bound)
+        if self.low is not None and self.high is not None and any(
+                lo > hi for lo, hi in zip(self.low, self.high, strict=True)):
+            raise ValueError(f"ObsKeySpec: low {self.low} exceeds high {self.high} somewhere")
+        if self.quaternion_at is not None:
+            q = self.quaternion_at
+            if self.kind != "lowdim" or isinstance(q, bool) or not isinstance(q, int) or not 0 <= q <= shape[0] - 4:
+                raise ValueError(f"ObsKeySpec.quaternion_at must index 4 entries of a lowdim vector, got {q!r}")
 
     @property
     def dtype(self) -> np.dtype:
@@ -68,8 +99,15 @@ class ObsKeySpec:
         return np.dtype(_KIND_DTYPE[self.kind])
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form ``{"shape": [...], "kind": ...}``."""
-        return {"shape": list(self.shape), "kind": self.kind}
+        """Plain-JSON form ``{"shape": [...], "kind": ...}`` (plus ``low``/``high``/
+        ``quaternion_at`` when set, so specs without bounds keep their old form)."""
+        out: dict[str, Any] = {"shape": list(self.shape), "kind": self.kind}
+        for name in ("low", "high"):
+            if getattr(self, name) is not None:
+                out[name] = list(getattr(self, name))
+        if self.quaternion_at is not None:
+            out["quaternion_at"] = self.quaternion_at
+        return out
 
     @classmethod
     def from_dict(cls, data: Any) -> ObsKeySpec:
@@ -119,7 +157,8 @@ def parse_observation_spec(spec: Mapping[str, Any]) -> dict[str, ObsKeySpec]:
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"observation key {key!r}: {exc}") from exc
         elif hasattr(value, "kind") and hasattr(value, "shape"):
-            out[key] = ObsKeySpec(shape=tuple(value.shape), kind=value.kind)
+            out[key] = ObsKeySpec(shape=tuple(value.shape), kind=value.kind, low=getattr(value, "low", None),
+                                  high=getattr(value, "high", None), quaternion_at=getattr(value, "quaternion_at", None))
         else:
             raise ValueError(f"observation key {key!r}: expected ObsKeySpec or dict, got {value!r}")
     return out
