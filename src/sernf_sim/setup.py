@@ -19,6 +19,8 @@ setup(
     entry_points={
         "console_scripts": [
             "sim_robot_node = sernf_sim.sim_robot_node:main",
+            "sim_studio_live = sernf_sim.studio_live_sender:main",
+            "sim_arm_node = sernf_sim.sim_arm_node:main",
         ],
     },
 )
