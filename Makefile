@@ -14,6 +14,7 @@ setup:
 
 lint: setup
 	@$(IN_ENV) ruff check .
+	@$(IN_ENV) hadolint docker/*.Dockerfile && echo "hadolint: docker/*.Dockerfile clean"
 
 ## Every test (unit, ROS integration over DDS, slow end-to-end); non-zero exit on any failure.
 test: lint
@@ -41,7 +42,7 @@ bench-learning: setup
 ## Regenerate the lock file from the current .venv.
 lock:
 	@{ echo "# Lock file: every package of the .venv, pinned (pip freeze). Used as pip -c by bootstrap."; \
-	  .venv/bin/pip freeze | grep -v -e '^-e' -e '@ file'; } > requirements/constraints.txt
+	  .venv/bin/pip freeze | grep -v -e '^-e' -e '@ file' -e '^# Editable' -e '^sernf'; } > requirements/constraints.txt
 
 clean:
 	rm -rf build install log
