@@ -30,9 +30,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config_io import build_dataclass
+from .fast_paths import fast_paths_enabled
 from .hl_gauss import HLGauss
 
 __all__ = ["ChunkCritic", "ChunkCriticConfig"]
@@ -125,11 +127,75 @@ class _CriticMember(nn.Module):
         self.head = nn.Linear(d, cfg.num_bins)
 
     def forward(self, obs_tokens: Tensor, actions: Tensor) -> Tensor:
-        # obs_tokens [B', L, D], actions [B', P+H, A] -> logits [B', Z]
+        """Reference implementation: ``obs_tokens [B', L, D]``, ``actions [B', P+H, A]`` -> ``[B', Z]``."""
         act = self.action_embed(actions) + self.action_pos
         cls = self.readout.expand(obs_tokens.shape[0], 1, -1)
         seq = torch.cat([cls, self.obs_proj(obs_tokens), act], dim=1)
         return self.head(self.encoder(seq)[:, 0])
+
+    def score_fast(self, obs_tokens: Tensor, prefix: Tensor, chunks: Tensor) -> Tensor:
+        """Optimised scoring of N chunks per observation: ``[B, L, D], [B, P, A], [B, N, H, A]``
+        -> logits ``[B, N, Z]``; same numbers as :meth:`forward` up to float rounding.
+
+        Two savings, both exact: (1) the first layer's input rows of the readout, observation
+        and prefix tokens are the same for all N candidates, so their (normalised) Q/K/V
+        projections are computed once per observation and broadcast; (2) only the readout
+        token's output is read, so the last layer computes keys / values for every token but
+        the query, attention output, feed-forward and norms for the readout row alone.
+        """
+        b, n = chunks.shape[:2]
+        npre = prefix.shape[1]
+        pos = self.action_pos
+        shared = torch.cat([
+            self.readout.expand(b, 1, -1), self.obs_proj(obs_tokens),
+            self.action_embed(prefix) + pos[:npre],
+        ], dim=1)  # [B, S, d]: identical for every candidate
+        cand = self.action_embed(chunks) + pos[npre:]  # [B, N, H, d]
+        layers = self.encoder.layers
+        first = layers[0]
+        x_norm_shared = first.norm1(shared) if first.norm_first else shared
+        x_norm_cand = first.norm1(cand) if first.norm_first else cand
+        w, bias = first.self_attn.in_proj_weight, first.self_attn.in_proj_bias
+        qkv = torch.cat([
+            F.linear(x_norm_shared, w, bias).unsqueeze(1).expand(b, n, -1, -1),
+            F.linear(x_norm_cand, w, bias),
+        ], dim=2).flatten(0, 1)  # [B*N, S+H, 3d]
+        x = torch.cat([shared.unsqueeze(1).expand(b, n, -1, -1), cand], dim=2).flatten(0, 1)
+        for i, layer in enumerate(layers):
+            x = _encoder_layer(layer, x, qkv=qkv if i == 0 else None, readout_only=i == len(layers) - 1)
+        if self.encoder.norm is not None:
+            x = self.encoder.norm(x)
+        return self.head(x[:, 0]).unflatten(0, (b, n))
+
+
+def _encoder_layer(layer: nn.TransformerEncoderLayer, x: Tensor, qkv: Tensor | None = None,
+                   readout_only: bool = False) -> Tensor:
+    """``nn.TransformerEncoderLayer`` (batch-first, GELU) on ``x [B', T, d]`` with its own weights
+    and the same dropouts; ``qkv`` optionally precomputed; ``readout_only`` returns ``[B', 1, d]``:
+    the first row's output only (its query against every row's keys / values)."""
+    attn = layer.self_attn
+    heads, d = attn.num_heads, attn.embed_dim
+    if qkv is None:
+        qkv = F.linear(layer.norm1(x) if layer.norm_first else x, attn.in_proj_weight, attn.in_proj_bias)
+    q, k, v = qkv.split(d, dim=-1)
+    if readout_only:
+        q, x = q[:, :1], x[:, :1]
+
+    def split_heads(t: Tensor) -> Tensor:
+        return t.unflatten(-1, (heads, d // heads)).transpose(1, 2)  # [B', heads, T, hd]
+
+    p = attn.dropout if layer.training else 0.0
+    att = F.scaled_dot_product_attention(split_heads(q), split_heads(k), split_heads(v), dropout_p=p)
+    sa = layer.dropout1(attn.out_proj(att.transpose(1, 2).flatten(-2)))
+
+    def feed_forward(t: Tensor) -> Tensor:
+        return layer.dropout2(layer.linear2(layer.dropout(layer.activation(layer.linear1(t)))))
+
+    if layer.norm_first:
+        x = x + sa
+        return x + feed_forward(layer.norm2(x))
+    x = layer.norm1(x + sa)
+    return layer.norm2(x + feed_forward(x))
 
 
 class ChunkCritic(nn.Module):
@@ -159,6 +225,9 @@ class ChunkCritic(nn.Module):
     def forward(self, obs_tokens: Tensor, prefix: Tensor, chunk: Tensor) -> Tensor:
         """Logits ``[M, B, Z]`` for ``obs_tokens [B, L, D]``, ``prefix [B, P, A]``, ``chunk [B, H, A]``."""
         self._check(obs_tokens, prefix, chunk, 3)
+        if fast_paths_enabled():
+            prefix = prefix.to(chunk.dtype)
+            return torch.stack([m.score_fast(obs_tokens, prefix, chunk.unsqueeze(1))[:, 0] for m in self.members])
         actions = torch.cat([prefix.to(chunk.dtype), chunk], dim=1)  # [B, P+H, A]
         return torch.stack([m(obs_tokens, actions) for m in self.members])
 
@@ -169,6 +238,9 @@ class ChunkCritic(nn.Module):
         the N candidates (the observation encoder runs once per observation, Alg. 2).
         """
         self._check(obs_tokens, prefix, chunks, 4)
+        if fast_paths_enabled():
+            prefix = prefix.to(chunks.dtype)
+            return torch.stack([m.score_fast(obs_tokens, prefix, chunks) for m in self.members])
         b, n = chunks.shape[:2]
         obs = obs_tokens.unsqueeze(1).expand(b, n, *obs_tokens.shape[1:]).flatten(0, 1)  # [B*N, L, D]
         pre = prefix.unsqueeze(1).expand(b, n, *prefix.shape[1:]).flatten(0, 1)  # [B*N, P, A]

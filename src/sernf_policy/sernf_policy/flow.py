@@ -60,6 +60,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config_io import build_dataclass
+from .fast_paths import fast_paths_enabled
 
 __all__ = ["ChunkFlow", "ChunkFlowConfig"]
 
@@ -161,13 +162,22 @@ def coupling_keep_masks(horizon: int, action_dim: int, num_layers: int, seed: in
     return masks
 
 
-def _rope(x: Tensor, base: float) -> Tensor:
-    """Rotary embedding over the token axis (-2) of ``x [..., H, hd]`` (rotate-half form)."""
-    h, hd = x.shape[-2], x.shape[-1]
+def _rope_tables(h: int, hd: int, base: float, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``cos, sin [H, hd/2]`` of the rotary angles of token positions ``0..H-1``."""
     half = hd // 2
-    inv_freq = base ** (-torch.arange(half, device=x.device, dtype=torch.float64) / half)
-    angles = torch.arange(h, device=x.device, dtype=torch.float64)[:, None] * inv_freq  # [H, hd/2]
-    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    inv_freq = base ** (-torch.arange(half, device=device, dtype=torch.float64) / half)
+    angles = torch.arange(h, device=device, dtype=torch.float64)[:, None] * inv_freq  # [H, hd/2]
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def _rope(x: Tensor, base: float, tables: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """Rotary embedding over the token axis (-2) of ``x [..., H, hd]`` (rotate-half form).
+
+    ``tables``: precomputed ``cos, sin [H, hd/2]`` for the rows of ``x`` (the optimised path
+    passes the rows of the tokens it computes); computed here when None.
+    """
+    half = x.shape[-1] // 2
+    cos, sin = tables if tables is not None else _rope_tables(x.shape[-2], x.shape[-1], base, x.device, x.dtype)
     x1, x2 = x[..., :half], x[..., half:]
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
@@ -231,10 +241,65 @@ class _Conditioner(nn.Module):
         k, v = self.cross_kv(context).chunk(2, dim=-1)
         return self._heads(k).unsqueeze(1), self._heads(v).unsqueeze(1)
 
+    def forward_rows(
+        self, x: Tensor, plan: _CouplingPlan, ctx_kv: tuple[Tensor, Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        """Optimised :meth:`forward`: ``s, b [B, N, R, A]`` of the R rows ``plan.rows`` only.
+
+        The s / b of a token whose actions are all kept are multiplied by zero by the coupling,
+        and after self-attention every sub-layer works row by row (cross-attention reads only
+        the context), so only the transformed rows need their queries, attention outputs, MLP
+        and heads; all H rows still give keys and values. For the time partition (H >= 2) that
+        is half the rows, which halves the conditioner's arithmetic. Same numbers as
+        :meth:`forward` up to float rounding.
+        """
+        b_, n_, _, _ = x.shape
+        hid = self.num_heads * self.head_dim
+        p = self.dropout_p if self.training else 0.0
+        w = self.qkv.weight  # [3 hid, hid]: q, k, v stacked
+        if plan.rows_are_queries:
+            # Time partition: every transformed row enters as the query embedding, so its
+            # q / k / v are the same for every sample and computed once; only the kept rows'
+            # keys / values depend on the data. Attention does not depend on the order of its
+            # keys (RoPE carries the positions), so kept and query keys are simply concatenated.
+            const_q, const_k, const_v = F.linear(self.norm_self(self.query_embed), w).chunk(3)  # [hid] each
+            lead = (b_, n_, self.num_heads, plan.rows.numel(), self.head_dim)
+            q = _rope(self._heads(const_q.expand(plan.rows.numel(), hid)), self.rope_base, plan.rope_rows).expand(lead)
+            k = _rope(self._heads(const_k.expand(plan.rows.numel(), hid)), self.rope_base, plan.rope_rows).expand(lead)
+            v = self._heads(const_v.expand(plan.rows.numel(), hid)).expand(lead)
+            if plan.kept.numel():
+                kept_k, kept_v = F.linear(self.norm_self(self.in_proj(x.index_select(-2, plan.kept))), w[hid:]).chunk(2, -1)
+                k = torch.cat([_rope(self._heads(kept_k), self.rope_base, plan.rope_kept), k], dim=-2)
+                v = torch.cat([self._heads(kept_v), v], dim=-2)
+            h = self.query_embed
+        else:
+            h = torch.where(plan.is_query, self.query_embed, self.in_proj(x * plan.keep_f))  # [B,N,H,hid]
+            normed = self.norm_self(h)
+            k, v = F.linear(normed, w[hid:]).chunk(2, dim=-1)  # all H rows
+            h = h.index_select(-2, plan.rows)  # [B, N, R, hid]
+            q = _rope(self._heads(F.linear(normed.index_select(-2, plan.rows), w[:hid])), self.rope_base, plan.rope_rows)
+            k = _rope(self._heads(k), self.rope_base, plan.rope_all)
+            v = self._heads(v)
+        att = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # [B, N, heads, R, hd]
+        h = h + self.resid_drop(self.self_out(att.transpose(-3, -2).flatten(-2)))
+
+        q = self._heads(self.cross_q(self.norm_cross(h)))
+        ck, cv = ctx_kv
+        shape = (b_, n_, *ck.shape[2:])
+        att = F.scaled_dot_product_attention(q, ck.expand(shape), cv.expand(shape), dropout_p=p)
+        h = h + self.resid_drop(self.cross_out(att.transpose(-3, -2).flatten(-2)))
+
+        h = h + self.resid_drop(self.mlp(self.norm_mlp(h)))
+        h = self.norm_out(h)
+        return self.head_s(h), self.head_b(h)
+
     def forward(
         self, x: Tensor, keep: Tensor, ctx_kv: tuple[Tensor, Tensor]
     ) -> tuple[Tensor, Tensor]:
-        # x [B, N, H, A]; keep [H, A] bool; returns s, b [B, N, H, A] (unmasked).
+        """Reference implementation: ``s, b [B, N, H, A]`` (unmasked) of every row.
+
+        ``x [B, N, H, A]``; ``keep [H, A]`` bool.
+        """
         b_, n_, h_, _ = x.shape
         keep_f = keep.to(x.dtype)
         is_query = (~keep.any(-1)).to(x.dtype)[:, None]  # [H, 1]
@@ -267,6 +332,19 @@ class _AffineCoupling(nn.Module):
             raise ValueError(f"keep_mask must be bool [{cfg.horizon}, {cfg.action_dim}]")
         self.register_buffer("keep_mask", keep_mask.clone())  # [H, A], persistent
         self.conditioner = _Conditioner(cfg)
+        self._plan: _CouplingPlan | None = None
+        # A checkpoint may bring another partition: rebuild the plan from the loaded mask.
+        self.register_load_state_dict_post_hook(lambda module, _keys: setattr(module, "_plan", None))
+
+    def plan(self, like: Tensor) -> _CouplingPlan:
+        """The index tensors of the optimised path for this layer's partition (cached)."""
+        plan = self._plan
+        if plan is None or plan.keep_f.device != like.device or plan.keep_f.dtype != like.dtype:
+            # Plain tensors even when first called under inference_mode (acting), since the
+            # cached plan is later used in training, where inference tensors are refused.
+            with torch.inference_mode(False), torch.no_grad():
+                plan = self._plan = _CouplingPlan.build(self.keep_mask, self.conditioner, like)
+        return plan
 
     def _scale_shift(self, kept: Tensor, ctx_kv: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         s, b = self.conditioner(kept, self.keep_mask, ctx_kv)
@@ -275,13 +353,70 @@ class _AffineCoupling(nn.Module):
 
     def forward(self, x: Tensor, ctx_kv: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         """Data direction ``x -> y``; returns ``y [B,N,H,A]``, ``log|det dy/dx| [B,N]``."""
+        if fast_paths_enabled():
+            return self._apply_rows(x, ctx_kv, inverse=False)
         log_s, shift = self._scale_shift(x, ctx_kv)
         return x * torch.exp(log_s) + shift, log_s.sum(dim=(-2, -1))
 
     def inverse(self, y: Tensor, ctx_kv: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         """Latent direction ``y -> x``; returns ``x``, ``log|det dx/dy| [B,N]``."""
+        if fast_paths_enabled():
+            return self._apply_rows(y, ctx_kv, inverse=True)
         log_s, shift = self._scale_shift(y, ctx_kv)  # kept entries of y equal those of x
         return (y - shift) * torch.exp(-log_s), -log_s.sum(dim=(-2, -1))
+
+    def _apply_rows(self, x: Tensor, ctx_kv: tuple[Tensor, Tensor], inverse: bool) -> tuple[Tensor, Tensor]:
+        """Optimised coupling: the conditioner computes the transformed rows only, which are
+        updated and written back into ``x`` (kept entries pass through untouched)."""
+        plan = self.plan(x)
+        s, b = self.conditioner.forward_rows(x, plan, ctx_kv)  # [B, N, R, A]
+        log_s, shift = torch.tanh(s) * plan.trans_f, b * plan.trans_f
+        rows = x.index_select(-2, plan.rows)
+        if inverse:
+            new_rows, logdet = (rows - shift) * torch.exp(-log_s), -log_s.sum(dim=(-2, -1))
+        else:
+            new_rows, logdet = rows * torch.exp(log_s) + shift, log_s.sum(dim=(-2, -1))
+        if plan.all_rows:
+            return new_rows, logdet
+        return x.index_copy(-2, plan.rows, new_rows), logdet
+
+
+@dataclass
+class _CouplingPlan:
+    """Per-layer constants of the optimised coupling (derived from ``keep_mask``)."""
+
+    #: Indices of the rows (time steps) with at least one transformed entry ``[R]``.
+    rows: Tensor
+    #: True when every row is transformed (partition over action dims, H == 1).
+    all_rows: bool
+    #: ``keep_mask`` as 0/1 floats ``[H, A]`` and the transformed entries of the rows ``[R, A]``.
+    keep_f: Tensor
+    trans_f: Tensor
+    #: Rows that enter the conditioner as a query embedding (no kept entry) ``[H, 1]`` bool.
+    is_query: Tensor
+    #: Indices of the fully kept rows ``[H - R]``, and whether every computed row is a query
+    #: row (nothing kept in it: the time partition, H >= 2) and every other row fully kept.
+    kept: Tensor
+    rows_are_queries: bool
+    #: RoPE ``cos, sin`` for all H rows, for the R computed rows and for the kept rows.
+    rope_all: tuple[Tensor, Tensor]
+    rope_rows: tuple[Tensor, Tensor]
+    rope_kept: tuple[Tensor, Tensor]
+
+    @classmethod
+    def build(cls, keep_mask: Tensor, conditioner: _Conditioner, like: Tensor) -> _CouplingPlan:
+        keep = keep_mask.to(like.device)
+        query_rows = ~keep.any(-1)
+        rows = torch.nonzero((~keep).any(-1)).flatten()
+        kept = torch.nonzero(keep.all(-1)).flatten()
+        cos, sin = _rope_tables(keep.shape[0], conditioner.head_dim, conditioner.rope_base, like.device, like.dtype)
+        return cls(
+            rows=rows, all_rows=rows.numel() == keep.shape[0], keep_f=keep.to(like.dtype),
+            trans_f=(~keep).to(like.dtype).index_select(0, rows), is_query=query_rows[:, None],
+            kept=kept, rows_are_queries=bool(query_rows.index_select(0, rows).all()) and rows.numel() + kept.numel() == keep.shape[0],
+            rope_all=(cos, sin), rope_rows=(cos.index_select(0, rows), sin.index_select(0, rows)),
+            rope_kept=(cos.index_select(0, kept), sin.index_select(0, kept)),
+        )
 
 
 class ChunkFlow(nn.Module):

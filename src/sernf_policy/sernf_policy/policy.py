@@ -405,7 +405,7 @@ class Policy(nn.Module):
             raise ValueError("prefix contains NaN or inf")
         return checked, prefix
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def act_batch(
         self,
         obs: Mapping[str, Any],
