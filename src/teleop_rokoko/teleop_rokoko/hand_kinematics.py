@@ -99,8 +99,9 @@ def _ranges_from_table(table: Mapping[str, object], names: list[str], unit_deg: 
 def load_hand_joints(path: str | Path | None = None) -> HandJoints:
     """Joint names and limits from a hand model YAML file (None / '': ORCA v1 right facts).
 
-    Accepted layouts: orca_core's (``joint_ids: [...]`` + ``joint_roms: {name: [lo, hi]}`` in
-    degrees), or ``joints: [{name, min_deg, max_deg}]`` / ``[{name, lower, upper}]`` (rad).
+    Accepted layouts: the hand driver's (``joints: [{name, range_deg: [lo, hi], ...}]``),
+    orca_core's (``joint_ids: [...]`` + ``joint_roms: {name: [lo, hi]}``, degrees), or
+    ``joints: [{name, min_deg, max_deg}]`` / ``[{name, lower, upper}]`` (rad).
     """
     if not path:
         names = list(ORCA_V1_RIGHT_RANGES_DEG)
@@ -113,14 +114,16 @@ def load_hand_joints(path: str | Path | None = None) -> HandJoints:
     joints = data.get("joints")
     if isinstance(joints, list) and joints and all(isinstance(j, dict) for j in joints):
         names = [str(j["name"]) for j in joints]
+        if all("range_deg" in j for j in joints):  # the orca_hand_driver hand model files
+            return _ranges_from_table({str(j["name"]): j["range_deg"] for j in joints}, names, unit_deg=True)
         if all("min_deg" in j and "max_deg" in j for j in joints):
             table = {str(j["name"]): [j["min_deg"], j["max_deg"]] for j in joints}
             return _ranges_from_table(table, names, unit_deg=True)
         if all("lower" in j and "upper" in j for j in joints):
             table = {str(j["name"]): [j["lower"], j["upper"]] for j in joints}
             return _ranges_from_table(table, names, unit_deg=False)
-    raise ValueError(f"{path}: no joint table found (expected joint_ids + joint_roms, or joints: "
-                     "[{name, min_deg, max_deg}] / [{name, lower, upper}])")
+    raise ValueError(f"{path}: no joint table found (expected joints: [{{name, range_deg}}], "
+                     "joint_ids + joint_roms, or joints: [{name, min_deg, max_deg}] / [{name, lower, upper}])")
 
 
 # --- geometry (metres) --------------------------------------------------------------------------
