@@ -21,6 +21,7 @@ Modes:
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -233,16 +234,16 @@ class BridgeCore:
             key = reason.split(":")[0].split("(")[0].strip()
             self.counters.refusals_by_reason[key] = self.counters.refusals_by_reason.get(key, 0) + 1
             return CommandOutcome(False, reason)
+        translation = np.asarray(translation, dtype=np.float64)
         dq = np.asarray(rotation, dtype=np.float64)
-        dq = dq / np.linalg.norm(dq)
+        dq = dq / math.sqrt(float(np.dot(dq, dq)))
         base = self._base_pose()
         limits: list[str] = []
-        dp, dq, _ = clip_delta(translation, dq, self.cfg.max_translation_m, float("inf"))
-        if not np.allclose(dp, translation):
+        if math.sqrt(float(np.dot(translation, translation))) > self.cfg.max_translation_m:
             limits.append("translation")
         if rotation_angle(dq) > self.cfg.max_rotation_rad:
             limits.append("rotation")
-        dp, dq, _ = clip_delta(dp, dq, self.cfg.max_translation_m, self.cfg.max_rotation_rad)
+        dp, dq, _ = clip_delta(translation, dq, self.cfg.max_translation_m, self.cfg.max_rotation_rad)
         p, q = compose(base.position, base.orientation, dp, dq)
         p, outside = clip_to_workspace(p, self._low, self._high)
         if outside:

@@ -78,6 +78,21 @@ def test_relative_inverts_compose() -> None:
         assert same_rotation(dq2, dq)
 
 
+def test_quaternion_arithmetic_matches_scipy() -> None:
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        r0, r1 = Rotation.random(random_state=rng), Rotation.random(random_state=rng)
+        q0, q1 = r0.as_quat(scalar_first=True), r1.as_quat(scalar_first=True)
+        p0, dp = rng.normal(size=3), rng.normal(size=3)
+        p, q = compose(p0, q0, dp, q1)
+        np.testing.assert_allclose(p, p0 + r0.apply(dp), atol=1e-12)
+        assert same_rotation(q, (r0 * r1).as_quat(scalar_first=True))
+        assert math.isclose(rotation_angle(q1), r1.magnitude(), abs_tol=1e-9)
+        _, dq, _ = clip_delta(np.zeros(3), q1, 1.0, 0.2)
+        expected = Rotation.from_rotvec(r1.as_rotvec() * min(1.0, 0.2 / r1.magnitude()))
+        assert same_rotation(dq, expected.as_quat(scalar_first=True))
+
+
 def test_clip_delta_keeps_direction_and_axis() -> None:
     dp, dq, clipped = clip_delta(np.array([0.03, 0.04, 0.0]), quat("y", 0.5), 0.01, 0.1)
     assert clipped
