@@ -103,7 +103,7 @@ def _le(value: int, size: int) -> list[int]:
 
 class DynamixelClient:
     def __init__(self, port_name: str, baud_rate: int, read_timeout_ms: float = 10.0,
-                 status_return_level: int = 2) -> None:
+                 status_return_level: int = 2, retries: int = 0) -> None:
         if status_return_level not in (1, 2):
             raise ValueError("status_return_level must be 1 or 2 (0 would silence reads)")
         self.port_name = port_name
@@ -113,6 +113,9 @@ class DynamixelClient:
         self.port = dxl.PortHandler(port_name)
         self.ph = dxl.PacketHandler(2.0)
         self.stuffing_adjustments = 0
+        self.retries = retries
+        """Extra attempts of a single read/write/ping that got no answer (not used per cycle:
+        the loop's next cycle is the retry there)."""
         self._writer = dxl.GroupSyncWrite(self.port, self.ph, ADDR_GOAL_POSITION, 4)
         self._is_open = False
 
@@ -138,6 +141,15 @@ class DynamixelClient:
     def is_open(self) -> bool:
         return self._is_open
 
+    def _txrx(self, call, *args):
+        """A request/answer exchange, repeated up to ``retries`` times without an answer."""
+        for _ in range(self.retries):
+            answer = self._guarded(call, *args)
+            result = answer[-2]  # (…, result, error) for ping, read and write
+            if result != dxl.COMM_RX_TIMEOUT:
+                return answer
+        return self._guarded(call, *args)
+
     def _guarded(self, call, *args):
         if not self._is_open:
             raise BusError(f"{self.port_name} is not open")
@@ -151,14 +163,14 @@ class DynamixelClient:
     # -- single servo ---------------------------------------------------------------------------
     def ping(self, servo_id: int) -> tuple[int, int]:
         """(model number, firmware version)."""
-        model, result, _ = self._guarded(self.ph.ping, self.port, servo_id)
+        model, result, _ = self._txrx(self.ph.ping, self.port, servo_id)
         if result != dxl.COMM_SUCCESS:
             raise ServoNotAnswering(servo_id, f"ping: {self.ph.getTxRxResult(result)}")
         firmware = self.read(servo_id, ADDR_FIRMWARE, 1)
         return model, firmware
 
     def read(self, servo_id: int, address: int, size: int, signed: bool = False) -> int:
-        data, result, error = self._guarded(self.ph.readTxRx, self.port, servo_id, address, size)
+        data, result, error = self._txrx(self.ph.readTxRx, self.port, servo_id, address, size)
         if result != dxl.COMM_SUCCESS:
             raise ServoNotAnswering(servo_id, f"read {address}: {self.ph.getTxRxResult(result)}")
         if error & ~ALERT_BIT:
@@ -172,7 +184,7 @@ class DynamixelClient:
             self.stuffing_adjustments += adjusted
         data = _le(value, size)
         if (self.status_return_level if level is None else level) >= 2:
-            result, error = self._guarded(self.ph.writeTxRx, self.port, servo_id, address, size, data)
+            result, error = self._txrx(self.ph.writeTxRx, self.port, servo_id, address, size, data)
             if result != dxl.COMM_SUCCESS:
                 raise ServoNotAnswering(servo_id, f"write {address}: {self.ph.getTxRxResult(result)}")
             if error & ~ALERT_BIT:

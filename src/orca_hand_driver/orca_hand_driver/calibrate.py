@@ -51,7 +51,7 @@ class CalibrationSettings:
     """Time per step."""
     stall_ticks: int = 2
     """Movement below this per step counts as not moving."""
-    stall_cycles: int = 10
+    stall_cycles: int = 8
     """Consecutive non-moving steps that make a stall."""
     max_travel_ticks: int = 8192
     """Give up (error) when no stop is found within this travel from the start."""
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"refusing: {out} exists; pass --overwrite to replace it (a backup is kept)", file=sys.stderr)
         return 2
     settings = CalibrationSettings(step_ticks=args.step_ticks, step_period_s=args.step_period)
-    client = DynamixelClient(args.port, model.baud_rate)
+    client = DynamixelClient(args.port, model.baud_rate, retries=2)
     client.open()
     try:
         print(f"calibrating {model.name} on {args.port}: each joint goes to both hard stops "

@@ -206,11 +206,17 @@ class OrcaHand:
         Also the restore step after a reboot."""
         assert self.model is not None and self.client is not None
         client = self.client
-        # The status level goes first, unconfirmed, then is read back: after a reboot it is 2
-        # whatever we use, and a level-1 servo would not confirm a level-2 TxRx write.
-        client.write(sid, ADDR_STATUS_RETURN_LEVEL, 1, self.cfg.status_return_level, level=1)
-        if client.read(sid, ADDR_STATUS_RETURN_LEVEL, 1) != self.cfg.status_return_level:
-            raise TransitionError(f"servo {sid}: status return level did not take")
+        # The status level goes first. Whether a servo confirms the write that changes its level
+        # depends on the level it had, so read that first (reads are answered at levels 1 and 2),
+        # and read the new one back (a reboot resets it to 2).
+        level_now = client.read(sid, ADDR_STATUS_RETURN_LEVEL, 1)
+        if level_now != self.cfg.status_return_level:
+            try:
+                client.write(sid, ADDR_STATUS_RETURN_LEVEL, 1, self.cfg.status_return_level, level=level_now)
+            except ServoNotAnswering:
+                client.port.clearPort()  # a servo that applied the new level before answering
+            if client.read(sid, ADDR_STATUS_RETURN_LEVEL, 1) != self.cfg.status_return_level:
+                raise TransitionError(f"servo {sid}: status return level did not take")
         client.write(sid, ADDR_TORQUE_ENABLE, 1, 0)
         client.write(sid, ADDR_RETURN_DELAY, 1, self.cfg.return_delay_us // 2)
         client.write(sid, ADDR_OPERATING_MODE, 1, MODE_CURRENT_BASED_POSITION)

@@ -23,6 +23,7 @@ deactivates itself. ``/diagnostics`` once per second.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -79,6 +80,7 @@ class OrcaHandNode(LifecycleNode):
         self._loop_thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._events_seen = 0
+        self._rejection_logged: dict[str, float] = {}
         self.joint_pub = self.create_publisher(JointState, self.topics.joint_states_topic, qos_profile_sensor_data)
         self.executed_pub = self.create_publisher(JointState, self.topics.executed_command_topic, 10)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -174,7 +176,13 @@ class OrcaHandNode(LifecycleNode):
         try:
             hand.command(list(msg.name), list(msg.position), time.monotonic())
         except CommandError as exc:
-            self.get_logger().warning(f"command rejected: {exc}", throttle_duration_sec=0.5)
+            # One line per distinct reason per second: every kind of bad input is visible, a
+            # publisher repeating one mistake at 40 Hz does not flood the log.
+            reason = str(exc)
+            now = time.monotonic()
+            if now - self._rejection_logged.get(reason, -math.inf) >= 1.0:
+                self._rejection_logged[reason] = now
+                self.get_logger().warning(f"command rejected: {reason}")
 
     # -- loop -----------------------------------------------------------------------------------
     def _loop(self) -> None:
