@@ -639,7 +639,7 @@ class PolicyNode(Node):
         self.get_logger().warning(f"reward refused, not recorded: {why} [{count} refused so far]",
                                   throttle_duration_sec=_LOG_THROTTLE_S)
 
-    def _on_reward(self, msg: RewardEventMsg, info: Any = None) -> None:
+    def _on_reward(self, msg: RewardEventMsg, info: Any) -> None:
         event = RewardEvent(stamp=time_to_seconds(msg.header.stamp), value=float(msg.value),
                             subtask=str(msg.subtask))
         kind = _REWARD_SOURCE_KINDS.get(int(msg.source), f"unknown({int(msg.source)})")
@@ -669,7 +669,7 @@ class PolicyNode(Node):
             self.get_logger().warning(f"reward {event.value:g} at {event.stamp:.3f} not recorded: "
                                       f"{reasons[-1]}", throttle_duration_sec=_LOG_THROTTLE_S)
 
-    def _on_episode_event(self, msg: EpisodeEvent, info: Any = None) -> None:
+    def _on_episode_event(self, msg: EpisodeEvent, info: Any) -> None:
         episode_id = str(msg.episode_id)
         if self.cfg.episode_authorities:
             sender = self._sender(self._episode_sub.topic_name, info)
