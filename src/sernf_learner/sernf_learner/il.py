@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from sernf_learner.distributed import sync_gradients
 from sernf_learner.metrics import MetricsLogger, RateMeter
 
 
@@ -83,6 +84,7 @@ class ImitationLearning:
         loss = -log_prob.mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        sync_gradients(self.params)  # data-parallel runs: the combined batch's gradient
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip_norm or math.inf))
         self.optimizer.step()
         h, a = chunk.shape[-2:]

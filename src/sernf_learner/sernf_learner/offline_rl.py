@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from sernf_learner.distributed import mean_over_ranks, sync_gradients
 from sernf_learner.il import check_int
 from sernf_learner.metrics import MetricsLogger, RateMeter
 from sernf_learner.td_targets import (
@@ -147,7 +148,8 @@ def actor_update(policy, optimizer: torch.optim.Optimizer, batch: dict, config: 
     q_mean = q.mean()
     scale = 1.0
     if config.normalize_q:
-        scale = config.q_alpha / q.detach().abs().mean().clamp_min(1e-6).item()
+        # The combined batch's mean|Q| in data-parallel runs (equal shards: mean of means).
+        scale = config.q_alpha / mean_over_ranks(q.detach().abs().mean()).clamp_min(1e-6).item()
 
     offline = batch["is_offline"].to(torch.bool)  # [B]
     if bool(offline.any()):
@@ -160,6 +162,7 @@ def actor_update(policy, optimizer: torch.optim.Optimizer, batch: dict, config: 
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    sync_gradients(params)  # data-parallel runs: the combined batch's gradient
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.grad_clip_norm or math.inf))
     optimizer.step()
     return {

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from sernf_learner.distributed import sync_gradients
+
 NEXT_ACTION_MODES = ("sample", "best_of_n")
 
 
@@ -228,6 +230,7 @@ def critic_update(
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    sync_gradients(params)  # data-parallel runs: the combined batch's gradient
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.grad_clip_norm or math.inf))
     optimizer.step()
     target.update(policy, config.tau)

@@ -1,0 +1,134 @@
+"""Data-parallel training: two gloo processes with half batches take the same steps as one
+process with the combined batch (sernf_learner.distributed)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from sernf_learner import distributed
+from sernf_learner.il import ILConfig, ImitationLearning
+from sernf_learner.offline_rl import ActorConfig, OfflineRL, OfflineRLConfig
+from sernf_learner.td_targets import CriticConfig, TargetCritic
+from sernf_policy.encoders import EncoderConfig
+from sernf_policy.policy import Policy, PolicyConfig
+
+A, H, P, T, BATCH, STEPS = 3, 4, 1, 2, 8, 3
+SPEC = {"hand": {"kind": "lowdim", "shape": [4]}, "cube": {"kind": "lowdim", "shape": [2]}}
+
+
+def _policy() -> Policy:
+    """A tiny policy without randomness in its updates: no dropout, no action noise."""
+    torch.manual_seed(0)
+    cfg = PolicyConfig.create(
+        SPEC, A, T, P, H, encoder=EncoderConfig(token_dim=16),
+        flow={"num_layers": 2, "hidden_dim": 16, "num_heads": 2, "noise_std": 0.0},
+        critic={"d_model": 16, "num_heads": 2, "num_layers": 1, "ff_dim": 16, "dropout": 0.0},
+    )
+    policy = Policy(cfg)
+    policy.fit_normalizers(torch.linspace(-1, 1, 50)[:, None].expand(50, A))
+    return policy
+
+
+def _batches() -> list[dict]:
+    gen = torch.Generator().manual_seed(1)
+
+    def obs() -> dict:
+        return {k: torch.randn(BATCH, T, v["shape"][0], generator=gen) for k, v in SPEC.items()}
+
+    return [{
+        "obs": obs(), "next_obs": obs(),
+        "prefix": torch.rand(BATCH, P, A, generator=gen) * 1.8 - 0.9,
+        "chunk": torch.rand(BATCH, H, A, generator=gen) * 1.8 - 0.9,
+        "chunk_mask": torch.ones(BATCH, H),
+        "next_prefix": torch.rand(BATCH, P, A, generator=gen) * 1.8 - 0.9,
+        "reward": (torch.rand(BATCH, generator=gen) < 0.3).float(),
+        "discount": torch.full((BATCH,), 0.9),
+        "done": torch.zeros(BATCH),
+        "is_offline": torch.ones(BATCH, dtype=torch.bool),
+    } for _ in range(STEPS)]
+
+
+def _shard(batch: dict, rank: int, world: int) -> dict:
+    n = BATCH // world
+    return {k: (_shard(v, rank, world) if isinstance(v, dict) else v[rank * n:(rank + 1) * n]) for k, v in batch.items()}
+
+
+def _train(rank: int, world: int) -> dict[str, torch.Tensor]:
+    """STEPS imitation updates, then STEPS offline-RL updates, on this rank's shard."""
+    policy = _policy()
+    distributed.broadcast_module(policy)
+    il = ImitationLearning(policy, ILConfig(steps=STEPS, batch_size=BATCH, dropout=0.0))
+    for batch in _batches():
+        il.update(_shard(batch, rank, world))
+    # sigma ~ 0: the sampled chunks no longer depend on which ranks' RNG drew the noise.
+    rl = OfflineRL(policy, TargetCritic(policy), OfflineRLConfig(
+        steps=STEPS, batch_size=BATCH, critic=CriticConfig(next_sigma=1e-7),
+        actor=ActorConfig(dropout=0.0, sigma=1e-7)))
+    for batch in _batches():
+        rl.update(_shard(batch, rank, world))
+    return {k: v.detach().clone().contiguous() for k, v in policy.state_dict().items()}
+
+
+def _worker(rank: int, world: int, rendezvous: str, out: str) -> None:
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
+    try:
+        assert distributed.world_size() == world and distributed.rank() == rank
+        state = _train(rank, world)
+        save_file(state, os.path.join(out, f"rank{rank}.safetensors"))
+    finally:
+        distributed.shutdown()
+
+
+def test_two_gloo_processes_match_one_process_with_the_combined_batch(tmp_path: Path):
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_worker, args=(r, 2, str(tmp_path / "rdv"), str(tmp_path))) for r in range(2)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=300)
+    for proc in procs:
+        if proc.is_alive():
+            proc.kill()
+    assert [proc.exitcode for proc in procs] == [0, 0]
+
+    single = _train(0, 1)
+    initial = _policy().state_dict()
+    ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(2)]
+    moved = 0
+    for name, want in single.items():
+        for got in ranks:
+            torch.testing.assert_close(got[name], want, rtol=1e-4, atol=2e-5, msg=name)
+        moved += int(not torch.equal(want, initial[name]))
+    assert moved > 20  # the updates did move the actor and the critic
+
+    # Half a batch alone takes a different step: the comparison above can fail.
+    alone = _train(0, 2)
+    assert any(not torch.allclose(alone[k], single[k], rtol=1e-4, atol=2e-5) for k in single)
+
+
+def test_single_process_helpers_are_no_ops():
+    assert distributed.world_size() == 1 and distributed.rank() == 0 and distributed.is_main_process()
+    assert distributed.shard_batch_size(48) == 48
+    assert distributed.all_gather_objects({"a": 1}) == [{"a": 1}]
+    param = torch.nn.Parameter(torch.ones(3))
+    param.grad = torch.full((3,), 2.0)
+    distributed.sync_gradients([param])
+    assert torch.equal(param.grad, torch.full((3,), 2.0))
+    value = torch.tensor(3.0)
+    assert distributed.mean_over_ranks(value) is value
+    assert distributed.init_from_env() is None or os.environ.get("WORLD_SIZE", "1") != "1"
+
+
+def test_init_from_env_refuses_an_incomplete_environment(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for name in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ValueError, match="torchrun"):
+        distributed.init_from_env("cpu")
