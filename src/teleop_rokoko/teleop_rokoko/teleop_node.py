@@ -203,10 +203,11 @@ class TeleopNode(Node):
             return None
         return self._ee[0], self._ee[1]
 
-    def _hold(self, reason: str) -> None:
-        """Stop commanding (the drivers keep their last targets) and drop the clutch."""
+    def _hold(self, reason: str, detail: str = "") -> None:
+        """Stop commanding (the drivers keep their last targets) and drop the clutch; the log
+        line comes once per change of reason."""
         if not self._stale or reason != self._hold_reason:
-            self.get_logger().warning(f"holding: {reason}"
+            self.get_logger().warning(f"holding: {reason}{detail}"
                                       + ("; clutch disengaged" if self.wrist.engaged else ""))
         self._stale, self._hold_reason = True, reason
         self.wrist.disengage()
@@ -218,8 +219,11 @@ class TeleopNode(Node):
         cfg = self.cfg
         frame, age = self.receiver.latest()
         if frame is None or age > cfg.stale_after_s:
-            self._hold(f"Studio Live stream stale (no valid packet for {min(age, 1e9):.3g} s > "
-                       f"{cfg.stale_after_s:g} s)" if frame is not None else "no Studio Live packet yet")
+            if frame is None:
+                self._hold("no Studio Live packet yet")
+            else:
+                self._hold(f"Studio Live stream stale (no valid packet for > {cfg.stale_after_s:g} s)",
+                           f" (last one {age:.3f} s ago)")
             return
         bones = frame.hand(cfg.hand_side)
         if bones is None:
@@ -280,9 +284,15 @@ class TeleopNode(Node):
 
     def _on_engage(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         response.success, response.message = self._try_engage()
-        log = self.get_logger().info if response.success else self.get_logger().warning
-        log(response.message)
+        self._log_answer(response)
         return response
+
+    def _log_answer(self, response: Trigger.Response) -> None:
+        # One call site per severity: rclpy refuses a call site whose severity changes.
+        if response.success:
+            self.get_logger().info(response.message)
+        else:
+            self.get_logger().warning(response.message)
 
     def _on_disengage(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         was = self.wrist.engaged
@@ -308,7 +318,7 @@ class TeleopNode(Node):
                 saved = self._save_calibration()
                 response.success = True
                 response.message = f"frame yaw {math.degrees(yaw):.1f} deg{saved}"
-        (self.get_logger().info if response.success else self.get_logger().warning)(response.message)
+        self._log_answer(response)
         return response
 
     def _on_calibrate_flat(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
