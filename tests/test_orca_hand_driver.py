@@ -312,3 +312,29 @@ def test_calibration_routine_finds_the_hard_stops(tmp_path):
     path = tmp_path / "cal.yaml"
     save_calibration(path, cal, MODEL)
     assert load_calibration(path, MODEL).limits == cal.limits
+
+
+def test_stuffing_guard_gets_multi_turn_goals_through():
+    """dynamixel-sdk 4.1.0 sends FF FF FD payloads unstuffed; the bus drops them like a servo.
+    The client's guard moves such a goal by one tick so it arrives."""
+    import dynamixel_sdk as dxl
+
+    from orca_hand_driver.bus import DynamixelClient
+
+    with SimulatedDynamixelBus(servo_ids=(1, 2), initial_ticks=(0, 0)) as bus:
+        client = DynamixelClient(bus.port, 3_000_000, read_timeout_ms=50)
+        client.open()
+        try:
+            # the SDK alone: the sync write carrying FF FF FD is dropped, nothing changes
+            writer = dxl.GroupSyncWrite(client.port, client.ph, reg.ADDR_GOAL_POSITION, 4)
+            writer.addParam(1, list((-131073).to_bytes(4, "little", signed=True)))
+            writer.addParam(2, list((500).to_bytes(4, "little", signed=True)))
+            assert writer.txPacket() == dxl.COMM_SUCCESS
+            assert bus.wait_for(lambda: bus.parser.stuffing_errors == 1, 5.0)
+            assert bus.goal_ticks() == {1: 0, 2: 0}
+            # through the guard: both goals arrive, the dangerous one a tick away
+            assert client.write_goals({1: -131073, 2: 500}) == {1: -131072, 2: 500}
+            assert bus.wait_for(lambda: bus.goal_ticks() == {1: -131072, 2: 500}, 5.0)
+            assert client.stuffing_adjustments == 1 and bus.parser.stuffing_errors == 1
+        finally:
+            client.close()

@@ -228,7 +228,12 @@ class OrcaHand:
 
     def _read_measured(self) -> dict[int, PresentState]:
         assert self.client is not None
-        states = self.client.read_present(self._servo_ids())
+        states: dict[int, PresentState] = {}
+        for _ in range(3):  # a transition is not refused for one late answer
+            missing = [sid for sid in self._servo_ids() if sid not in states]
+            if not missing:
+                break
+            states.update(self.client.read_present(missing))
         missing = [sid for sid in self._servo_ids() if sid not in states]
         if missing:
             raise TransitionError(f"servos {missing} not answering the state read")
