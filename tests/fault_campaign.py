@@ -102,8 +102,8 @@ def learner_kill_campaign(tmp: Path, kills: int, seed: int = 0, say: Callable[[s
     ckpt_dir = tmp / "learner" / "checkpoints"
     replay_uri, online_uri = tmp / "replay" / "online.zarr", tmp / "learner" / "online_replay.zarr"
 
-    def spin_for(seconds: float) -> None:
-        observer.spin_until(lambda: False, seconds, graph, tmp, allow_exited=("learner",))
+    def spin_for(seconds: float, allow: tuple[str, ...] = ("learner",)) -> None:
+        observer.spin_until(lambda: False, seconds, graph, tmp, allow_exited=allow)
 
     def learner_ready(previous_run: str, timeout: float) -> bool:
         return observer.spin_until(
@@ -137,7 +137,7 @@ def learner_kill_campaign(tmp: Path, kills: int, seed: int = 0, say: Callable[[s
         if not learner_ready(run, 180):
             trials.append(Trial("final restart", False, "the learner did not come up after the last kill"))
         graph.kill("sim_robot", sig=2)
-        spin_for(3.0)  # the last episode: ABORT, reward grace, commit, announcement
+        spin_for(3.0, allow=("sim_robot",))  # the last episode: ABORT, reward grace, commit, announcement
         policy_ids = set(EpisodeStore(str(replay_uri), mode="r").episode_ids())
 
         def learner_has_all() -> bool:

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import learner_node_harness as h
 import pytest
@@ -260,3 +261,66 @@ def test_offline_stages_on_start_run_the_trainer_from_the_initial_checkpoint(dat
     assert stage == "offline_rl" and step >= 5
     # A restart after the stages finished does not run them again.
     assert run_offline_stages(cfg, run, tmp_path) == result and checkpoint_step(result) == (step, stage)
+
+
+@pytest.mark.ros
+def test_signed_announcements_reconciliation_and_stale_temp_clean_up(start_learner, world):
+    """With keys: checkpoint announcements carry a valid signature over the files' hashes and a
+    run id; unsigned or wrongly signed replay announcements are refused. Episodes nobody
+    announced are ingested from the watched store (reconciliation), each exactly once. A temp
+    directory a killed learner left among its checkpoints is removed at start."""
+    from sernf_policy.announcement_auth import (
+        CHECKPOINT_KIND,
+        REPLAY_KIND,
+        AnnouncementKey,
+        checkpoint_fields,
+        generate_key_file,
+        replay_fields,
+    )
+    from sernf_policy.checkpoint import CONFIG_FILE, file_sha256
+
+    actor = world["actor"]
+    ckpt_key = generate_key_file(world["tmp"] / "keys" / "checkpoint.key")
+    replay_key = generate_key_file(world["tmp"] / "keys" / "replay.key")
+    stale = world["out"] / "checkpoints" / ".step-0000000999.tmp-deadbeef"
+    (stale / "policy").mkdir(parents=True)
+    _, peer = start_learner(checkpoint_key_file=str(world["tmp"] / "keys" / "checkpoint.key"),
+                            replay_key_file=str(world["tmp"] / "keys" / "replay.key"),
+                            watch_stores=[actor.uri], reconcile_period_s=0.5, episodes_per_update=100)
+    log = peer.node_log
+    peer.wait_for(lambda: peer.checkpoint_at(INIT) is not None, 45.0, "the initial checkpoint announcement", log)
+    msg = peer.checkpoint_at(INIT)
+    assert msg.run_id and msg.key_id == ckpt_key.key_id
+    assert msg.config_sha256 == file_sha256(Path(msg.uri) / CONFIG_FILE)
+    fields = checkpoint_fields(uri=msg.uri, step=msg.step, stage=msg.stage, sha256=msg.sha256, run_id=msg.run_id,
+                               config_sha256=msg.config_sha256)
+    assert AnnouncementKey.load(world["tmp"] / "keys" / "checkpoint.key").verify(
+        CHECKPOINT_KIND, fields, msg.key_id, msg.signature) == ""
+    assert not stale.exists() and "start-up clean-up: removed" in log()
+    # Nothing was announced: reconciliation finds all six committed episodes of the watched store.
+    peer.wait_for(lambda: peer.diag_int("ingested") == 6, 60.0, "reconciliation to ingest ep0..ep5", log)
+    assert peer.diag_int("reconciled") == 6
+    # Announcements now: unsigned and foreign-signed are refused; a valid one is a repeat.
+    peer.wait_subscriber()
+    peer.announce_episode(actor, "ep0")
+    foreign = generate_key_file(world["tmp"] / "keys" / "foreign.key")
+
+    def signed(key: Any, episode_id: str) -> None:
+        from sernf_interfaces.msg import ReplayEpisode
+
+        m = ReplayEpisode()
+        m.episode_id, m.uri, m.source = episode_id, actor.uri, "online"
+        m.num_steps = int(actor.episode_metadata(episode_id)["length"])
+        m.key_id = key.key_id
+        m.signature = key.sign(REPLAY_KIND, replay_fields(
+            episode_id=m.episode_id, uri=m.uri, num_steps=m.num_steps, episode_return=m.episode_return,
+            source=m.source, subtask_names=[], subtask_success=[]))
+        peer.replay_pub.publish(m)
+
+    signed(foreign, "ep1")
+    peer.wait_for(lambda: peer.diag_int("rejected_signature") == 2, 20.0, "2 signature rejections", log)
+    signed(replay_key, "ep2")
+    peer.wait_for(lambda: peer.diag_int("repeats") >= 1, 20.0, "the signed repeat", log)
+    store = online_store(world)
+    assert sorted(store.episode_ids()) == [f"ep{i}" for i in range(6)]  # each exactly once
+    assert peer.diag_int("ingested") == 6 and "unsigned announcement" in log()
