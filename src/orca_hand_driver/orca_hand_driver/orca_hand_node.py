@@ -140,7 +140,7 @@ class OrcaHandNode(LifecycleNode):
 
     def _release(self, what: str) -> None:
         self._stop_loop()
-        if self.hand is not None:
+        if self.hand is not None and self.hand.client is not None:
             warning = self.hand.cleanup(self.cfg.torque_off_on_shutdown)
             if warning:
                 self.get_logger().error(f"{what}: {warning}")
