@@ -256,8 +256,10 @@ def test_stale_pose_and_watchdog(processes) -> None:
         op.close()
 
 
-def test_reflex_single_recovery_and_resume(processes) -> None:
-    op, arm, bridge = start_graph(processes)
+@pytest.mark.parametrize("interface", ["action", "topic"])
+def test_reflex_single_recovery_and_resume(processes, interface: str) -> None:
+    # action: franka_ros2's ErrorRecovery action; topic: requests to the ROS 1 relay (ros1_bridge)
+    op, arm, bridge = start_graph(processes, "-p", f"recovery_interface:={interface}")
     try:
         activate(op)
         op.command_and_wait([0.01, 0.0, 0.0])

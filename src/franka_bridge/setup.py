@@ -19,6 +19,7 @@ setup(
     entry_points={
         "console_scripts": [
             "franka_bridge = franka_bridge.franka_bridge_node:main",
+            "robot_mode_relay = franka_bridge.robot_mode_relay_node:main",
         ],
     },
 )

@@ -42,9 +42,14 @@ class FrankaBridgeConfig:
     """std_msgs/Bool, true while the robot is in a reflex / error state (a relay of
     franka_ros2's robot_state.robot_mode or ROS 1 franka_states.robot_mode provides it); ''
     disables reflex handling."""
+    recovery_interface: str = "action"
+    """How error recovery is requested: 'action' (franka_msgs/action/ErrorRecovery, franka_ros2),
+    'topic' (std_msgs/Empty on recovery_request_topic: a ROS 1 relay behind ros1_bridge calls
+    franka_ros' actionlib recovery) or 'none' (an operator recovers the robot)."""
     recovery_action: str = "/action_server/error_recovery"
-    """franka_msgs/action/ErrorRecovery server (franka_ros2); ROS 1 + bridge:
-    /franka_control/error_recovery. '' never calls recovery (an operator recovers)."""
+    """franka_msgs/action/ErrorRecovery server name (franka_ros2's action_server node)."""
+    recovery_request_topic: str = "/franka/error_recovery_request"
+    """std_msgs/Empty requests for recovery_interface 'topic'."""
     max_translation_m: float = 0.02
     """Largest translation per command (m); longer deltas are scaled down (direction kept)."""
     max_rotation_rad: float = 0.1
@@ -111,6 +116,12 @@ class FrankaBridgeConfig:
         ref = np.asarray(self.reference_orientation, float)
         if ref.shape != (4,) or not np.all(np.isfinite(ref)) or abs(np.linalg.norm(ref) - 1.0) > 1e-3:
             raise ValueError(f"reference_orientation must be a unit quaternion (w, x, y, z), got {self.reference_orientation}")
+        if self.recovery_interface not in ("action", "topic", "none"):
+            raise ValueError(f"recovery_interface must be 'action', 'topic' or 'none', got {self.recovery_interface!r}")
+        if self.recovery_interface == "action" and not self.recovery_action:
+            raise ValueError("recovery_interface 'action' needs recovery_action")
+        if self.recovery_interface == "topic" and not self.recovery_request_topic:
+            raise ValueError("recovery_interface 'topic' needs recovery_request_topic")
         for name in ("command_topic", "target_topic", "pose_topic", "ee_pose_topic"):
             if not getattr(self, name):
                 raise ValueError(f"{name} must not be empty")

@@ -29,7 +29,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import State, TransitionCallbackReturn
 from rclpy.qos import qos_profile_sensor_data
-from std_msgs.msg import Bool
+from std_msgs.msg import Bool, Empty
 from std_srvs.srv import Trigger
 
 from franka_bridge.config import FrankaBridgeConfig
@@ -69,18 +69,19 @@ class FrankaBridgeNode(LifecycleNode):
         self._recovery_goal = None
         self._last_log: dict[str, tuple[float, int]] = {}
         self.target_pub = self.executed_pub = self.ee_pub = self.diag_pub = None
+        self.recovery_request_pub = None
         self.get_logger().info("franka_bridge created (unconfigured): configure, then activate")
 
     # -- lifecycle --------------------------------------------------------------------------------
     def on_configure(self, state: State) -> TransitionCallbackReturn:
         cfg = self.cfg
-        if cfg.recovery_action:
+        if cfg.recovery_interface == "action":
             try:
                 from franka_msgs.action import ErrorRecovery  # franka_ros2 (or the test stand-in)
             except ImportError as exc:
                 self.get_logger().error(
                     f"configure failed: franka_msgs is not available ({exc}); source franka_ros2's "
-                    "workspace or set recovery_action to '' (no automatic recovery)")
+                    "workspace, or set recovery_interface to 'topic' or 'none'")
                 return TransitionCallbackReturn.FAILURE
             from rclpy.action import ActionClient
             self._recovery_client = ActionClient(self, ErrorRecovery, cfg.recovery_action,
@@ -91,6 +92,10 @@ class FrankaBridgeNode(LifecycleNode):
         self.ee_pub = self.create_publisher(PoseStamped, cfg.ee_pose_topic, 10)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._entities = [self.target_pub, self.executed_pub, self.ee_pub, self.diag_pub]
+        self.recovery_request_pub = None
+        if cfg.recovery_interface == "topic":
+            self.recovery_request_pub = self.create_publisher(Empty, cfg.recovery_request_topic, 10)
+            self._entities.append(self.recovery_request_pub)
         g = self._data_group
         self._entities += [
             self.create_subscription(PoseStamped, cfg.pose_topic, self._on_pose, qos_profile_sensor_data,
@@ -105,8 +110,9 @@ class FrankaBridgeNode(LifecycleNode):
                                                            callback_group=g))
         self.get_logger().info(
             f"configured: commands {cfg.command_topic} -> equilibrium {cfg.target_topic}; pose from "
-            f"{cfg.pose_topic}; errors from {cfg.error_topic or '(none)'}; recovery "
-            f"{cfg.recovery_action or '(disabled)'}")
+            f"{cfg.pose_topic}; errors from {cfg.error_topic or '(none)'}; recovery: "
+            + {"action": f"action {cfg.recovery_action}", "topic": f"requests on {cfg.recovery_request_topic}",
+               "none": "by an operator"}[cfg.recovery_interface])
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
@@ -166,6 +172,7 @@ class FrankaBridgeNode(LifecycleNode):
             self._recovery_client.destroy()
             self._recovery_client = None
         self.target_pub = self.executed_pub = self.ee_pub = self.diag_pub = None
+        self.recovery_request_pub = None
 
     # -- inputs -----------------------------------------------------------------------------------
     def _on_pose(self, msg: PoseStamped) -> None:
@@ -239,13 +246,20 @@ class FrankaBridgeNode(LifecycleNode):
 
     # -- error recovery ---------------------------------------------------------------------------
     def _maybe_recover(self) -> None:
-        if self._recovery_client is None:
+        if self._recovery_client is None and self.recovery_request_pub is None:
             return
         now = time.monotonic()
         with self._lock:
             if not self.core.recovery_due(now):
                 return
             self.core.recovery_started(now)
+        if self.recovery_request_pub is not None:
+            # A request has no result: the error flag clearing is the answer; the rate limit
+            # (recovery_min_interval_s) spaces out repeated requests while it persists.
+            self.get_logger().warning(f"requesting error recovery on {self.cfg.recovery_request_topic}")
+            self.recovery_request_pub.publish(Empty())
+            self._recovery_finished(True)
+            return
         self._recovery_started_at = now
         if not self._recovery_client.server_is_ready():
             self.get_logger().error(f"error recovery: action server {self.cfg.recovery_action} is not available")

@@ -11,7 +11,9 @@ It answers the franka_bridge the way the robot's controller stack does (DESIGN Â
   the robot mode provides on a real robot);
 * serves the error-recovery action with franka's type (``franka_msgs/action/ErrorRecovery``):
   it takes ``recovery_duration_s`` and clears the error; a goal while no error is present is
-  counted (``~/status``), so tests can check that the bridge never sends one.
+  counted (``~/status``), so tests can check that the bridge never sends one. It also takes
+  ``std_msgs/Empty`` requests on ``recovery_request_topic``, as the ROS 1 relay
+  (tools/ros1/franka_state_relay.py) does for franka_ros behind ros1_bridge.
 
 Test hooks: ``~/inject_reflex`` (std_srvs/Trigger) puts the arm into a reflex;
 ``~/set_pose_stream`` (std_srvs/SetBool) stops or restarts the pose stream (a dead state
@@ -33,7 +35,7 @@ from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from rclpy.task import Future
-from std_msgs.msg import Bool
+from std_msgs.msg import Bool, Empty
 from std_srvs.srv import SetBool, Trigger
 
 from sernf_ros.diagnostics import diagnostic_array
@@ -54,6 +56,9 @@ class SimArmConfig:
     """Published std_msgs/Bool: true while the arm is in a reflex."""
     recovery_action: str = "/action_server/error_recovery"
     """Served franka_msgs/action/ErrorRecovery (franka_ros2's name)."""
+    recovery_request_topic: str = "/franka/error_recovery_request"
+    """std_msgs/Empty recovery requests (what the ROS 1 relay behind ros1_bridge takes); ''
+    disables."""
     frame_id: str = "base"
     """frame_id of the published pose (and the expected one of equilibria; '' accepts any)."""
     rate_hz: float = 200.0
@@ -114,6 +119,9 @@ class SimArmNode(Node):
         self.error_pub = self.create_publisher(Bool, self.cfg.error_topic, 10)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_subscription(PoseStamped, self.cfg.equilibrium_topic, self._on_equilibrium, 20)
+        if self.cfg.recovery_request_topic:
+            self.create_subscription(Empty, self.cfg.recovery_request_topic, self._on_recovery_request, 10)
+        self._request_timer = None
         self.create_service(Trigger, "~/inject_reflex", self._on_inject_reflex)
         self.create_service(SetBool, "~/set_pose_stream", self._on_set_pose_stream)
         self.create_service(Trigger, "~/status", self._on_status)
@@ -210,6 +218,25 @@ class SimArmNode(Node):
         return response
 
     # -- error recovery -------------------------------------------------------------------------
+    def _on_recovery_request(self, _msg: Empty) -> None:
+        """A topic request (the ROS 1 relay's interface): recover after recovery_duration_s."""
+        self._goals += 1
+        if not self.arm.error:
+            self.get_logger().warning("error recovery requested while no error is present (counted)")
+            self.arm.recover()
+            return
+        if self._request_timer is not None:
+            return  # one recovery at a time, as the relay does
+
+        def finish() -> None:
+            self.destroy_timer(self._request_timer)
+            self._request_timer = None
+            self.arm.recover()
+            self._publish_error()
+            self.get_logger().info("error recovery done: error cleared")
+
+        self._request_timer = self.create_timer(max(self.cfg.recovery_duration_s, 1e-3), finish, clock=self._steady)
+
     async def _execute_recovery(self, goal_handle) -> ErrorRecovery.Result:
         self._goals += 1
         had_error = self.arm.error
