@@ -266,6 +266,17 @@ def test_driver_end_to_end(processes, graph, bus, calibration_file):
     values9 = {kv.key: kv.value for kv in servo9.values}
     assert values9["reboots"] == "1" and "temperature_c" in values9 and "current_ma" in values9
 
+    # one servo stops answering: hold, report, deactivate after max_failed_cycles
+    bus.set_silent(12)
+    assert g.spin_until(lambda: g.state() == "inactive", 30.0), processes.log(proc)
+    assert log_contains(processes, proc, "servos [12] not answering: holding")
+    assert log_contains(processes, proc, "deactivated: servos [12] not answering for 8 cycles")
+    bus.set_silent(12, False)
+    # it answers again: the hand can be activated again, and holds where it is
+    assert g.transition(Transition.TRANSITION_ACTIVATE), processes.log(proc)
+    present = bus.present_ticks()
+    assert bus.wait_for(lambda: all(abs(bus.goal_ticks()[s] - present[s]) <= 3 for s in MODEL.motor_ids), 5.0)
+
     # unplugged bus: hold, report, deactivate after max_failed_cycles
     bus.unplug()
     assert g.spin_until(lambda: g.state() == "inactive", 30.0), processes.log(proc)

@@ -178,8 +178,10 @@ class OrcaHand:
         except CalibrationError as exc:
             raise TransitionError(str(exc)) from exc
         self.mapping = JointMapping(self.model, self.calibration)
+        # Single exchanges (set-up, recovery) are retried twice: one lost or late packet must not
+        # refuse a transition. The loop's sync read is not: the next cycle is its retry.
         self.client = DynamixelClient(self.cfg.port, self.model.baud_rate, self.cfg.read_timeout_ms,
-                                      self.cfg.status_return_level)
+                                      self.cfg.status_return_level, retries=2)
         try:
             self.client.open()
             self._check_and_setup_servos()
