@@ -22,6 +22,14 @@ rebuilt on load. A checkpoint directory is written under a temporary name and re
 resumes (``Trainer(..., resume=True)``) from the last complete checkpoint and produces
 results bit-identical to an uninterrupted run on the same machine (tested).
 
+Data-parallel runs (``torchrun --nproc_per_node N -m sernf_learner.cli ...`` or
+``sernf-train ... --nproc N``, :mod:`sernf_learner.distributed`): each rank samples
+``batch_size / N`` transitions per update with its own sampler seed from the same stores and
+the gradients are averaged before every optimiser step; rank 0 alone exports policies, writes
+checkpoints and metrics and evaluates. A checkpoint holds every rank's sampler and RNG state,
+so a resumed run needs the same number of processes. Stages I-III run data-parallel; online RL
+and distillation (which collect episodes into one store) refuse more than one process.
+
 Determinism rests on one rule: building a stage (optimisers, samplers, target copies) consumes
 no random numbers from the global RNGs, so restoring them once, after everything is built,
 puts a resumed run exactly where the interrupted one was.
@@ -45,6 +53,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from sernf_learner import distributed
 from sernf_learner.configs import SCHEDULES, STAGES, RunConfig
 from sernf_learner.critic_warmup import CriticWarmup, train_critic_warmup
 from sernf_learner.distill import Distillation, train_distill
@@ -65,6 +74,27 @@ CHECKPOINT_FORMAT = 1
 _STAGES_WITH_CRITIC = ("critic_warmup", "offline_rl", "online_rl")
 #: Stages whose unit (progress, checkpoints) is an iteration of collect + updates, not an update.
 _ITERATION_STAGES = ("online_rl", "distill")
+#: Stages that run data-parallel over several processes (the others collect episodes).
+_DATA_PARALLEL_STAGES = ("il", "critic_warmup", "offline_rl")
+
+
+class _NullLogger:
+    """The metrics logger of ranks > 0: rank 0 alone writes metrics (same interface)."""
+
+    def start_stage(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def log(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def flush(self) -> None:
+        return None
+
+    def close_bar(self) -> None:
+        return None
+
+    def close(self, extra: dict | None = None) -> dict:
+        return dict(extra or {})
 
 
 class _Stopped(Exception):
@@ -265,7 +295,15 @@ class Trainer:
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.schedule = parse_schedule(schedule)
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
+        if self.world_size > 1:
+            serial = [s for s in self.schedule if s not in _DATA_PARALLEL_STAGES]
+            if serial:
+                raise ValueError(f"stages {serial} collect episodes and run in one process only; "
+                                 f"data-parallel runs support {list(_DATA_PARALLEL_STAGES)}")
         self.device = torch.device(config.trainer.device)
+        if self.world_size > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU
         if config.trainer.torch_num_threads:
             torch.set_num_threads(config.trainer.torch_num_threads)
         self.ckpt_root = self.out / "checkpoints"
@@ -284,6 +322,11 @@ class Trainer:
         self.timing = ChunkTiming(T=config.policy.obs_history, P=config.policy.prefix_len,
                                   H=config.policy.horizon, gamma=config.data.gamma,
                                   td_horizon=self.policy.config.critic_horizon)
+        # Identical replicas on every rank (they are already: same seed, same data; this makes
+        # it a guarantee), then each rank its own random stream (dropout, noise, sampling).
+        distributed.broadcast_module(self.policy)
+        if self.world_size > 1:
+            seed_everything(int(np.random.SeedSequence([config.seed, 1 + self.rank]).generate_state(1)[0]))
         self.target = TargetCritic(self.policy) if self.policy.critic is not None else None
         self.stage_index, self.step, self.global_step = 0, 0, 0
         self.run_id = uuid.uuid4().hex[:8]  # names online episodes; from os entropy, not the seeded RNGs
@@ -293,18 +336,21 @@ class Trainer:
         self._pending: dict[str, Any] | None = None
         if checkpoint is not None:
             self._load_checkpoint(checkpoint)
-        self.logger = MetricsLogger(
-            self.out, tensorboard=config.trainer.tensorboard, progress=config.trainer.progress,
-            resume_from_step=self.global_step if checkpoint is not None else None,
-        )
+        self.logger: MetricsLogger | _NullLogger = _NullLogger()
+        if self.rank == 0:
+            self.logger = MetricsLogger(
+                self.out, tensorboard=config.trainer.tensorboard, progress=config.trainer.progress,
+                resume_from_step=self.global_step if checkpoint is not None else None,
+            )
 
     # -- data and model ---------------------------------------------------------------------
     def _open_offline_store(self) -> EpisodeStore:
         uri = _resolve(self.out, self.config.data.offline_uri)
         n = self.config.data.generate_point_demos
         exists = (Path(uri) / "zarr.json").exists() if "://" not in uri else True
-        if not exists and n > 0:
+        if not exists and n > 0 and self.rank == 0:  # one writer; the other ranks wait for it
             generate_point_demos(self.config, uri, n, self.config.data.demo_seed)
+        distributed.barrier()
         return EpisodeStore(uri, mode="r")
 
     def _new_policy(self) -> Policy:
@@ -322,6 +368,9 @@ class Trainer:
         return int(np.random.SeedSequence([self.config.seed, index]).generate_state(1)[0])
 
     def _sampler(self, store: EpisodeStore, batch_size: int, seed: int, **kwargs) -> TransitionSampler:
+        if self.world_size > 1:  # this rank's shard of every batch, from its own stream
+            batch_size = distributed.shard_batch_size(batch_size)
+            seed = int(np.random.SeedSequence([seed, self.rank]).generate_state(1)[0])
         return TransitionSampler(store, self.timing, batch_size, seed, **kwargs)
 
     def _build_stage(self, name: str, index: int) -> _Stage:
@@ -434,12 +483,14 @@ class Trainer:
 
     def _finish_stage(self, stage: _Stage) -> None:
         name = stage.name
-        self.policy.save(self.out / f"policy_{name}", metadata={"stage": name, "step": self.global_step})
-        result = self.evaluate(name)
-        if result is not None:
-            self.results[name] = result
-            self.logger.log(self.global_step, {"eval/success": result["success_rate"],
-                                               "eval/return": result["mean_return"]})
+        if self.rank == 0:
+            self.policy.save(self.out / f"policy_{name}", metadata={"stage": name, "step": self.global_step})
+            result = self.evaluate(name)
+            if result is not None:
+                self.results[name] = result
+                self.logger.log(self.global_step, {"eval/success": result["success_rate"],
+                                                   "eval/return": result["mean_return"]})
+        distributed.barrier()  # the other ranks wait for the export and the evaluation
         self.stage_index += 1
         self.step = 0
         self._stage = None
@@ -473,8 +524,26 @@ class Trainer:
         return self.ckpt_root / name
 
     def save_checkpoint(self) -> Path:
-        """Write the full trainer state atomically; returns the checkpoint directory."""
+        """Write the full trainer state atomically; returns the checkpoint directory.
+
+        In a data-parallel run every rank calls this (its sampler and RNG states are gathered);
+        rank 0 writes, the others wait for it.
+        """
+        path = self._write_checkpoint()
+        distributed.barrier()
+        return path
+
+    def _write_checkpoint(self) -> Path:
         tensors: dict[str, torch.Tensor] = {}
+        stage = self._stage
+        sampler_states = rng_states = None
+        if self.world_size > 1:
+            with_sampler = stage is not None and self.step > 0 and stage.sampler is not None
+            sampler_states = distributed.all_gather_objects(stage.sampler.state_dict() if with_sampler else None)
+            rng_states = distributed.all_gather_objects(rng_state())
+        name = f"ckpt-{self.stage_index:02d}-{self._stage_name()}-{self.step:08d}"
+        if self.rank != 0:
+            return self.ckpt_root / name
         state: dict[str, Any] = {
             "format": CHECKPOINT_FORMAT,
             "schedule": self.schedule,
@@ -484,22 +553,25 @@ class Trainer:
             "run_id": self.run_id,
             "results": self.results,
             "config": self.config.to_dict(),
+            "world_size": self.world_size,
         }
         if self.target is not None:
             for k, v in self.target.tensors().items():
                 tensors[f"target/{k}"] = v.detach().cpu().clone().contiguous()
-        stage = self._stage
         if stage is not None and self.step > 0:
             stage_state: dict[str, Any] = {"learner": stage.learner.state_dict()}
             if stage.sampler is not None:
                 stage_state["sampler"] = stage.sampler.state_dict()
+                if sampler_states is not None:
+                    stage_state["sampler_ranks"] = list(sampler_states)
             if stage.name == "distill":
                 buf_tensors, buf_meta = stage.learner.buffer.state()
                 stage_state["buffer"] = {"tensors": buf_tensors, "meta": buf_meta}
             state["stage"] = flatten_state(stage_state, "stage", tensors)
         state["rng"] = flatten_state(rng_state(), "rng", tensors)
+        if rng_states is not None:
+            state["rng_ranks"] = flatten_state(list(rng_states), "rng_ranks", tensors)
 
-        name = f"ckpt-{self.stage_index:02d}-{self._stage_name()}-{self.step:08d}"
         self.ckpt_root.mkdir(parents=True, exist_ok=True)
         final = self.ckpt_root / name
         tmp = self.ckpt_root / f".{name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -538,6 +610,9 @@ class Trainer:
             raise ValueError(f"{path}: unsupported trainer checkpoint format {state.get('format')!r}")
         if state["schedule"] != self.schedule:
             raise ValueError(f"{path}: checkpoint schedule {state['schedule']} != requested {self.schedule}")
+        if int(state.get("world_size", 1)) != self.world_size:
+            raise ValueError(f"{path}: written by {state.get('world_size', 1)} process(es); resume it with "
+                             f"as many (this run has {self.world_size})")
         tensors = load_file(str(path / "trainer.safetensors"))
         self.stage_index, self.step = int(state["stage_index"]), int(state["step"])
         self.global_step, self.run_id = int(state["global_step"]), state["run_id"]
@@ -546,9 +621,14 @@ class Trainer:
             self.target.load_tensors({k[len("target/"):]: v for k, v in tensors.items() if k.startswith("target/")})
         if "stage" in state:
             self._pending = unflatten_state(state["stage"], tensors)
+            if "sampler_ranks" in self._pending:  # data-parallel: this rank's own sampler
+                self._pending["sampler"] = self._pending.pop("sampler_ranks")[self.rank]
             # Build the stage now so every constructor runs before the RNGs are restored.
             self._stage = self._build_stage(self.schedule[self.stage_index], self.stage_index)
-        set_rng_state(unflatten_state(state["rng"], tensors))
+        if "rng_ranks" in state:
+            set_rng_state(unflatten_state(state["rng_ranks"], tensors)[self.rank])
+        else:
+            set_rng_state(unflatten_state(state["rng"], tensors))
 
     def _restore_stage(self, stage: _Stage, state: dict[str, Any]) -> None:
         stage.learner.load_state_dict(state["learner"])

@@ -132,3 +132,52 @@ def test_init_from_env_refuses_an_incomplete_environment(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(ValueError, match="torchrun"):
         distributed.init_from_env("cpu")
+
+
+def test_sernf_train_nproc_2_runs_the_offline_stages(tmp_path: Path, capsys):
+    import json
+
+    import yaml
+
+    from sernf_learner.cli import main
+
+    tiny = {
+        "seed": 1,
+        "policy": {"obs_history": 1, "prefix_len": 2, "horizon": 4, "token_dim": 16, "flow_layers": 2,
+                   "flow_hidden": 16, "flow_heads": 2, "critic_d_model": 16, "critic_heads": 2,
+                   "critic_layers": 1, "critic_ff": 16, "num_samples": 4},
+        "data": {"generate_point_demos": 4, "gamma": 0.99},
+        "trainer": {"tensorboard": False, "progress": False, "log_every": 1, "checkpoint_every": 2,
+                    "keep_checkpoints": 100, "torch_num_threads": 1,
+                    "eval": {"episodes": 2, "num_envs": 2, "num_samples": 2}},
+        "il": {"steps": 3, "batch_size": 8},
+        "critic_warmup": {"steps": 3, "batch_size": 8},
+        "offline_rl": {"steps": 3, "batch_size": 8},
+    }
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny))
+    out = tmp_path / "run"
+    assert main(["offline", "--config", str(config), "--out", str(out), "--nproc", "2"]) == 0
+    for stage in ("il", "critic_warmup", "offline_rl"):
+        assert (out / f"policy_{stage}" / "model.safetensors").is_file()
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [line["step"] for line in lines if "il/nll" in line]
+    assert steps == sorted(set(steps)) == [1, 2, 3]  # one writer: each step logged once
+    mid = json.loads((out / "checkpoints" / "ckpt-00-il-00000002" / "trainer.json").read_text())
+    assert mid["world_size"] == 2
+    ranks = mid["stage"]["sampler_ranks"]
+    assert len(ranks) == 2 and ranks[0]["batch_size"] == ranks[1]["batch_size"] == 4
+    assert ranks[0]["rng"] != ranks[1]["rng"]  # each rank draws its own shard
+    capsys.readouterr()
+    # A checkpoint of a 2-process run resumes with 2 processes only.
+    assert main(["offline", "--config", str(config), "--out", str(out), "--resume"]) == 2
+    assert "2 process" in capsys.readouterr().err
+
+
+def test_data_parallel_runs_refuse_collecting_stages(tmp_path: Path, monkeypatch):
+    from sernf_learner.configs import RunConfig
+    from sernf_learner.trainer import Trainer
+
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    with pytest.raises(ValueError, match="one process only"):
+        Trainer(RunConfig(), tmp_path, "online_rl")
