@@ -241,3 +241,59 @@ def test_external_joint_model_backs_the_servos():
             assert any(g[1] == 800 for g in model.seen_goals)
         finally:
             port.closePort()
+
+
+class _JointSpaceHand:
+    """A joint-space model (the role the MuJoCo hand plays): joints jump to their goal, clipped
+    to joint limits; current proportional to the clipped-away part."""
+
+    def __init__(self, lower, upper):
+        self.lower, self.upper = np.asarray(lower), np.asarray(upper)
+        self.q = np.zeros(len(lower))
+
+    def advance_joints(self, dt, goal_q, torque_on, current_limit):
+        target = np.clip(goal_q, self.lower, self.upper)
+        self.q = np.where(torque_on, target, self.q)
+        current = np.where(torque_on, np.clip(100 * (goal_q - target), -current_limit, current_limit), 0)
+        return self.q.copy(), np.zeros_like(self.q), current
+
+
+def test_joint_space_model_behind_the_bus():
+    from sernf_sim.dynamixel_bus import JointSpaceBackend
+
+    hand = _JointSpaceHand([-0.5, 0.0], [0.5, 1.5])
+    backend = JointSpaceBackend(hand, zero_ticks=np.array([2048.0, 1000.0]),
+                                ticks_per_rad=np.array([500.0, 800.0]), sign=np.array([1.0, -1.0]))
+    with SimulatedDynamixelBus(servo_ids=(1, 2), backend=backend) as bus:
+        port = dxl.PortHandler(bus.port)
+        port.openPort()
+        ph = dxl.PacketHandler(2.0)
+        try:
+            for sid in (1, 2):
+                ph.write1ByteTxRx(port, sid, reg.ADDR_TORQUE_ENABLE, 1)
+            ph.write4ByteTxRx(port, 1, reg.ADDR_GOAL_POSITION, 2048 + 200)  # 0.4 rad
+            ph.write4ByteTxRx(port, 2, reg.ADDR_GOAL_POSITION, 1000 - 2000)  # 2.5 rad: past the limit
+            assert ph.read4ByteTxRx(port, 1, reg.ADDR_PRESENT_POSITION)[0] == 2248
+            assert hand.q[0] == pytest.approx(0.4)
+            # joint 2 stops at its limit 1.5 rad = 1000 - 1200 ticks, pushing with current
+            position = ph.read4ByteTxRx(port, 2, reg.ADDR_PRESENT_POSITION)[0]
+            assert int.from_bytes(position.to_bytes(4, "little"), "little", signed=True) == -200
+            current = ph.read2ByteTxRx(port, 2, reg.ADDR_PRESENT_CURRENT)[0]
+            assert int.from_bytes(current.to_bytes(2, "little"), "little", signed=True) < 0
+        finally:
+            port.closePort()
+
+
+def test_sustained_current_at_the_limit_overloads():
+    with SimulatedDynamixelBus(servo_ids=(1,), initial_ticks=(1000,), stops=((900,), (1100,)),
+                               overload_after_s=0.2) as bus:
+        port = dxl.PortHandler(bus.port)
+        port.openPort()
+        ph = dxl.PacketHandler(2.0)
+        try:
+            ph.write1ByteTxRx(port, 1, reg.ADDR_TORQUE_ENABLE, 1)
+            ph.write4ByteTxRx(port, 1, reg.ADDR_GOAL_POSITION, 3000)  # into the stop
+            assert bus.wait_for(lambda: bus.register(1, reg.ADDR_HARDWARE_ERROR, 1) == reg.HW_ERROR_OVERLOAD, 5.0)
+            assert bus.register(1, reg.ADDR_TORQUE_ENABLE, 1) == 0
+        finally:
+            port.closePort()

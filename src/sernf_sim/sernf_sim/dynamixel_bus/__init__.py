@@ -6,6 +6,7 @@ serves one for manual bring-up.
 """
 
 from .bus import GoalWrite, SimulatedDynamixelBus, present_block
-from .servo import FirstOrderServos, JointBackend
+from .servo import FirstOrderServos, JointBackend, JointModel, JointSpaceBackend
 
-__all__ = ["FirstOrderServos", "GoalWrite", "JointBackend", "SimulatedDynamixelBus", "present_block"]
+__all__ = ["FirstOrderServos", "GoalWrite", "JointBackend", "JointModel", "JointSpaceBackend",
+           "SimulatedDynamixelBus", "present_block"]

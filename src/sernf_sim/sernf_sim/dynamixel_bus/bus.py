@@ -77,6 +77,7 @@ class SimulatedDynamixelBus:
         initial_ticks: Sequence[float] | None = None,
         stops: tuple[Sequence[float], Sequence[float]] | None = None,
         reboot_time_s: float = 0.05,
+        overload_after_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.servo_ids = tuple(int(i) for i in servo_ids)
@@ -89,6 +90,10 @@ class SimulatedDynamixelBus:
         self.backend: JointBackend = backend or FirstOrderServos(
             initial_ticks=initial, stops_lower=np.asarray(lower, float), stops_upper=np.asarray(upper, float))
         self.reboot_time_s = reboot_time_s
+        # Servos overload when they push at their current limit for too long (the ORCA field
+        # failure at the strength limit); None: only injected hardware errors.
+        self.overload_after_s = overload_after_s
+        self._at_limit_since: dict[int, float | None] = dict.fromkeys(self.servo_ids)
         self._clock = clock
         self._last_advance = clock()
         for sid, pos in zip(self.servo_ids, self._advance(0.0)[0], strict=True):
@@ -192,6 +197,17 @@ class SimulatedDynamixelBus:
             rpm = vel[k] / TICKS_PER_REV * 60.0
             table.set(ADDR_PRESENT_VELOCITY, 4, int(round(rpm / VELOCITY_UNIT_RPM)))
             table.set(ADDR_PRESENT_CURRENT, 2, int(round(cur[k])))
+            if self.overload_after_s is not None and table.torque_on:
+                at_limit = abs(cur[k]) >= table.get(ADDR_GOAL_CURRENT, 2) > 0
+                since = self._at_limit_since[sid]
+                if not at_limit:
+                    self._at_limit_since[sid] = None
+                elif since is None:
+                    self._at_limit_since[sid] = now
+                elif now - since >= self.overload_after_s:
+                    table.set(ADDR_HARDWARE_ERROR, 1, HW_ERROR_OVERLOAD)
+                    table.set(ADDR_TORQUE_ENABLE, 1, 0)
+                    self._at_limit_since[sid] = None
             # Heating with current², cooling toward 30 °C: slow, only for diagnostics.
             temp = table.get(ADDR_PRESENT_TEMPERATURE, 1)
             limit = max(1, table.get(ADDR_CURRENT_LIMIT, 2))

@@ -138,13 +138,13 @@ class ControlTable:
         self.model_number = model_number
         self.firmware = firmware
         self.set(ADDR_ID, 1, servo_id)
-        self.reset_ram()
         self.set(ADDR_MODEL_NUMBER, 2, model_number)
         self.set(ADDR_FIRMWARE, 1, firmware)
         self.set(ADDR_BAUD, 1, 1)  # factory default 57600
         self.set(ADDR_RETURN_DELAY, 1, 250)  # factory default 500 µs
         self.set(ADDR_OPERATING_MODE, 1, 3)  # factory default position mode
         self.set(ADDR_CURRENT_LIMIT, 2, 910)
+        self.reset_ram()  # after the EEPROM: goal current starts at the current limit
 
     def reset_ram(self) -> None:
         """Power-on values of the RAM area (a reboot does this)."""
@@ -170,3 +170,32 @@ class ControlTable:
     @property
     def hardware_error(self) -> int:
         return self.mem[ADDR_HARDWARE_ERROR]
+
+
+class JointModel(Protocol):
+    """A joint-space simulation (e.g. the MuJoCo hand) that can stand behind the bus."""
+
+    def advance_joints(self, dt: float, goal_q: np.ndarray, torque_on: np.ndarray,
+                       current_limit: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Advance ``dt`` s toward ``goal_q`` (rad; joints without torque are free); return joint
+        positions (rad), velocities (rad/s) and the motor currents (raw units, signed)."""
+        ...
+
+
+@dataclass
+class JointSpaceBackend:
+    """Adapts a :class:`JointModel` to the servos: ticks = zero_ticks + sign · ticks_per_rad · q
+    per servo (the hand's tendon/gear ratio and wiring sign), so the driver's calibration finds
+    the model's joint limits as hard stops like on the real hand."""
+
+    model: JointModel
+    zero_ticks: np.ndarray
+    ticks_per_rad: np.ndarray
+    sign: np.ndarray
+
+    def advance(self, dt, goal_ticks, torque_on, current_limit):
+        scale = self.sign * self.ticks_per_rad
+        goal_q = (np.asarray(goal_ticks, float) - self.zero_ticks) / scale
+        q, dq, current = self.model.advance_joints(dt, goal_q, torque_on, current_limit)
+        return self.zero_ticks + scale * np.asarray(q, float), scale * np.asarray(dq, float), \
+            self.sign * np.asarray(current, float)
