@@ -154,9 +154,10 @@ def learner_kill_campaign(tmp: Path, kills: int, seed: int = 0, say: Callable[[s
                             f"policy store {len(policy_ids)}, announced {len(announced)}, learner ingested "
                             f"{len(ingested)}, missing {sorted(missing)[:5]}, announced-not-stored "
                             f"{sorted(announced - policy_ids)[:5]}"))
-        say(f"  episodes: policy store {len(policy_ids)}, announced {len(announced)} (some were lost while the "
-            f"learner was down or not yet subscribed), learner ingested {len(ingested)}, missing {len(missing)}; "
-            f"reconciled {learner_diag.get('reconciled', '?')} in the last run")
+        via_reconcile = _reconciled_ids(tmp / "learner" / "journal.jsonl")
+        say(f"  episodes: policy store {len(policy_ids)}, announced {len(announced)}, learner ingested "
+            f"{len(ingested)}, missing {len(missing)}; {len(via_reconcile & ingested)} of them reached the "
+            "learner only through reconciliation (committed while it was down or starting)")
     finally:
         graph.stop()  # SIGTERM: orderly (a round in progress is abandoned, no half checkpoint kept)
         observer.close()
@@ -174,6 +175,18 @@ def learner_kill_campaign(tmp: Path, kills: int, seed: int = 0, say: Callable[[s
                         for p in online_uri.rglob(pattern))
     trials.append(Trial("no temp dirs left", not leftovers, f"left: {leftovers[:5]}"))
     return trials
+
+
+def _reconciled_ids(journal: Path) -> set[str]:
+    """Episode ids the learner's journal says it queued from reconciliation, never from an announcement."""
+    import json
+
+    via: dict[str, set[str]] = defaultdict(set)
+    for line in journal.read_text().splitlines() if journal.exists() else []:
+        record = json.loads(line)
+        if record.get("op") == "accepted":
+            via[record["announcement"]["episode_id"]].add(record.get("via", "announcement"))
+    return {episode for episode, ways in via.items() if ways == {"reconcile"}}
 
 
 def _edit_learner_params(config_dir: Path, **params: Any) -> None:

@@ -17,8 +17,10 @@ commits run on their own worker threads because they touch disks or networks of 
 Safety and hold semantics (DESIGN §2, "fail safe: hold, never jump"):
 
 * **Inputs untrusted -> silence.** If any observation key is missing, stale (older than
-  ``stale_after_s`` since it was received), or its last message was invalid (NaN, wrong size,
-  wrong encoding), or no policy is loaded, the node *publishes no command at all*, logs why
+  ``stale_after_s`` since it was received, or by its header stamp on the node's clock), or its
+  last message was invalid (NaN, wrong size, wrong encoding, outside its physical bounds: joint
+  ranges with a margin, the workspace box, a magnitude cap, a quaternion that is not unit), or
+  no policy is loaded, the node *publishes no command at all*, logs why
   (immediately on the change, then throttled) and reports ``holding=true`` with the reason on
   /diagnostics. Silence is a hold for both devices: franka_bridge only moves on a relative
   command (no command = equilibrium pose unchanged) and the hand driver keeps its last target.
@@ -39,10 +41,19 @@ Safety and hold semantics (DESIGN §2, "fail safe: hold, never jump"):
 Commands are published only while an episode runs (``~/start_episode``, an EpisodeEvent START
 from another node, or ``auto_start_episode``); outside episodes the node idles silently.
 
-Hot reload: a CheckpointAvailable on /sernf/checkpoint is verified off the control path (sha256
-of the weights file against the message, ``Policy.load``, the same T, P, H, A and observation
-spec, a dry-run inference with finite output) and swapped in between chunks (when no request
-is in flight). A rejected checkpoint is logged and reported; the old policy keeps running.
+Hot reload: a CheckpointAvailable on /sernf/checkpoint (transient local: the latest reaches a
+node started later) is checked on arrival (signature with ``checkpoint_key_file``; steps
+increase within a learner run, never go back across runs) and verified off the control path
+(the directory and its files inside ``checkpoint_roots`` after resolving symlinks, sha256 of
+the weights and config files against the message, ``Policy.load``, the same T, P, H, A and
+observation spec, a dry-run inference with finite output), then swapped in between chunks
+(when no request is in flight). A rejected checkpoint is logged and reported; the old policy
+keeps running.
+
+Rewards and episode events are checked before they reach the recorder: the sending node (from
+the DDS graph, by publisher gid) must be in ``reward_sources`` / ``episode_authorities``, the
+reward must fit the task's reward spec (subtask, value range, once per episode); refused ones
+are logged and counted on /diagnostics, never recorded (docs/security.md).
 """
 
 from __future__ import annotations
@@ -1040,8 +1051,9 @@ class PolicyNode(Node):
                 # Learners re-announce their latest checkpoint (transient local, after a
                 # restart); reloading the model we already run would only cost time. A restarted
                 # learner announces it under its new run id: later steps come from that run.
-                if run_id != running.run_id and running.run_id:
-                    self._retired_runs.add(running.run_id)
+                if run_id and run_id != running.run_id:
+                    if running.run_id:
+                        self._retired_runs.add(running.run_id)
                     self._adopt_run(run_id)
                 self.get_logger().info(f"checkpoint {msg.uri} (step {msg.step}) is the one already loaded")
                 return
