@@ -119,7 +119,8 @@ class Operator:
         return self.measured[-1][1], self.measured[-1][2]
 
 
-def start_graph(processes, *bridge_params: str, arm_params: tuple[str, ...] = ()) -> tuple[Operator, object, object]:
+def start_graph(processes, *bridge_params: str, arm_params: tuple[str, ...] = (),
+                command_timeout_s: float = 0.6) -> tuple[Operator, object, object]:
     args = ["-p", f"initial_orientation:=[{','.join(f'{v:.12f}' for v in START_Q)}]",
             "-p", f"initial_position:=[{','.join(str(v) for v in START_P)}]",
             "-p", "target_filter_time_constant_s:=0.05", "-p", "recovery_duration_s:=0.3", *arm_params]
@@ -128,7 +129,7 @@ def start_graph(processes, *bridge_params: str, arm_params: tuple[str, ...] = ()
         "franka_bridge", "-m", "franka_bridge.franka_bridge_node", "--ros-args",
         "-p", "command_frame:=ee", "-p", "pose_frame:=base",
         # a loaded test machine delays messages: generous staleness, still far below the stop test
-        "-p", "pose_timeout_s:=0.5", "-p", "activation_timeout_s:=10.0", "-p", "command_timeout_s:=0.6",
+        "-p", "pose_timeout_s:=0.5", "-p", "activation_timeout_s:=10.0", "-p", f"command_timeout_s:={command_timeout_s}",
         "-p", "recovery_min_interval_s:=3.0",
         "-p", f"reference_orientation:=[{','.join(f'{v:.12f}' for v in START_Q)}]", *bridge_params)
     op = Operator()
@@ -145,7 +146,8 @@ def activate(op: Operator) -> None:
 
 
 def test_lifecycle_composition_and_limits(processes) -> None:
-    op, arm, bridge = start_graph(processes, "-p", "workspace_high:=[0.8,0.45,0.41]")
+    # A long watchdog: a hold must not be mistaken for a refused command moving the target.
+    op, arm, bridge = start_graph(processes, "-p", "workspace_high:=[0.8,0.45,0.41]", command_timeout_s=30.0)
     try:
         # Commands before activation change nothing.
         op.command([0.01, 0.0, 0.0])
