@@ -38,6 +38,9 @@ class FrankaBridgeConfig:
     'panda_link0'); '' accepts the pose's own frame. The equilibrium is published in it."""
     ee_pose_topic: str = "/franka/ee_pose"
     """Republished measured EE pose for the policy (PoseStamped)."""
+    ee_pose_max_rate_hz: float = 100.0
+    """Republish at most this often (the state broadcaster may publish at 1 kHz; the policy
+    reads the latest pose at its 10 Hz); 0 republishes every pose."""
     error_topic: str = "/franka/robot_error"
     """std_msgs/Bool, true while the robot is in a reflex / error state (a relay of
     franka_ros2's robot_state.robot_mode or ROS 1 franka_states.robot_mode provides it); ''
@@ -98,7 +101,7 @@ class FrankaBridgeConfig:
             value = float(getattr(self, name))
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number, got {value}")
-        for name in ("reanchor_distance_m", "reanchor_angle_rad", "recovery_min_interval_s"):
+        for name in ("reanchor_distance_m", "reanchor_angle_rad", "recovery_min_interval_s", "ee_pose_max_rate_hz"):
             value = float(getattr(self, name))
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be >= 0, got {value}")

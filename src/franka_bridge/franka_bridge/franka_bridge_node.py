@@ -68,6 +68,7 @@ class FrankaBridgeNode(LifecycleNode):
         self._recovery_started_at: float | None = None
         self._recovery_goal = None
         self._last_log: dict[str, tuple[float, int]] = {}
+        self._last_ee_publish = -float("inf")
         self.target_pub = self.executed_pub = self.ee_pub = self.diag_pub = None
         self.recovery_request_pub = None
         self.get_logger().info("franka_bridge created (unconfigured): configure, then activate")
@@ -183,7 +184,10 @@ class FrankaBridgeNode(LifecycleNode):
             self._log_refusal(f"measured pose ignored: {problem}")
             return
         if self.ee_pub is not None:
-            self.ee_pub.publish(msg)
+            now = time.monotonic()
+            if self.cfg.ee_pose_max_rate_hz <= 0 or now - self._last_ee_publish >= 1.0 / self.cfg.ee_pose_max_rate_hz:
+                self._last_ee_publish = now
+                self.ee_pub.publish(msg)
 
     def _on_command(self, msg: PoseStamped) -> None:
         translation, rotation = _arrays(msg)

@@ -61,8 +61,8 @@ class SimArmConfig:
     disables."""
     frame_id: str = "base"
     """frame_id of the published pose (and the expected one of equilibria; '' accepts any)."""
-    rate_hz: float = 200.0
-    """Physics and pose publishing rate (wall clock)."""
+    rate_hz: float = 100.0
+    """Physics and pose publishing rate (wall clock; physics substeps of 2 ms)."""
     error_publish_rate_hz: float = 20.0
     """Rate of the error flag (also published at once on every change)."""
     initial_position: tuple[float, ...] = (0.5, 0.0, 0.4)
