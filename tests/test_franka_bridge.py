@@ -14,6 +14,7 @@ import time
 import numpy as np
 import pytest
 import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
@@ -52,11 +53,13 @@ class Operator:
         self.executed: list[tuple[np.ndarray, np.ndarray]] = []
         self.measured: list[tuple[float, np.ndarray, np.ndarray]] = []
         self.ee: list[np.ndarray] = []
+        self.diagnostics: list[dict[str, str]] = []
         n.create_subscription(PoseStamped, EQUILIBRIUM, lambda m: self.equilibria.append((time.monotonic(), *pose_arrays(m))), 50)
         n.create_subscription(PoseStamped, "/franka_bridge/executed_command", lambda m: self.executed.append(pose_arrays(m)), 50)
         n.create_subscription(PoseStamped, "/franka_robot_state_broadcaster/current_pose",
                               lambda m: self.measured.append((time.monotonic(), *pose_arrays(m))), qos_profile_sensor_data)
         n.create_subscription(PoseStamped, "/franka/ee_pose", lambda m: self.ee.append(pose_arrays(m)[0]), qos_profile_sensor_data)
+        n.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
         self.command_pub = n.create_publisher(PoseStamped, "/franka/relative_pose_command", 10)
         self.change_state = n.create_client(ChangeState, "/franka_bridge/change_state")
         self.get_state = n.create_client(GetState, "/franka_bridge/get_state")
@@ -64,6 +67,11 @@ class Operator:
         self.reflex_client = n.create_client(Trigger, "/sim_arm/inject_reflex")
         self.stream_client = n.create_client(SetBool, "/sim_arm/set_pose_stream")
         self.status_client = n.create_client(Trigger, "/sim_arm/status")
+
+    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            if status.name == "franka_bridge":
+                self.diagnostics.append({"message": status.message, **{kv.key: kv.value for kv in status.values}})
 
     def close(self) -> None:
         self.executor.shutdown()
@@ -120,7 +128,7 @@ class Operator:
 
 
 def start_graph(processes, *bridge_params: str, arm_params: tuple[str, ...] = (),
-                command_timeout_s: float = 0.6) -> tuple[Operator, object, object]:
+                command_timeout_s: float = 0.6, activation_timeout_s: float = 10.0) -> tuple[Operator, object, object]:
     args = ["-p", f"initial_orientation:=[{','.join(f'{v:.12f}' for v in START_Q)}]",
             "-p", f"initial_position:=[{','.join(str(v) for v in START_P)}]",
             "-p", "target_filter_time_constant_s:=0.05", "-p", "recovery_duration_s:=0.3", *arm_params]
@@ -129,7 +137,7 @@ def start_graph(processes, *bridge_params: str, arm_params: tuple[str, ...] = ()
         "franka_bridge", "-m", "franka_bridge.franka_bridge_node", "--ros-args",
         "-p", "command_frame:=ee", "-p", "pose_frame:=base",
         # a loaded test machine delays messages: generous staleness, still far below the stop test
-        "-p", "pose_timeout_s:=0.5", "-p", "activation_timeout_s:=10.0", "-p", f"command_timeout_s:={command_timeout_s}",
+        "-p", "pose_timeout_s:=0.5", "-p", f"activation_timeout_s:={activation_timeout_s}", "-p", f"command_timeout_s:={command_timeout_s}",
         "-p", "recovery_min_interval_s:=3.0",
         "-p", f"reference_orientation:=[{','.join(f'{v:.12f}' for v in START_Q)}]", *bridge_params)
     op = Operator()
@@ -186,6 +194,11 @@ def test_lifecycle_composition_and_limits(processes) -> None:
         assert all(np.allclose(p, p3) for _, p, _ in op.equilibria[n_eq:])  # only holds, no moves
         log = processes.log(bridge)
         assert "NaN" in log and "not a unit quaternion" in log and "frame_id 'panda_link0'" in log
+        # ... and counted on /diagnostics, with the clipped ones.
+        assert op.spin_until(lambda: any(d.get("commands_refused") == "3" for d in op.diagnostics)), op.diagnostics[-1:]
+        report = [d for d in op.diagnostics if d.get("commands_refused") == "3"][-1]
+        assert report["mode"] == "forwarding" and int(report["commands_clipped"]) >= 2
+        assert report["commands_accepted"] == "5"
 
         assert op.transition(Transition.TRANSITION_DEACTIVATE) and op.state() == "inactive"
         op.command([0.01, 0, 0])
@@ -224,7 +237,8 @@ def test_hemisphere_continuity(processes) -> None:
 
 def test_stale_pose_and_watchdog(processes) -> None:
     # A soft arm (20 N/m) is still on its way when the watchdog fires.
-    op, arm, bridge = start_graph(processes, arm_params=("-p", "translational_stiffness:=20.0"))
+    op, arm, bridge = start_graph(processes, arm_params=("-p", "translational_stiffness:=20.0"),
+                                  activation_timeout_s=2.0)
     try:
         activate(op)
         # Watchdog: a burst of commands, then silence. The equilibrium must settle on the measured
@@ -254,6 +268,13 @@ def test_stale_pose_and_watchdog(processes) -> None:
         # ... and accepted again when it comes back.
         op.call(op.stream_client, SetBool.Request(data=True))
         assert op.spin_until(lambda: (op.command([0.005, 0, 0]) or op.spin_for(0.2) or len(op.executed) > n_exec))
+        # Without a pose, activation fails and says why.
+        assert op.transition(Transition.TRANSITION_DEACTIVATE) and op.state() == "inactive"
+        op.call(op.stream_client, SetBool.Request(data=False))
+        op.spin_for(0.8)
+        assert not op.transition(Transition.TRANSITION_ACTIVATE)
+        assert op.state() == "inactive"
+        assert "activate failed: measured robot pose is stale" in processes.log(bridge)
     finally:
         op.close()
 

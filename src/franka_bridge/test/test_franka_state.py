@@ -37,3 +37,18 @@ def test_error_modes() -> None:
     for mode in (fs.ROBOT_MODE_IDLE, fs.ROBOT_MODE_MOVE, fs.ROBOT_MODE_GUIDING,
                  fs.ROBOT_MODE_AUTOMATIC_ERROR_RECOVERY, fs.ROBOT_MODE_OTHER):
         assert not fs.robot_mode_is_error(mode)
+
+
+def test_ros1_relay_uses_these_conversions() -> None:
+    # tools/ros1/franka_state_relay.py runs on the ROS 1 machine from a checkout; without rospy
+    # it must still import (ROS 1 is only touched in main()) and find the bridge's conversions.
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[3] / "tools" / "ros1" / "franka_state_relay.py"
+    spec = importlib.util.spec_from_file_location("franka_state_relay", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.pose_from_o_t_ee is fs.pose_from_o_t_ee or \
+        module.pose_from_o_t_ee.__code__.co_code == fs.pose_from_o_t_ee.__code__.co_code
+    assert module.robot_mode_is_error(fs.ROBOT_MODE_REFLEX)
