@@ -308,7 +308,8 @@ def test_calibration_routine_finds_the_hard_stops(tmp_path):
     upper = lower + rng.integers(400, 700, 17)
     ids = list(range(1, 18))
     with SimulatedDynamixelBus(initial_ticks=(lower + upper) / 2, stops=(lower, upper)) as bus:
-        client = DynamixelClient(bus.port, MODEL.baud_rate, read_timeout_ms=50, retries=2)
+        # retries: the bus thread shares this process (and a loaded CPU) with the busy-polling SDK
+        client = DynamixelClient(bus.port, MODEL.baud_rate, read_timeout_ms=50, retries=5)
         client.open()
         try:
             cal = calibrate_hand(client, MODEL, CalibrationSettings(step_ticks=30, step_period_s=0.004),

@@ -25,6 +25,8 @@ Two SDK facts this module works around:
 
 from __future__ import annotations
 
+import select
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -228,11 +230,18 @@ class DynamixelClient:
         if result != dxl.COMM_SUCCESS:
             raise BusError(f"sync read failed: {self.ph.getTxRxResult(result)}")
         # One deadline for the whole answer train (the SDK's default assumes a 16 ms USB latency
-        # timer; the udev rule sets it to 1 ms).
-        self.port.setPacketTimeoutMillis(self.read_timeout_ms)
+        # timer; the udev rule sets it to 1 ms). Between packets the thread sleeps in select()
+        # instead of the SDK's busy polling, which would burn a core the policy needs.
+        deadline = time.monotonic() + self.read_timeout_ms / 1000.0
+        fd = self.port.ser.fileno()
         answers: dict[int, tuple[bytes, int]] = {}
         wanted = set(ids)
         for _ in range(2 * len(ids)):
+            remaining = deadline - time.monotonic()
+            if not self._guarded(lambda: self.port.ser.in_waiting) and (
+                    remaining <= 0 or not select.select([fd], [], [], remaining)[0]):
+                break  # deadline passed
+            self.port.setPacketTimeoutMillis(max(1.0, (deadline - time.monotonic()) * 1000.0))
             packet, result = self._guarded(self.ph.rxPacket, self.port, False)
             if result == dxl.COMM_SUCCESS:
                 servo_id = packet[4]
@@ -243,7 +252,7 @@ class DynamixelClient:
             elif result == dxl.COMM_RX_CORRUPT:
                 continue  # a damaged packet: its servo counts as not answering this cycle
             else:
-                break  # deadline passed
+                break
         self.port.is_using = False
         return answers
 
