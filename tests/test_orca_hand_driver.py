@@ -350,3 +350,22 @@ def test_stuffing_guard_gets_multi_turn_goals_through():
             assert client.stuffing_adjustments == 1 and bus.parser.stuffing_errors == 1
         finally:
             client.close()
+
+
+def test_hung_up_port_is_reported_and_fatal(calibration_file):
+    """The pty closed under the driver (a USB adapter pulled out): every cycle reports all
+    servos missing with the port error, and after max_failed_cycles the core says stop."""
+    from orca_hand_driver.hand import DriverConfig, OrcaHand
+
+    bus = SimulatedDynamixelBus(initial_ticks=[2000] * 17)
+    hand = OrcaHand(DriverConfig(port=bus.port, calibration_file=str(calibration_file), config_dir=str(CONFIG),
+                                 read_timeout_ms=50, max_failed_cycles=4), CONFIG)
+    hand.configure()
+    hand.activate(time.monotonic())
+    assert hand.cycle(time.monotonic()).missing == []
+    bus.close()
+    reports = [hand.cycle(time.monotonic()) for _ in range(4)]
+    assert all(len(r.missing) == 17 and r.holding for r in reports)
+    assert [r.fatal is not None for r in reports] == [False, False, False, True]
+    assert any("Input/output error" in e for e in hand.events)
+    assert hand.cleanup(torque_off=True) is not None  # the hold could not be sent: said so

@@ -26,6 +26,7 @@ Two SDK facts this module works around:
 from __future__ import annotations
 
 import select
+import termios
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -136,7 +137,7 @@ class DynamixelClient:
             self._is_open = False
             try:
                 self.port.closePort()
-            except (serial.SerialException, OSError):
+            except (serial.SerialException, OSError, termios.error):
                 return  # already gone (unplugged): nothing left to release
 
     @property
@@ -157,8 +158,10 @@ class DynamixelClient:
             raise BusError(f"{self.port_name} is not open")
         try:
             return call(*args)
-        except (serial.SerialException, OSError, TypeError) as exc:
-            # TypeError: pyserial's read on a hung-up pty returns None inside the SDK.
+        except (serial.SerialException, OSError, TypeError, termios.error) as exc:
+            # An unplugged adapter / hung-up pty: pyserial raises SerialException or OSError,
+            # tcflush raises termios.error, and a read that returns None fails inside the SDK
+            # with a TypeError.
             self.port.is_using = False
             raise BusError(f"{self.port_name}: {exc}") from exc
 
