@@ -41,7 +41,11 @@ class RobotModeRelayNode(Node):
     def __init__(self) -> None:
         super().__init__("robot_mode_relay")
         self.cfg = declare_config(self, RobotModeRelayConfig)
-        from franka_msgs.msg import FrankaRobotState  # franka_ros2 only (not in the test stand-in)
+        try:
+            from franka_msgs.msg import FrankaRobotState  # franka_ros2 only (not in the test stand-in)
+        except ImportError as exc:
+            raise ValueError(f"franka_msgs/msg/FrankaRobotState is not available ({exc}): source "
+                             "franka_ros2's workspace on the robot PC") from exc
 
         self._error: bool | None = None
         self._last_publish_ns = 0
