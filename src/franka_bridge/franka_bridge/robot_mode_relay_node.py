@@ -41,8 +41,8 @@ class RobotModeRelayNode(Node):
     def __init__(self) -> None:
         super().__init__("robot_mode_relay")
         self.cfg = declare_config(self, RobotModeRelayConfig)
-        try:
-            from franka_msgs.msg import FrankaRobotState  # franka_ros2 only (not in the test stand-in)
+        try:  # franka_ros2 only: the test stand-in of franka_msgs has no messages
+            from franka_msgs.msg import FrankaRobotState
         except ImportError as exc:
             raise ValueError(f"franka_msgs/msg/FrankaRobotState is not available ({exc}): source "
                              "franka_ros2's workspace on the robot PC") from exc
