@@ -1,4 +1,5 @@
-"""orca_hand_driver over real DDS against the simulated Dynamixel bus (a pty in this process).
+"""orca_hand_driver over real DDS against the simulated Dynamixel bus (a pty in this process),
+and the driver core + calibration routine against the same bus (the tests not marked ``ros``).
 
 The node runs as a subprocess (its own GIL: the bus thread here answers like a servo chain);
 checks on the servo side are in raw ticks read from the simulated control tables.
@@ -139,9 +140,8 @@ def log_contains(processes, proc, text: str, timeout: float = 20.0) -> bool:
     return text in processes.log(proc)
 
 
-pytestmark = pytest.mark.ros
 
-
+@pytest.mark.ros
 def test_configure_refusals_say_why(processes, bus, calibration_file, tmp_path):
     """Port missing, servo not answering, calibration missing, calibration of another hand."""
     v2 = load_hand_model(model_file(CONFIG, "orca_v2_right"))
@@ -170,6 +170,7 @@ def _goal(bus, joint):
     return bus.goal_ticks()[MODEL.joints[NAMES.index(joint)].motor]
 
 
+@pytest.mark.ros
 def test_driver_end_to_end(processes, graph, bus, calibration_file):
     proc = start_driver(processes, bus.port, calibration_file)
     g = graph
@@ -288,6 +289,7 @@ def test_driver_end_to_end(processes, graph, bus, calibration_file):
     assert all(bus.register(sid, reg.ADDR_TORQUE_ENABLE, 1) == 1 for sid in MODEL.motor_ids)
 
 
+@pytest.mark.ros
 def test_shutdown_with_torque_off(processes, graph, bus, calibration_file):
     proc = start_driver(processes, bus.port, calibration_file, "-p", "torque_off_on_shutdown:=true")
     g = graph
