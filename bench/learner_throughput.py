@@ -15,7 +15,12 @@ cube pose 7):
   critic d_model 64 x 1 layer), batch 128.
 
 Run:  .venv/bin/python bench/learner_throughput.py [--configs paper small] [--updates 5] [--threads N]
-Prints one line per config: updates/s and ms per update (median of timed updates after warm-up).
+      [--reference] [--profile]
+Prints one line per config: updates/s and ms per update (median of timed updates after warm-up),
+the FLOP per update (torch's FLOP counter, forward + backward) and the achieved fraction of the
+matmul rate measured in the same run (``bench/matmul_rate.py``). ``--reference`` also times the
+reference model paths (``sernf_policy.fast_paths.reference_paths``) interleaved with the
+optimised ones; ``--profile`` prints the torch.profiler table of a few updates.
 """
 
 from __future__ import annotations
@@ -33,11 +38,15 @@ for _pkg in ("sernf_policy", "sernf_learner", "sernf_sim"):
     except ImportError:  # running from a source checkout without the colcon overlay
         sys.path.insert(0, str(_ROOT / "src" / _pkg))
 
+sys.path.insert(0, str(_ROOT / "bench"))
+
 import torch  # noqa: E402
+from matmul_rate import count_flops, matmul_rate  # noqa: E402
 
 from sernf_learner.offline_rl import ActorConfig, OfflineRL, OfflineRLConfig  # noqa: E402
 from sernf_learner.td_targets import CriticConfig, TargetCritic  # noqa: E402
 from sernf_policy.encoders import EncoderConfig  # noqa: E402
+from sernf_policy.fast_paths import reference_paths  # noqa: E402
 from sernf_policy.policy import Policy, PolicyConfig  # noqa: E402
 
 A, H, P, T = 17, 6, 2, 4
@@ -69,28 +78,62 @@ def make_batch(batch: int, gen: torch.Generator) -> dict:
     }
 
 
-def bench(name: str, updates: int, warmup: int, device: str) -> tuple[float, float, int]:
-    token_dim, flow, critic, batch = CONFIGS[name]
+def make_learner(name: str, device: str, batch: int | None = None) -> tuple[OfflineRL, list[dict]]:
+    token_dim, flow, critic, default_batch = CONFIGS[name]
+    batch = batch or default_batch
+    torch.manual_seed(0)
     cfg = PolicyConfig.create(SPEC, A, T, P, H, encoder=EncoderConfig(token_dim=token_dim), flow=flow, critic=critic)
     policy = Policy(cfg).to(device)
     policy.fit_normalizers(torch.rand(1000, A) * 2 - 1)
     learner = OfflineRL(policy, TargetCritic(policy), OfflineRLConfig(
-        steps=updates, batch_size=batch, critic=CriticConfig(), actor=ActorConfig()))
+        steps=1, batch_size=batch, critic=CriticConfig(), actor=ActorConfig()))
     gen = torch.Generator().manual_seed(0)
     batches = [make_batch(batch, gen) for _ in range(4)]
     if device != "cpu":
         batches = [{k: ({kk: vv.to(device) for kk, vv in v.items()} if isinstance(v, dict) else v.to(device))
                     for k, v in b.items()} for b in batches]
-    times = []
-    for i in range(warmup + updates):
+    return learner, batches
+
+
+def bench(name: str, updates: int, warmup: int, device: str, reference: bool = False,
+          batch: int | None = None) -> dict:
+    """Median seconds per update (optimised, and reference when asked, interleaved), FLOP."""
+    learner, batches = make_learner(name, device, batch)
+
+    def one(i: int) -> float:
         t0 = time.perf_counter()
         learner.update(batches[i % len(batches)])
         if device != "cpu":
             torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    times: dict[str, list[float]] = {"optimised": [], "reference": []}
+    for i in range(warmup + updates):
+        fast = one(i)
+        if reference:
+            with reference_paths():
+                ref = one(i)
         if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    median = statistics.median(times)
-    return 1.0 / median, 1000.0 * median, batch
+            times["optimised"].append(fast)
+            if reference:
+                times["reference"].append(ref)
+    flops = count_flops(learner.update, batches[0])
+    with reference_paths():
+        ref_flops = count_flops(learner.update, batches[0])
+    return {"batch": len(batches[0]["reward"]), "flops": flops, "ref_flops": ref_flops,
+            **{k: statistics.median(v) for k, v in times.items() if v}}
+
+
+def profile(name: str, device: str, updates: int = 3, rows: int = 15) -> str:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    learner, batches = make_learner(name, device)
+    learner.update(batches[0])  # warm-up
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        for i in range(updates):
+            learner.update(batches[i % len(batches)])
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
 def main() -> None:
@@ -100,15 +143,29 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--reference", action="store_true", help="also time the reference paths, interleaved")
+    parser.add_argument("--profile", action="store_true", help="print the torch.profiler table per config")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    rate = matmul_rate(device=args.device)
     print(f"offline_rl updates on {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"cube timing A={A} H={H} P={P} T={T}")
+          f"cube timing A={A} H={H} P={P} T={T}; matmul rate {rate / 1e9:.1f} GFLOP/s")
     for name in args.configs:
-        rate, ms, batch = bench(name, args.updates, args.warmup, args.device)
-        print(f"{name:6s} batch {batch:4d}: {rate:8.2f} updates/s  ({ms:8.1f} ms/update, "
-              f"{rate * batch:9.0f} transitions/s)")
+        r = bench(name, args.updates, args.warmup, args.device, args.reference)
+        for path, flops in (("optimised", r["flops"]), ("reference", r["ref_flops"])):
+            if path not in r:
+                continue
+            sec = r[path]
+            print(f"{name:6s} batch {r['batch']:4d} {path:9s}: {1 / sec:8.2f} updates/s  ({1000 * sec:8.1f} ms/update, "
+                  f"{r['batch'] / sec:8.0f} transitions/s, {flops / 1e9:7.1f} GFLOP/update = "
+                  f"{flops / sec / rate * 100:5.1f} % of the matmul rate)")
+        if "reference" in r:
+            print(f"{name:6s} speed-up {r['reference'] / r['optimised']:.2f}x "
+                  f"(reference-path FLOP at optimised speed: {r['ref_flops'] / r['optimised'] / rate * 100:5.1f} % "
+                  "of the matmul rate)")
+        if args.profile:
+            print(profile(name, args.device))
 
 
 if __name__ == "__main__":

@@ -69,8 +69,9 @@ class ImitationLearning:
         self.policy = policy
         self.config = config
         self.params = [p for p in policy.actor_parameters() if p.requires_grad]
+        # foreach: one multi-tensor kernel per Adam step instead of a loop over parameters.
         self.optimizer = torch.optim.AdamW(
-            self.params, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.999), eps=1e-8
+            self.params, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.999), eps=1e-8, foreach=True
         )
         policy.flow.set_dropout(config.dropout)
 
