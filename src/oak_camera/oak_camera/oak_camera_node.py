@@ -141,8 +141,14 @@ class OakCameraNode(LifecycleNode):
 
     # -- frames ---------------------------------------------------------------------------------
     def _on_event(self, level: str, text: str) -> None:
+        # one call site per severity: rclpy refuses a call site whose severity changes
         log = self.get_logger()
-        {"info": log.info, "warn": log.warning, "error": log.error}[level](text)
+        if level == "error":
+            log.error(text)
+        elif level == "warn":
+            log.warning(text)
+        else:
+            log.info(text)
 
     def _on_frame(self, frame: CapturedFrame) -> None:
         stream = self.stream

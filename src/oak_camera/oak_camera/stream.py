@@ -57,6 +57,8 @@ class CameraStream:
         self._lock = threading.Lock()  # connection handover between the loop and close()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._unreported_drops = 0
+        self._last_drop_report = -float("inf")
 
     # -- lifecycle ------------------------------------------------------------------------------
     def open(self) -> None:
@@ -140,7 +142,13 @@ class CameraStream:
         sequence = int(frame.getSequenceNum())
         gap = self.stats.on_frame(sequence, capture_s, receive_s)
         if gap:
-            self._on_event("warn", f"{gap} frame(s) dropped before frame {sequence}")
+            # One line per second at most: a saturated USB link drops frames continuously.
+            self._unreported_drops += gap
+            if receive_s - self._last_drop_report >= 1.0:
+                self._on_event("warn", f"{self._unreported_drops} frame(s) dropped "
+                                       f"(sequence gap before frame {sequence})")
+                self._unreported_drops = 0
+                self._last_drop_report = receive_s
         self._on_frame(CapturedFrame(
             image=image, channel_order=order, sequence=sequence,
             capture_steady_ns=int(round(capture_s * 1e9)), receive_steady_ns=int(round(receive_s * 1e9)),
