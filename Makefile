@@ -28,11 +28,15 @@ test-fast: lint
 demo: setup
 	@$(IN_ENV) python -m sernf.demo $(DEMO_ARGS)
 
-## Speed / size figures (printed, never asserted).
+## Speed / size figures (printed, never asserted; docs/performance.md). Each speed figure is
+## printed beside the matmul rate measured in the same run, and the optimised model paths beside
+## the reference ones, interleaved. GPU figures: python bench/gpu.py on a CUDA machine.
 bench: setup
 	@$(IN_ENV) python bench/model_size.py
 	@$(IN_ENV) python bench/replay_throughput.py
-	@$(IN_ENV) python bench/learner_throughput.py
+	@$(IN_ENV) python bench/matmul_rate.py
+	@$(IN_ENV) python bench/inference_latency.py --reference
+	@$(IN_ENV) python bench/learner_throughput.py --reference
 
 ## The learning benchmark of docs/results.md: 6 methods x 3 seeds on the point task (~40 CPU min).
 bench-learning: setup

@@ -179,3 +179,16 @@ def test_coupling_plan_follows_a_loaded_partition():
     want = torch.nonzero(~other.layers[0].keep_mask.any(-1)).flatten().tolist()
     assert after == want
     assert before != after or flow.layers[0].keep_mask.equal(ChunkFlow(cfg).layers[0].keep_mask)
+
+
+def test_training_after_acting_uses_plain_tensors():
+    """act_batch runs under inference_mode; what it caches must still serve training after."""
+    policy = _perturbed_policy(6, 2, {"d_model": 32, "num_heads": 4, "num_layers": 1, "ff_dim": 24})
+    obs, prefix = _inputs(2, 2)
+    policy.act_batch(obs, prefix)
+    policy.train()
+    prefix_norm = policy.action_normalizer.normalize(torch.as_tensor(prefix))
+    chunk = torch.zeros(2, 6, 4)
+    loss = -policy.log_prob(obs, prefix_norm, chunk).mean() - policy.min_q(obs, prefix_norm, chunk[:, None]).mean()
+    loss.backward()
+    assert all(p.grad is not None for p in policy.flow.parameters() if p.requires_grad)
