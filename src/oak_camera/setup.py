@@ -22,6 +22,7 @@ setup(
     entry_points={
         "console_scripts": [
             "oak_camera = oak_camera.oak_camera_node:main",
+            "list_devices = oak_camera.list_devices:main",
         ],
     },
 )

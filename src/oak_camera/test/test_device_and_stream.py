@@ -193,3 +193,33 @@ def test_open_fails_with_the_reason_when_the_camera_is_missing(tmp_path: Path) -
     (tmp_path / "unplugged").unlink()
     with pytest.raises(ValueError, match="recording frames are 224x224"):
         stream2.open()
+
+
+def test_robot_camera_parameter_file() -> None:
+    """config/robot/cameras.yaml: three cameras, every parameter a field of the node's config,
+    each section a valid config, topics the scissors policy listens to."""
+    import dataclasses
+
+    import yaml
+
+    path = Path(__file__).resolve().parents[3] / "config" / "robot" / "cameras.yaml"
+    sections = yaml.safe_load(path.read_text())
+    assert set(sections) == {"oak_front", "oak_under", "oak_left"}
+    fields = {f.name for f in dataclasses.fields(OakCameraConfig)}
+    topics = set()
+    for node, section in sections.items():
+        params = section["ros__parameters"]
+        assert set(params) <= fields, f"{node}: unknown {sorted(set(params) - fields)}"
+        cfg = OakCameraConfig(**params)
+        assert (cfg.width, cfg.height) == (224, 224) and cfg.serial.startswith("MXID_OF_")
+        topics.add(cfg.resolved_image_topic())
+    assert topics == {"/cameras/front/image_raw", "/cameras/under/image_raw", "/cameras/left/image_raw"}
+
+
+def test_list_devices_shows_mxids_and_states() -> None:
+    from oak_camera.list_devices import describe_devices
+
+    lines = describe_devices([info("18443010C1A5C71200", S.X_LINK_BOOTED), info("14442C10D13EABCE00")])
+    assert lines[1].startswith("14442C10D13EABCE00") and "unbooted" in lines[1]
+    assert lines[2].startswith("18443010C1A5C71200") and "in use by another process" in lines[2]
+    assert "no OAK found" in describe_devices([])[0]
