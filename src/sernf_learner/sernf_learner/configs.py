@@ -226,8 +226,15 @@ class TrainerConfig:
     """Show tqdm progress bars."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Evaluation after each stage."""
+    reference_model_paths: bool = False
+    """Run the model's reference implementations instead of the optimised ones
+    (``sernf_policy.fast_paths``). Same model and distribution; the optimised paths draw their
+    dropout masks over fewer rows, so only this setting reproduces, bit for bit, runs made
+    before the optimisation (e.g. the figures of docs/results.md)."""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.reference_model_paths, bool):
+            raise ValueError(f"TrainerConfig.reference_model_paths must be a bool, got {self.reference_model_paths!r}")
         check_int(self, "checkpoint_every")
         check_int(self, "keep_checkpoints")
         check_int(self, "log_every")

@@ -37,6 +37,7 @@ puts a resumed run exactly where the interrupted one was.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -66,6 +67,7 @@ from sernf_learner.td_targets import TargetCritic
 from sernf_learner.transitions import ChunkTiming, MixedSampler, TransitionSampler
 from sernf_policy.critic import ChunkCriticConfig
 from sernf_policy.encoders import EncoderConfig
+from sernf_policy.fast_paths import reference_paths
 from sernf_policy.flow import ChunkFlowConfig
 from sernf_policy.gaussian_actor import GaussianActorConfig
 from sernf_policy.policy import Policy, PolicyConfig
@@ -424,6 +426,10 @@ class Trainer:
         after the checkpoint logic of that unit (for tests of resumption).
         """
         self._stop_after, self._units_done = stop_after, 0
+        with reference_paths() if self.config.trainer.reference_model_paths else contextlib.nullcontext():
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         try:
             while self.stage_index < len(self.schedule):
                 name = self.schedule[self.stage_index]
