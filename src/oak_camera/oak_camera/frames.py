@@ -13,7 +13,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["CapturedFrame", "ImageFields", "frame_to_array", "image_fields", "steady_to_clock_ns"]
+from oak_camera.intrinsics import Intrinsics
+
+__all__ = [
+    "CapturedFrame", "ImageFields", "frame_to_array", "image_fields", "intrinsics_mismatch",
+    "steady_to_clock_ns",
+]
 
 _LAYOUT = {  # type name -> (channel order, planar)
     "RGB888i": ("rgb", False), "BGR888i": ("bgr", False),
@@ -103,3 +108,28 @@ def steady_to_clock_ns(steady_ns: int, clock_now_ns: int, steady_now_ns: int) ->
     reading of both: the offset is taken at publication, so wall-clock steps (NTP) between
     frames move stamps with the clock instead of accumulating."""
     return int(steady_ns + (clock_now_ns - steady_now_ns))
+
+
+def intrinsics_mismatch(frame, expected: Intrinsics, tolerance_px: float = 1.0) -> str | None:
+    """Compare the intrinsics we publish with the ones depthai attaches to a device frame
+    (``ImgTransformation``: the calibration carried through the camera's own crop and scaling).
+    A difference means the camera did not crop what the configuration assumes (another sensor
+    mode, an aligned crop); returns the explanation, or None when they agree or the frame
+    carries no calibrated transformation (replayed frames, uncalibrated devices)."""
+    transformation = frame.getTransformation()
+    if not transformation.isValid():
+        return None
+    k = np.asarray(transformation.getIntrinsicMatrix(), dtype=float)
+    if k.shape != (3, 3) or (k[0, 0] == 1.0 and k[1, 1] == 1.0):  # identity: no calibration attached
+        return None
+    width, height = transformation.getSize()
+    if (width, height) != (expected.width, expected.height):
+        return f"depthai reports a {width}x{height} frame transformation, the node publishes {expected.width}x{expected.height}"
+    theirs = np.array([k[0, 0], k[1, 1], k[0, 2], k[1, 2]])
+    ours = np.array([expected.fx, expected.fy, expected.cx, expected.cy])
+    worst = float(np.abs(theirs - ours).max())
+    if worst <= tolerance_px:
+        return None
+    return (f"published intrinsics (fx, fy, cx, cy) = ({', '.join(f'{v:.2f}' for v in ours)}) differ by "
+            f"{worst:.2f} px from depthai's for this frame ({', '.join(f'{v:.2f}' for v in theirs)}): "
+            "check sensor_width/sensor_height and the crop parameters")

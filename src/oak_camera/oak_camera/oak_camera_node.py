@@ -193,6 +193,8 @@ class OakCameraNode(LifecycleNode):
                 "latency_max_ms": snap.latency_max_ms,
                 "disconnects": st.disconnects, "reconnects": st.reconnects,
             })
+            if stream.intrinsics_warning:
+                values["intrinsics_warning"] = stream.intrinsics_warning
             if st.status == "lost":
                 values.update({"reconnect_attempts": st.reconnect_attempts,
                                "next_attempt_in_s": st.next_attempt_in_s})
@@ -202,6 +204,8 @@ class OakCameraNode(LifecycleNode):
                     level, message = DiagnosticStatus.WARN, f"frame rate {snap.rate_hz:.1f} Hz below half of {self.cfg.fps:g}"
                 elif not math.isnan(snap.latency_p95_ms) and snap.latency_p95_ms > 100.0:
                     level, message = DiagnosticStatus.WARN, f"latency p95 {snap.latency_p95_ms:.0f} ms"
+                elif stream.intrinsics_warning:
+                    level, message = DiagnosticStatus.WARN, "camera_info may not match the image (see intrinsics_warning)"
                 else:
                     message = "streaming" + ("" if self.publishing else " (not publishing)")
         if self.last_refusal:

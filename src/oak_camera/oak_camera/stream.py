@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from oak_camera.device import DEVICE_LOST_ERRORS, CameraConnection
-from oak_camera.frames import CapturedFrame, frame_to_array
+from oak_camera.frames import CapturedFrame, frame_to_array, intrinsics_mismatch
 from oak_camera.intrinsics import Intrinsics
 from oak_camera.stats import StreamStats
 
@@ -58,6 +58,9 @@ class CameraStream:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._unreported_drops = 0
+        self._intrinsics_checked = False
+        self.intrinsics_warning = ""
+        """Set when depthai's own frame intrinsics disagree with the published ones."""
         self._last_drop_report = -float("inf")
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -99,6 +102,7 @@ class CameraStream:
         self.device_id = connection.device_id
         self.description = connection.description
         self.intrinsics = connection.intrinsics
+        self._intrinsics_checked = False
 
     def _release(self) -> None:
         with self._lock:
@@ -138,6 +142,11 @@ class CameraStream:
         except ValueError as exc:  # a malformed frame is skipped, and said so
             self._on_event("warn", f"frame {frame.getSequenceNum()} skipped: {exc}")
             return
+        if not self._intrinsics_checked and self.intrinsics is not None:
+            self._intrinsics_checked = True
+            self.intrinsics_warning = intrinsics_mismatch(frame, self.intrinsics) or ""
+            if self.intrinsics_warning:
+                self._on_event("warn", self.intrinsics_warning)
         capture_s = frame.getTimestamp().total_seconds()
         sequence = int(frame.getSequenceNum())
         gap = self.stats.on_frame(sequence, capture_s, receive_s)

@@ -121,3 +121,25 @@ def test_frames_keep_their_timestamps_through_a_depthai_queue() -> None:
     assert got.getTimestamp().total_seconds() == pytest.approx(12.5)
     assert got.getTimestampDevice().total_seconds() == pytest.approx(3.25)
     np.testing.assert_array_equal(frame_to_array(got)[0], RGB)
+
+
+def test_intrinsics_mismatch_against_depthais_frame_transformation() -> None:
+    from oak_camera.frames import intrinsics_mismatch
+    from oak_camera.intrinsics import CropRect, Intrinsics, correct_for_crop_and_resize
+
+    sensor = Intrinsics(1920, 1080, 1500.0, 1500.0, 960.0, 540.0)
+    ours = correct_for_crop_and_resize(sensor, CropRect(420, 0, 1080, 1080), 224, 224)
+    frame = make_frame("RGB888i", RGB)
+    assert intrinsics_mismatch(frame, ours) is None  # no transformation attached (replay)
+
+    def device_frame(crop_x: int) -> dai.ImgFrame:
+        t = dai.ImgTransformation(1920, 1080, sensor.matrix.tolist())
+        t.addCrop(crop_x, 0, 1080, 1080)
+        t.addScale(224 / 1080, 224 / 1080)
+        f = make_frame("RGB888i", RGB)
+        f.setTransformation(t)
+        return f
+
+    assert intrinsics_mismatch(device_frame(420), ours) is None
+    message = intrinsics_mismatch(device_frame(400), ours)  # the camera cropped 20 px further left
+    assert message is not None and "differ by 4.15 px" in message
