@@ -23,6 +23,7 @@ setup(
         "console_scripts": [
             "oak_camera = oak_camera.oak_camera_node:main",
             "list_devices = oak_camera.list_devices:main",
+            "record = oak_camera.record:main",
         ],
     },
 )

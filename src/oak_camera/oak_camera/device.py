@@ -41,6 +41,8 @@ class CameraConnection(Protocol):
     description: str
     intrinsics: Intrinsics
     """Of the published (cropped and resized) image."""
+    sensor_intrinsics: Intrinsics
+    """Of the full sensor mode (the calibration before the crop and resize)."""
 
     def start(self) -> None: ...
 
@@ -160,6 +162,7 @@ class OakDeviceConnection:
             self.description = (f"{self.device.getProductName() or 'OAK'} {self.device_id} "
                                 f"({self.device.getUsbSpeed().name})")
             sensor = sensor_intrinsics(self.device.readCalibration(), plan.socket, *plan.sensor_size)
+            self.sensor_intrinsics = sensor
             self.intrinsics = correct_for_crop_and_resize(sensor, plan.crop, *plan.output_size)
             self.pipeline = dai.Pipeline(self.device)
             self.queue = build_pipeline(self.pipeline, plan)

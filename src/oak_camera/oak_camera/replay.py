@@ -130,6 +130,7 @@ class ReplayConnection:
                              f"the node's sensor size is {plan.sensor_size[0]}x{plan.sensor_size[1]}")
         self.device_id = rec.device_id
         self.description = f"replay of {cfg.replay_file} ({len(rec.frames)} frames)"
+        self.sensor_intrinsics = rec.sensor
         self.intrinsics = correct_for_crop_and_resize(rec.sensor, plan.crop, *plan.output_size)
         self.pipeline = dai.Pipeline(createImplicitDevice=False)
         camera = self.pipeline.create(_ReplayCamera)
