@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from dataclasses import dataclass
 
@@ -33,7 +34,8 @@ class StreamSnapshot:
 
 
 class StreamStats:
-    """Counts and windows, fed one frame at a time (not thread-safe: one writer)."""
+    """Counts and windows, fed one frame at a time by the capture thread and read by the
+    diagnostics timer (a lock keeps the windows consistent between the two)."""
 
     def __init__(self, window_s: float = 2.0, latency_window: int = 300) -> None:
         self.window_s = window_s
@@ -43,9 +45,14 @@ class StreamStats:
         self._last_sequence: int | None = None
         self._receive_times: deque[float] = deque()
         self._latencies: deque[float] = deque(maxlen=latency_window)
+        self._lock = threading.Lock()
 
     def on_frame(self, sequence: int, capture_s: float, receive_s: float) -> int:
         """Record one frame; returns how many frames were dropped just before it."""
+        with self._lock:
+            return self._on_frame(sequence, capture_s, receive_s)
+
+    def _on_frame(self, sequence: int, capture_s: float, receive_s: float) -> int:
         gap = 0
         if self._last_sequence is not None:
             if sequence > self._last_sequence:
@@ -64,22 +71,26 @@ class StreamStats:
 
     def restart_sequence(self) -> None:
         """The stream was reopened: the next frame starts a new sequence (no gap counted)."""
-        self._last_sequence = None
+        with self._lock:
+            self._last_sequence = None
 
     def _trim(self, now_s: float) -> None:
         while self._receive_times and self._receive_times[0] < now_s - self.window_s:
             self._receive_times.popleft()
 
     def snapshot(self, now_s: float) -> StreamSnapshot:
-        self._trim(now_s)
-        times = self._receive_times
+        with self._lock:
+            self._trim(now_s)
+            times = list(self._receive_times)
+            latencies = list(self._latencies)
+            counts = (self.frames, self.dropped, self.sequence_restarts)
         rate = 0.0
         if len(times) >= 2 and times[-1] > times[0]:
             rate = (len(times) - 1) / (times[-1] - times[0])
-        if self._latencies:
-            lat = np.asarray(self._latencies) * 1e3
+        if latencies:
+            lat = np.asarray(latencies) * 1e3
             p50, p95, worst = (float(np.percentile(lat, 50)), float(np.percentile(lat, 95)),
                                float(lat.max()))
         else:
             p50 = p95 = worst = float("nan")
-        return StreamSnapshot(self.frames, self.dropped, self.sequence_restarts, rate, p50, p95, worst)
+        return StreamSnapshot(*counts, rate, p50, p95, worst)
