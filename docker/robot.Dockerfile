@@ -28,10 +28,9 @@ COPY requirements/ requirements/
 RUN grep -v -e '^ros-kilted-' -e '^colcon-' -e '^numpy==' requirements/requirements.txt > /tmp/req.txt \
     && grep -v -e '^ros-kilted-' -e '^colcon-' -e '^numpy==' requirements/constraints.txt > /tmp/lock.txt \
     && python3 -c 'import numpy; print(f"numpy=={numpy.__version__}")' >> /tmp/lock.txt \
-    && pip3 install --break-system-packages --no-cache-dir -r /tmp/req.txt -c /tmp/lock.txt \
-    && pip3 install --break-system-packages --no-cache-dir -c /tmp/lock.txt depthai==3.12.0
+    && pip3 install --break-system-packages --no-cache-dir -r /tmp/req.txt -c /tmp/lock.txt
 
-COPY src/orca_hand_driver/udev/99-orca-hand.rules /etc/udev/rules.d/99-orca-hand.rules
+COPY src/orca_hand_driver/udev/99-orca-hand.rules src/oak_camera/udev/80-oak-camera.rules /etc/udev/rules.d/
 COPY . .
 RUN source /opt/ros/kilted/setup.bash && colcon build --symlink-install
 ENV MUJOCO_GL=egl
