@@ -20,7 +20,6 @@ import math
 import time
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import State, TransitionCallbackReturn
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image
@@ -31,6 +30,7 @@ from oak_camera.frames import CapturedFrame, image_fields, steady_to_clock_ns
 from oak_camera.intrinsics import Intrinsics, camera_info_matrices
 from oak_camera.replay import ReplayConnection
 from oak_camera.stream import CameraStream
+from sernf_ros.device_node import DeviceLifecycleNode
 from sernf_ros.diagnostics import diagnostic_status
 from sernf_ros.parameters import declare_config
 from sernf_ros.spin import spin_node
@@ -48,15 +48,13 @@ def camera_info_message(intr: Intrinsics, frame_id: str) -> CameraInfo:
     return info
 
 
-class OakCameraNode(LifecycleNode):
+class OakCameraNode(DeviceLifecycleNode):
     def __init__(self, **kwargs) -> None:
         super().__init__(NODE_NAME, **kwargs)
         self.cfg: OakCameraConfig = declare_config(self, OakCameraConfig)
         self.frame_id = self.cfg.resolved_frame_id()
         self.stream: CameraStream | None = None
         self.publishing = False
-        self.state_label = "unconfigured"
-        self.last_refusal = ""
         self._info_template: CameraInfo | None = None
         self._info_for: Intrinsics | None = None
         self.image_pub = self.create_publisher(Image, self.cfg.resolved_image_topic(), qos_profile_sensor_data)
@@ -72,11 +70,6 @@ class OakCameraNode(LifecycleNode):
             return ReplayConnection(self.cfg)
         return OakDeviceConnection(self.cfg)
 
-    def _refuse(self, transition: str, reason: str) -> TransitionCallbackReturn:
-        self.last_refusal = f"{transition} refused: {reason}"
-        self.get_logger().error(self.last_refusal)
-        return TransitionCallbackReturn.FAILURE
-
     def on_configure(self, state: State) -> TransitionCallbackReturn:
         c = self.cfg
         stream = CameraStream(self._connect, self._on_frame, self._on_event, c.frame_timeout_s,
@@ -84,7 +77,7 @@ class OakCameraNode(LifecycleNode):
         try:
             stream.open()
         except (*DEVICE_LOST_ERRORS, OSError, ValueError) as exc:
-            return self._refuse("configure", str(exc))
+            return self.refuse("configure", str(exc))
         self.stream = stream
         self.last_refusal = ""
         self.state_label = "inactive"
@@ -100,7 +93,7 @@ class OakCameraNode(LifecycleNode):
         try:
             self.stream.start()
         except DEVICE_LOST_ERRORS as exc:
-            return self._refuse("activate", f"camera did not start: {exc}")
+            return self.refuse("activate", f"camera did not start: {exc}")
         self.publishing = True
         self.state_label = "active"
         self.get_logger().info(f"active: publishing {self.cfg.resolved_image_topic()} and "
@@ -113,31 +106,12 @@ class OakCameraNode(LifecycleNode):
         self.get_logger().info("inactive: not publishing (the camera keeps streaming)")
         return super().on_deactivate(state)
 
-    def _release(self, what: str) -> None:
+    def release_device(self, what: str) -> None:
         self.publishing = False
         stream, self.stream = self.stream, None
         if stream is not None:
             stream.close()
             self.get_logger().info(f"{what}: camera closed")
-
-    def on_cleanup(self, state: State) -> TransitionCallbackReturn:
-        self._release("cleanup")
-        self.state_label = "unconfigured"
-        return TransitionCallbackReturn.SUCCESS
-
-    def on_shutdown(self, state: State) -> TransitionCallbackReturn:
-        self._release("shutdown")
-        self.state_label = "finalized"
-        return TransitionCallbackReturn.SUCCESS
-
-    def on_error(self, state: State) -> TransitionCallbackReturn:
-        self._release("error")
-        self.state_label = "unconfigured"
-        return TransitionCallbackReturn.SUCCESS
-
-    def shutdown_workers(self) -> None:
-        """Process exit (spin_node): close the device even without a shutdown transition."""
-        self._release("exit")
 
     # -- frames ---------------------------------------------------------------------------------
     def _on_event(self, level: str, text: str) -> None:

@@ -31,13 +31,13 @@ from pathlib import Path
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import State, TransitionCallbackReturn
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import JointState
 
 from orca_hand_driver.commands import CommandError
 from orca_hand_driver.hand import CycleReport, DriverConfig, OrcaHand, TransitionError
+from sernf_ros.device_node import DeviceLifecycleNode
 from sernf_ros.diagnostics import diagnostic_status
 from sernf_ros.parameters import declare_config
 from sernf_ros.spin import spin_node
@@ -69,14 +69,12 @@ def _share_config_dir() -> Path:
     return Path(get_package_share_directory("orca_hand_driver")) / "config"
 
 
-class OrcaHandNode(LifecycleNode):
+class OrcaHandNode(DeviceLifecycleNode):
     def __init__(self, **kwargs) -> None:
         super().__init__(NODE_NAME, **kwargs)
         self.cfg: DriverConfig = declare_config(self, DriverConfig)
         self.topics: TopicConfig = declare_config(self, TopicConfig)
         self.hand: OrcaHand | None = None
-        self.state_label = "unconfigured"
-        self.last_refusal = ""
         self._loop_thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._events_seen = 0
@@ -89,18 +87,13 @@ class OrcaHandNode(LifecycleNode):
         self.get_logger().info(f"ORCA hand driver ({self.cfg.hand_model} on {self.cfg.port}) waiting for configure")
 
     # -- transitions ----------------------------------------------------------------------------
-    def _refuse(self, transition: str, reason: str) -> TransitionCallbackReturn:
-        self.last_refusal = f"{transition} refused: {reason}"
-        self.get_logger().error(self.last_refusal)
-        return TransitionCallbackReturn.FAILURE
-
     def on_configure(self, state: State) -> TransitionCallbackReturn:
         config_dir = Path(self.cfg.config_dir) if self.cfg.config_dir else _share_config_dir()
         hand = OrcaHand(self.cfg, config_dir)
         try:
             hand.configure()
         except TransitionError as exc:
-            return self._refuse("configure", str(exc))
+            return self.refuse("configure", str(exc))
         self.hand = hand
         self.state_label = "inactive"
         self.get_logger().info(
@@ -113,7 +106,7 @@ class OrcaHandNode(LifecycleNode):
         try:
             self.hand.activate(time.monotonic())
         except TransitionError as exc:
-            return self._refuse("activate", str(exc))
+            return self.refuse("activate", str(exc))
         self._stop.clear()
         self._loop_thread = threading.Thread(target=self._loop, name="orca-control-loop", daemon=True)
         self._loop_thread.start()
@@ -138,7 +131,7 @@ class OrcaHandNode(LifecycleNode):
         self.get_logger().info("inactive: holding the measured position")
         return TransitionCallbackReturn.SUCCESS
 
-    def _release(self, what: str) -> None:
+    def release_device(self, what: str) -> None:
         self._stop_loop()
         if self.hand is not None and self.hand.client is not None:
             warning = self.hand.cleanup(self.cfg.torque_off_on_shutdown)
@@ -147,25 +140,6 @@ class OrcaHandNode(LifecycleNode):
             self.get_logger().info(f"{what}: hand left holding"
                                    + (", torque off" if self.cfg.torque_off_on_shutdown else " (torque on)"))
         self.hand = None
-
-    def on_cleanup(self, state: State) -> TransitionCallbackReturn:
-        self._release("cleanup")
-        self.state_label = "unconfigured"
-        return TransitionCallbackReturn.SUCCESS
-
-    def on_shutdown(self, state: State) -> TransitionCallbackReturn:
-        self._release("shutdown")
-        self.state_label = "finalized"
-        return TransitionCallbackReturn.SUCCESS
-
-    def on_error(self, state: State) -> TransitionCallbackReturn:
-        self._release("error")
-        self.state_label = "unconfigured"
-        return TransitionCallbackReturn.SUCCESS
-
-    def shutdown_workers(self) -> None:
-        """Process exit (spin_node): leave the hand safe even without a shutdown transition."""
-        self._release("exit")
 
     # -- commands -------------------------------------------------------------------------------
     def _on_command(self, msg: JointState) -> None:
