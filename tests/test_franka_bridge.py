@@ -13,13 +13,10 @@ import time
 
 import numpy as np
 import pytest
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
+from graph_probe import GraphProbe
 from lifecycle_msgs.msg import Transition
-from lifecycle_msgs.srv import ChangeState, GetState
-from rclpy.executors import SingleThreadedExecutor
-from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from scipy.spatial.transform import Rotation
 from std_srvs.srv import SetBool, Trigger
@@ -39,15 +36,11 @@ def pose_arrays(msg: PoseStamped) -> tuple[np.ndarray, np.ndarray]:
     return np.array([p.x, p.y, p.z]), np.array([o.w, o.x, o.y, o.z])
 
 
-class Operator:
+class Operator(GraphProbe):
     """Policy + operator stand-in: publishes commands, drives the lifecycle, records topics."""
 
     def __init__(self) -> None:
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context)
-        self.node = Node("franka_bridge_test", context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
+        super().__init__("franka_bridge_test", lifecycle_node="franka_bridge", wait_s=WAIT)
         n = self.node
         self.equilibria: list[tuple[float, np.ndarray, np.ndarray]] = []
         self.executed: list[tuple[np.ndarray, np.ndarray]] = []
@@ -61,8 +54,6 @@ class Operator:
         n.create_subscription(PoseStamped, "/franka/ee_pose", lambda m: self.ee.append(pose_arrays(m)[0]), qos_profile_sensor_data)
         n.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
         self.command_pub = n.create_publisher(PoseStamped, "/franka/relative_pose_command", 10)
-        self.change_state = n.create_client(ChangeState, "/franka_bridge/change_state")
-        self.get_state = n.create_client(GetState, "/franka_bridge/get_state")
         self.resume_client = n.create_client(Trigger, "/franka_bridge/resume")
         self.reflex_client = n.create_client(Trigger, "/sim_arm/inject_reflex")
         self.stream_client = n.create_client(SetBool, "/sim_arm/set_pose_stream")
@@ -72,36 +63,6 @@ class Operator:
         for status in msg.status:
             if status.name == "franka_bridge":
                 self.diagnostics.append({"message": status.message, **{kv.key: kv.value for kv in status.values}})
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.context)
-
-    def spin_until(self, predicate, timeout: float = WAIT) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return True
-            self.executor.spin_once(timeout_sec=0.02)
-        return predicate()
-
-    def spin_for(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            self.executor.spin_once(timeout_sec=0.02)
-
-    def call(self, client, request, timeout: float = WAIT):
-        assert client.wait_for_service(timeout_sec=timeout), f"{client.srv_name} not available"
-        future = client.call_async(request)
-        assert self.spin_until(future.done, timeout), f"{client.srv_name} did not answer"
-        return future.result()
-
-    def transition(self, transition_id: int) -> bool:
-        return self.call(self.change_state, ChangeState.Request(transition=Transition(id=transition_id))).success
-
-    def state(self) -> str:
-        return self.call(self.get_state, GetState.Request()).current_state.label
 
     def arm_status(self) -> dict:
         return json.loads(self.call(self.status_client, Trigger.Request()).message)

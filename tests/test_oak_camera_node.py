@@ -13,12 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
+from graph_probe import GraphProbe
 from lifecycle_msgs.msg import Transition
-from lifecycle_msgs.srv import ChangeState, GetState
-from rclpy.executors import SingleThreadedExecutor
-from rclpy.node import Node
 from rclpy.qos import QoSReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image
 
@@ -46,13 +43,9 @@ def recording(path: Path) -> Recording:
     return rec
 
 
-class Graph:
+class Graph(GraphProbe):
     def __init__(self, node_name: str) -> None:
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context)
-        self.node = Node("oak_test", context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
+        super().__init__("oak_test", lifecycle_node=node_name)
         self.images: list[Image] = []
         self.infos: list[CameraInfo] = []
         self.diagnostics: list[DiagnosticArray] = []
@@ -60,36 +53,6 @@ class Graph:
         n.create_subscription(Image, IMAGE_TOPIC, self.images.append, qos_profile_sensor_data)
         n.create_subscription(CameraInfo, INFO_TOPIC, self.infos.append, qos_profile_sensor_data)
         n.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 10)
-        self.change = n.create_client(ChangeState, f"/{node_name}/change_state")
-        self.get = n.create_client(GetState, f"/{node_name}/get_state")
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.context)
-
-    def spin_until(self, predicate, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return True
-            self.executor.spin_once(timeout_sec=0.02)
-        return predicate()
-
-    def spin_for(self, seconds: float) -> None:
-        self.spin_until(lambda: False, seconds)
-
-    def call(self, client, request, timeout: float = 30.0):
-        assert client.wait_for_service(timeout_sec=timeout), f"{client.srv_name} not available"
-        future = client.call_async(request)
-        assert self.spin_until(future.done, timeout), f"{client.srv_name} did not answer"
-        return future.result()
-
-    def transition(self, transition_id: int) -> bool:
-        return self.call(self.change, ChangeState.Request(transition=Transition(id=transition_id))).success
-
-    def state(self) -> str:
-        return self.call(self.get, GetState.Request()).current_state.label
 
     def camera_status(self):
         """The latest diagnostics status of this camera, as (level, message, values)."""

@@ -13,12 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
+from graph_probe import GraphProbe
 from lifecycle_msgs.msg import Transition
-from lifecycle_msgs.srv import ChangeState, GetState
-from rclpy.executors import SingleThreadedExecutor
-from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import JointState
 
@@ -62,15 +59,11 @@ def bus():
         yield b
 
 
-class Graph:
+class Graph(GraphProbe):
     """The test's side: lifecycle client, command publisher, listeners."""
 
     def __init__(self, node_name: str = "orca_hand_driver") -> None:
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context)
-        self.node = Node("orca_test", context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
+        super().__init__("orca_test", lifecycle_node=node_name)
         self.states: list[JointState] = []
         self.executed: list[JointState] = []
         self.diagnostics: list[DiagnosticArray] = []
@@ -79,13 +72,6 @@ class Graph:
         n.create_subscription(JointState, f"/{node_name}/executed_command", self.executed.append, 10)
         n.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 10)
         self.pub = n.create_publisher(JointState, "/orca_hand/joint_command", 10)
-        self.change = n.create_client(ChangeState, f"/{node_name}/change_state")
-        self.get = n.create_client(GetState, f"/{node_name}/get_state")
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.context)
 
     def spin_until(self, predicate, timeout: float, command=None) -> bool:
         deadline = time.monotonic() + timeout
@@ -98,18 +84,6 @@ class Graph:
                 return True
             self.executor.spin_once(timeout_sec=0.01)
         return predicate()
-
-    def call(self, client, request, timeout: float = 30.0):
-        assert client.wait_for_service(timeout_sec=timeout), f"{client.srv_name} not available"
-        future = client.call_async(request)
-        assert self.spin_until(future.done, timeout), f"{client.srv_name} did not answer"
-        return future.result()
-
-    def transition(self, transition_id: int) -> bool:
-        return self.call(self.change, ChangeState.Request(transition=Transition(id=transition_id))).success
-
-    def state(self) -> str:
-        return self.call(self.get, GetState.Request()).current_state.label
 
     def send(self, names, positions) -> None:
         self.last_send = time.monotonic()

@@ -9,11 +9,9 @@ import time
 
 import numpy as np
 import pytest
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
-from rclpy.executors import SingleThreadedExecutor
-from rclpy.node import Node
+from graph_probe import GraphProbe
 from sensor_msgs.msg import JointState
 from std_srvs.srv import Trigger
 
@@ -34,16 +32,12 @@ def free_udp_port() -> int:
         return s.getsockname()[1]
 
 
-class Operator:
+class Operator(GraphProbe):
     """The test's side of the graph: listens to the commands, plays the arm's EE pose, calls
     the clutch services."""
 
     def __init__(self) -> None:
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context)
-        self.node = Node("teleop_test_operator", context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
+        super().__init__("teleop_test_operator")
         self.hand: list[tuple[float, JointState]] = []
         self.arm: list[tuple[float, PoseStamped]] = []
         self.diagnostics: list[DiagnosticArray] = []
@@ -67,29 +61,8 @@ class Operator:
         o.x, o.y, o.z, o.w = EE_Q_XYZW
         self.ee_pub.publish(msg)
 
-    def spin_until(self, predicate, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return True
-            self.executor.spin_once(timeout_sec=0.02)
-        return predicate()
-
-    def spin_for(self, seconds: float) -> None:
-        self.spin_until(lambda: False, seconds)
-
-    def call(self, name: str, timeout: float = 30.0) -> Trigger.Response:
-        client = self.clients[name]
-        assert client.wait_for_service(timeout_sec=timeout), f"{name} not available"
-        future = client.call_async(Trigger.Request())
-        if not self.spin_until(future.done, timeout):
-            raise TimeoutError(f"{name} did not answer")
-        return future.result()
-
-    def close(self) -> None:
-        self.node.destroy_node()
-        self.executor.shutdown()
-        rclpy.shutdown(context=self.context)
+    def trigger(self, name: str, timeout: float = 30.0) -> Trigger.Response:
+        return self.call(self.clients[name], Trigger.Request(), timeout)
 
 
 class Glove(threading.Thread):
@@ -153,7 +126,7 @@ def test_stand_in_stream_drives_both_command_topics(processes) -> None:
         # The demo script closes the hand: some finger flexes beyond 60 degrees at some point.
         index_mcp = joints.index("index_mcp")
         assert op.spin_until(lambda: max(m.position[index_mcp] for _, m in op.hand) > np.radians(60), 30.0)
-        answer = op.call("engage")
+        answer = op.trigger("engage")
         assert answer.success, answer.message
         engaged_from = len(op.arm)
         # The demo's wrist circles move the arm once engaged.
@@ -179,7 +152,7 @@ def test_clutch_and_stale_stream_hold(processes) -> None:
     op = Operator()
     try:
         assert op.spin_until(lambda: len(op.arm) >= 5, 60.0), processes.log(node)
-        assert op.call("engage").success
+        assert op.trigger("engage").success
         # Hand forward 4 cm (glove world +x = robot +x; EE points down: EE-frame +x = base +x).
         glove.wrist = glove.wrist + [0.04, 0.0, 0.0]
         start = len(op.arm)
@@ -187,14 +160,14 @@ def test_clutch_and_stale_stream_hold(processes) -> None:
         total = sum(delta(m) for _, m in op.arm[start:])
         assert total[0] == pytest.approx(0.04, abs=0.005) and abs(total[1]) < 0.005
         # Disengaged: the operator moves back 20 cm; no arm motion at all.
-        assert op.call("disengage").success
+        assert op.trigger("disengage").success
         start = len(op.arm)
         glove.wrist = glove.wrist - [0.2, 0.0, 0.0]
         op.spin_for(1.0)
         assert len(op.arm) - start >= 10
         assert all(np.linalg.norm(delta(m)) == 0.0 for _, m in op.arm[start:])
         # Re-engaged at the new place: no jump (re-centred), then relative motion again.
-        assert op.call("engage").success
+        assert op.trigger("engage").success
         start = len(op.arm)
         op.spin_for(0.5)
         assert all(np.linalg.norm(delta(m)) < 1e-6 for _, m in op.arm[start:])
@@ -208,7 +181,7 @@ def test_clutch_and_stale_stream_hold(processes) -> None:
         assert not late, f"{len(late)} commands after the stream went stale"
         assert op.spin_until(lambda: op.diagnostics and "stale" in op.diagnostics[-1].status[0].message, 10.0)
         # The clutch dropped with the stream: engaging now is refused with the reason.
-        answer = op.call("engage")
+        answer = op.trigger("engage")
         assert not answer.success and "stale" in answer.message, processes.log(node)
         assert node.poll() is None
     except TimeoutError:
