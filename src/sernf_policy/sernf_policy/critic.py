@@ -175,11 +175,20 @@ def _encoder_layer(layer: nn.TransformerEncoderLayer, x: Tensor, qkv: Tensor | N
     the first row's output only (its query against every row's keys / values)."""
     attn = layer.self_attn
     heads, d = attn.num_heads, attn.embed_dim
-    if qkv is None:
-        qkv = F.linear(layer.norm1(x) if layer.norm_first else x, attn.in_proj_weight, attn.in_proj_bias)
-    q, k, v = qkv.split(d, dim=-1)
+    w, b = attn.in_proj_weight, attn.in_proj_bias
+    if qkv is not None:
+        q, k, v = qkv.split(d, dim=-1)
+        if readout_only:
+            q = q[:, :1]
+    else:
+        x_in = layer.norm1(x) if layer.norm_first else x
+        if readout_only:  # keys / values of every row, the query of the readout row alone
+            k, v = F.linear(x_in, w[d:], b[d:]).split(d, dim=-1)
+            q = F.linear(x_in[:, :1], w[:d], b[:d])
+        else:
+            q, k, v = F.linear(x_in, w, b).split(d, dim=-1)
     if readout_only:
-        q, x = q[:, :1], x[:, :1]
+        x = x[:, :1]
 
     def split_heads(t: Tensor) -> Tensor:
         return t.unflatten(-1, (heads, d // heads)).transpose(1, 2)  # [B', heads, T, hd]
