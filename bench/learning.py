@@ -221,7 +221,7 @@ def worker(directory: Path) -> int:
     config = RunConfig.from_dict(spec["config"])
     _build_offline_store(config, directory, spec)
 
-    from sernf_learner.replay import EpisodeStore
+    from sernf_data.store import EpisodeStore
     from sernf_learner.trainer import Trainer
 
     resumed = (directory / "checkpoints" / "latest.json").exists()

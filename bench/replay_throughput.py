@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sernf_learner.replay import EpisodeStore, StoreSpec
+from sernf_data.spec import ObsKeySpec
+from sernf_data.store import EpisodeStore, StoreSpec
 from sernf_learner.transitions import ChunkTiming, MixedSampler, TransitionSampler
-from sernf_policy.spec import ObsKeySpec
 
 CUBE_SPEC = StoreSpec(
     obs={"hand_joints": ObsKeySpec((17,), "lowdim"), "cube_pose": ObsKeySpec((7,), "lowdim")},

@@ -78,7 +78,7 @@ def learner_kill_campaign(tmp: Path, kills: int, seed: int = 0, say: Callable[[s
     from sernf.run_graph import GraphProcesses
     from test_sim_loop import Observer, _graph_config, _offline_store_and_policy
 
-    from sernf_learner.replay import EpisodeStore
+    from sernf_data.store import EpisodeStore
     from sernf_policy.policy import Policy
 
     tmp.mkdir(parents=True, exist_ok=True)
@@ -253,8 +253,8 @@ def policy_trust_campaign(tmp: Path, repeats: int = 1, strict_latency: bool = Tr
     import policy_node_harness as h
     from rclpy.node import Node
 
+    from sernf_data.store import EpisodeStore
     from sernf_interfaces.msg import EpisodeEvent, RewardEvent
-    from sernf_learner.replay import EpisodeStore
     from sernf_policy.announcement_auth import generate_key_file
 
     tmp.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ INITIAL_STEP = 100
 
 
 def point_spec() -> Any:
-    from sernf_learner.replay import StoreSpec
+    from sernf_data.store import StoreSpec
     from sernf_sim.point_task import PointTask
 
     env = PointTask(num_envs=1, seed=0)
@@ -49,7 +49,7 @@ def point_episodes(n: int, seed: int, source: str, prefix: str) -> list[tuple[di
 
 
 def make_store(uri: str | Path, episodes: list[tuple[dict, dict]], spec: Any = None) -> Any:
-    from sernf_learner.replay import EpisodeStore
+    from sernf_data.store import EpisodeStore
 
     store = EpisodeStore(str(uri), mode="a", spec=spec or point_spec())
     for steps, meta in episodes:

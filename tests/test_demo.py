@@ -75,7 +75,7 @@ def test_demo_runs_end_to_end_and_writes_its_outputs(tmp_path, ros_env):
     assert len(iterations) == 1 and len(iterations[0]["episodes"]) == 2
     assert iterations[0]["checkpoint_step"] > 0
     assert Path(iterations[0]["checkpoint"]).is_relative_to(graph / "learner")
-    from sernf_learner.replay import EpisodeStore
+    from sernf_data.store import EpisodeStore
 
     assert EpisodeStore(str(graph / "replay" / "online.zarr"), mode="r").num_episodes == 2
     png = (out / "learning_curve.png").read_bytes()

@@ -21,7 +21,7 @@ import learner_node_harness as h
 import pytest
 import yaml
 
-from sernf_learner.replay import EpisodeStore, StoreSpec
+from sernf_data.store import EpisodeStore, StoreSpec
 
 INIT = h.INITIAL_STEP
 

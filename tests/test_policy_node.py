@@ -16,6 +16,8 @@ import numpy as np
 import policy_node_harness as h
 import pytest
 
+from sernf_data.store import EpisodeStore
+
 pytestmark = pytest.mark.ros
 
 TICK = 1.0 / h.RATE_HZ
@@ -201,7 +203,6 @@ def test_hot_reload_swaps_valid_checkpoints_and_rejects_bad_ones(start_node, che
 
 
 def test_episode_is_recorded_committed_and_announced(start_node, checkpoints, tmp_path):
-    replay = pytest.importorskip("sernf_learner.replay", reason="sernf_learner.replay is not there yet")
     uri = str(tmp_path / "replay.zarr")
     _, harness = start_node(checkpoints["base"][0], replay_uri=uri, subtasks=["grasp", "cut"])
     harness.wait_for(lambda: "no episode" in harness.diag().get("hold_reason", ""), 45.0,
@@ -227,7 +228,7 @@ def test_episode_is_recorded_committed_and_announced(start_node, checkpoints, tm
     events = [(m.event, m.episode_id) for _, m in harness.episodes.since(0)]
     assert (0, msg.episode_id) in events and (2, msg.episode_id) in events  # START, ABORT
 
-    store = replay.EpisodeStore(uri, mode="r")
+    store = EpisodeStore(uri, mode="r")
     steps, meta = store.read_episode(msg.episode_id)
     assert steps["action"].shape == (msg.num_steps, h.ACTION_DIM)
     assert float(steps["reward"].sum()) == pytest.approx(1.0)
@@ -251,7 +252,6 @@ def test_a_new_episode_holds_the_measured_hand_not_the_last_episodes_target(star
     # Between episodes the robot is reset (the hand goes home). The first P actions of a new
     # episode (its hold prefix) must keep the hand where it is measured, not jump back to the
     # target the previous episode ended with (e.g. a closed fist before the approach).
-    replay = pytest.importorskip("sernf_learner.replay", reason="sernf_learner.replay is not there yet")
     uri = str(tmp_path / "replay.zarr")
     _, harness = start_node(checkpoints["base"][0], replay_uri=uri)
     harness.wait_for(lambda: "no episode" in harness.diag().get("hold_reason", ""), 45.0,
@@ -264,7 +264,7 @@ def test_a_new_episode_holds_the_measured_hand_not_the_last_episodes_target(star
         assert harness.call(harness.stop_client).success
         n = len(harness.replay)
         harness.wait_for(lambda n=n: len(harness.replay) > n, 15.0, "a ReplayEpisode", harness.node_log)
-    store = replay.EpisodeStore(uri, mode="r")
+    store = EpisodeStore(uri, mode="r")
     (first, _), (second, _) = (store.read_episode(m.episode_id) for _, m in harness.replay.since(0)[:2])
     last_target = first["action"][-1, 7:]
     assert np.abs(last_target - measured).max() > 1e-3, "test needs the first episode to end elsewhere"

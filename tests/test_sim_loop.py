@@ -34,7 +34,7 @@ def _offline_store_and_policy(tmp: Path) -> tuple[Path, Path]:
     """A few hand demos in a zarr store and a tiny untrained policy with a critic."""
     import torch
 
-    from sernf_learner.replay import EpisodeStore, StoreSpec
+    from sernf_data.store import EpisodeStore, StoreSpec
     from sernf_policy.encoders import EncoderConfig
     from sernf_policy.policy import Policy, PolicyConfig
     from sernf_sim.hand_pick_place import env as hand_env
@@ -163,7 +163,7 @@ def test_sim_policy_and_learner_complete_two_online_iterations(loop, tmp_path):
         assert replay.num_steps > 0 and replay.source == "online"
         assert list(replay.subtask_names) == ["grasp", "place"]
     # Episodes announced are really in the actor's store, complete, with the announced length.
-    from sernf_learner.replay import EpisodeStore
+    from sernf_data.store import EpisodeStore
 
     store = EpisodeStore(str(tmp_path / "replay" / "online.zarr"), mode="r")
     for replay in replays:

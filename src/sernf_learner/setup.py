@@ -14,7 +14,7 @@ setup(
     zip_safe=True,
     maintainer="SERNF maintainers",
     maintainer_email="maintainers@sernf-ros.org",
-    description="SERNF algorithm: zarr replay, the four training stages and distillation, trainer and CLIs; learner_node.",
+    description="SERNF algorithm: the four training stages and distillation, trainer and CLIs; learner_node.",
     license="Apache-2.0",
     entry_points={
         "console_scripts": [

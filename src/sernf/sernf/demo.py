@@ -196,7 +196,7 @@ def two_proportion_test(p_base: float, n_base: int, p_new: float, n_new: int) ->
 
 def generate_dataset(demo: DemoConfig, run: RunConfig, uri: Path) -> None:
     """Record the demonstrations into a zarr store at ``uri`` (written aside, then renamed)."""
-    from sernf_learner.replay import EpisodeStore, StoreSpec
+    from sernf_data.store import EpisodeStore, StoreSpec
     from sernf_sim.hand_pick_place.demos import hand_demo_dataset
     from sernf_sim.hand_pick_place.expert import DEFAULT_DEMO_QUALITY, HandExpertConfig
 
@@ -231,7 +231,7 @@ def generate_dataset(demo: DemoConfig, run: RunConfig, uri: Path) -> None:
 
 def store_counts(uri: Path) -> dict[str, int]:
     """Episodes, successful episodes and steps of an episode store (zeros if missing)."""
-    from sernf_learner.replay import EpisodeStore
+    from sernf_data.store import EpisodeStore
 
     if not (uri / "zarr.json").exists():
         return {"episodes": 0, "successes": 0, "steps": 0}

@@ -1,16 +1,17 @@
-"""Observation specification shared by the encoders and the policy (docs/architecture.md).
+"""Observation specification shared by the store, the encoders and the policy (docs/architecture.md).
 
 An observation is a ``dict[str, array]``; the *observation spec* declares, per key, its kind
 (``"rgb"``: uint8 ``[h, w, 3]`` per step; ``"lowdim"``: float ``[d]`` per step) and its
 per-step shape (without the time axis). Batches carry ``[B, T, ...]`` (oldest step first).
 
 This is the one definition of the observation contract: the simulator's tasks declare their
-observations with it, the replay store records it, and checkpoints carry it. It is torch-free
-(``import sernf_policy.spec`` does not import torch).
+observations with it, the episode store records it, and checkpoints carry it. It is torch-free
+(``import sernf_data.spec`` does not import torch).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Mapping
@@ -18,8 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-
-from .config_io import build_dataclass
 
 __all__ = ["CACHED_FEATURES_SUFFIX", "KEY_PATTERN", "STEP_ARRAY_KEYS", "ObsKeySpec", "check_observations", "parse_observation_spec"]
 
@@ -111,8 +110,22 @@ class ObsKeySpec:
 
     @classmethod
     def from_dict(cls, data: Any) -> ObsKeySpec:
-        """Rebuild from ``{"kind": ..., "shape": [...]}`` (untrusted: validated)."""
-        return build_dataclass(cls, data)
+        """Rebuild from ``{"kind": ..., "shape": [...]}`` (untrusted: validated).
+
+        Unknown or missing fields raise ``ValueError`` naming them (the same rule as the
+        config round trip in ``sernf_policy.config_io``, kept here so the data layer does not
+        depend on the model package)."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{cls.__name__}: expected a JSON object, got {type(data).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}")
+        missing = sorted(name for name, f in fields.items()
+                         if name not in data and f.default is dataclasses.MISSING)
+        if missing:
+            raise ValueError(f"{cls.__name__}: missing required field(s) {missing}")
+        return cls(**data)
 
     def check(self, array: Any, leading: int = 0, name: str = "observation") -> None:
         """Raise ``ValueError`` unless ``array`` is ``[*lead, *shape]`` of this key's dtype

@@ -62,7 +62,7 @@ import numpy as np
 import zarr
 from zarr.storage import FsspecStore, LocalStore
 
-from sernf_policy.spec import KEY_PATTERN, STEP_ARRAY_KEYS, ObsKeySpec
+from .spec import KEY_PATTERN, STEP_ARRAY_KEYS, ObsKeySpec
 
 __all__ = [
     "EPISODE_SOURCES",
@@ -126,7 +126,7 @@ class StoreSpec:
     """What every episode in a store carries: observation keys, action size, control rate."""
 
     obs: Mapping[str, ObsKeySpec]
-    """Observation key -> spec (``ObsKeySpec``, the observation contract of sernf_policy.spec,
+    """Observation key -> spec (``ObsKeySpec``, the observation contract of sernf_data.spec,
     or its ``{"shape", "kind"}`` dict form)."""
     action_dim: int
     """``A``: size of the executed action vector."""

@@ -1,11 +1,11 @@
-"""The observation contract (sernf_policy.spec): one definition for sim, replay and model."""
+"""The observation contract (sernf_data.spec): one definition for sim, replay and model."""
 
 import sys
 
 import numpy as np
 import pytest
 
-from sernf_policy.spec import ObsKeySpec, check_observations, parse_observation_spec
+from sernf_data.spec import ObsKeySpec, check_observations, parse_observation_spec
 
 SPEC = {"state": ObsKeySpec((6,), "lowdim"), "wrist_rgb": ObsKeySpec(shape=[84, 84, 3], kind="rgb")}
 
@@ -51,5 +51,5 @@ def test_check_observations():
 def test_the_contract_is_torch_free():
     # The simulator (numpy-only) imports this module; it must not drag torch in.
     import subprocess
-    code = "import sys, sernf_policy.spec; sys.exit('torch' in sys.modules)"
+    code = "import sys, sernf_data.spec; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 import zarr
 
-from sernf_learner.replay import (
+from sernf_data.spec import ObsKeySpec
+from sernf_data.store import (
     COMMIT_RECORD_KEY,
     EpisodeStore,
     ReplayCorruptError,
     ReplaySchemaError,
     StoreSpec,
 )
-from sernf_policy.spec import ObsKeySpec
 
 SPEC = StoreSpec(
     obs={"wrist_rgb": ObsKeySpec((6, 5, 3), "rgb"), "hand_joints": ObsKeySpec((4,), "lowdim")},

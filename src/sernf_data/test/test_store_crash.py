@@ -22,8 +22,8 @@ import pytest
 import zarr
 
 import sernf_learner
-from sernf_learner.replay import COMMIT_RECORD_KEY, EpisodeStore, StoreSpec
-from sernf_policy.spec import ObsKeySpec
+from sernf_data.spec import ObsKeySpec
+from sernf_data.store import COMMIT_RECORD_KEY, EpisodeStore, StoreSpec
 
 SPEC = StoreSpec(
     obs={"cam": ObsKeySpec((8, 8, 3), "rgb"), "q": ObsKeySpec((3,), "lowdim")},
@@ -38,7 +38,7 @@ CHILD = textwrap.dedent(
     import sys, threading, time, uuid
     import numpy as np
     import zarr.storage._local as zlocal
-    from sernf_learner.replay import EpisodeStore
+    from sernf_data.store import EpisodeStore
     from test_replay_crash import SPEC, COMMITTED_LENGTHS, BIG_LENGTH, episode
 
     root, phase = sys.argv[1], sys.argv[2]

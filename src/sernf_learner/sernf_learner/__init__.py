@@ -1,1 +1,1 @@
-"""SERNF algorithm: zarr replay, the four training stages and distillation, trainer and CLIs; learner_node."""
+"""SERNF algorithm: the four training stages and distillation, trainer and CLIs; learner_node."""

@@ -61,11 +61,11 @@ from rclpy.event_handler import PublisherEventCallbacks
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
+from sernf_data.store import EpisodeStore, StoreSpec
 from sernf_interfaces.msg import CheckpointAvailable, ReplayEpisode
 from sernf_learner.configs import RunConfig, load_config
 from sernf_learner.metrics import MetricsLogger
 from sernf_learner.online_rl import OnlineRL, OnlineRLConfig
-from sernf_learner.replay import EpisodeStore, StoreSpec
 from sernf_learner.replay_ingest import (
     REJECT_REASONS,
     Announcement,

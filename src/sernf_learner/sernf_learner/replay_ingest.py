@@ -11,9 +11,9 @@ pure core behind learner_node (no rclpy, no message types):
   machine writing to an object store).
 * :class:`ReplayIngestor` validates an :class:`Announcement` against the store itself (the
   store opens, its schema matches the learner's, the episode id is *committed* — a half-written
-  episode is not in the commit record, see :mod:`sernf_learner.replay` — and ``num_steps``
+  episode is not in the commit record, see :mod:`sernf_data.store` — and ``num_steps``
   equals the stored length) and copies the episode into the learner's own online
-  :class:`~sernf_learner.replay.EpisodeStore`. Copying keeps remote actors working (the
+  :class:`~sernf_data.store.EpisodeStore`. Copying keeps remote actors working (the
   sampler reads one local store) and makes "nothing ingested" observable: a rejected
   announcement leaves the online store exactly as it was (``append_episode`` validates
   before it writes). Every refusal raises :class:`ReplayRejected` with a reason code.
@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sernf_learner.replay import EpisodeStore, StoreSpec
+from sernf_data.store import EpisodeStore, StoreSpec
 
 __all__ = [
     "REJECT_REASONS",
@@ -69,7 +69,7 @@ REJECT_REASONS = (
     "signature",  # a replay key is configured and the announcement is unsigned or wrongly signed
 )
 
-# The replay store's own id rule (sernf_learner.replay): an id we cannot store is refused up
+# The replay store's own id rule (sernf_data.store): an id we cannot store is refused up
 # front, before it reaches the journal.
 _EPISODE_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}$")
 _MAX_URI_LENGTH = 4096

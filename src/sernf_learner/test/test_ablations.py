@@ -18,6 +18,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from sernf_data.spec import ObsKeySpec
+from sernf_data.store import EpisodeStore, StoreSpec
 from sernf_learner.configs import (
     DataConfig,
     EnvConfig,
@@ -31,7 +33,6 @@ from sernf_learner.critic_warmup import CriticWarmupConfig
 from sernf_learner.il import ILConfig
 from sernf_learner.offline_rl import ActorConfig, OfflineRLConfig
 from sernf_learner.online_rl import OnlineRLConfig
-from sernf_learner.replay import EpisodeStore, StoreSpec
 from sernf_learner.td_targets import (
     CriticConfig,
     TargetCritic,
@@ -44,7 +45,6 @@ from sernf_learner.transitions import ChunkTiming, TransitionSampler
 from sernf_policy.encoders import EncoderConfig
 from sernf_policy.gaussian_actor import GaussianChunkActor
 from sernf_policy.policy import Policy, PolicyConfig
-from sernf_policy.spec import ObsKeySpec
 
 REPO = Path(__file__).resolve().parents[3]
 T, P, H, GAMMA = 2, 2, 4, 0.9

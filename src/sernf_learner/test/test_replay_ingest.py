@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sernf_learner.replay import EpisodeStore, StoreSpec
+from sernf_data.store import EpisodeStore, StoreSpec
 from sernf_learner.replay_ingest import (
     Announcement,
     Journal,

@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch import nn
 
+from sernf_data.store import EpisodeStore, StoreSpec
 from sernf_learner.critic_warmup import CriticWarmup, CriticWarmupConfig, train_critic_warmup
 from sernf_learner.distill import Distillation, DistillConfig, _MixedController, train_distill
 from sernf_learner.il import ILConfig, ImitationLearning, train_il
 from sernf_learner.offline_rl import ActorConfig, OfflineRL, OfflineRLConfig
 from sernf_learner.online_rl import OnlineRL, OnlineRLConfig
-from sernf_learner.replay import EpisodeStore, StoreSpec
 from sernf_learner.td_targets import (
     CriticConfig,
     TargetCritic,

@@ -17,6 +17,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+from sernf_data.store import EpisodeStore
 from sernf_learner.configs import (
     DataConfig,
     EnvConfig,
@@ -29,7 +30,6 @@ from sernf_learner.distill import DistillConfig
 from sernf_learner.il import ILConfig
 from sernf_learner.offline_rl import ActorConfig, OfflineRLConfig
 from sernf_learner.online_rl import OnlineRLConfig
-from sernf_learner.replay import EpisodeStore
 from sernf_learner.trainer import Trainer, flatten_state, rng_state, set_rng_state, unflatten_state
 from sernf_policy.policy import Policy
 

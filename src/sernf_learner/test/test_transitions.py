@@ -12,7 +12,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sernf_learner.replay import EpisodeStore, StoreSpec
+from sernf_data.spec import ObsKeySpec
+from sernf_data.store import EpisodeStore, StoreSpec
 from sernf_learner.transitions import (
     ChunkTiming,
     EmptyReplayError,
@@ -20,7 +21,6 @@ from sernf_learner.transitions import (
     TransitionSampler,
     batch_to_torch,
 )
-from sernf_policy.spec import ObsKeySpec
 
 SPEC = StoreSpec(
     obs={"cam": ObsKeySpec((2, 2, 3), "rgb"), "q": ObsKeySpec((1,), "lowdim")},

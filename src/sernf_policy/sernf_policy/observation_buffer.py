@@ -133,7 +133,7 @@ class ObservationBuffer:
     """Per-key newest observation plus the control-rate history (see module docstring).
 
     ``spec`` maps key -> anything with ``kind`` (``"rgb"`` / ``"lowdim"``) and ``shape`` (per
-    step), e.g. :class:`sernf_policy.spec.ObsKeySpec`.
+    step), e.g. :class:`sernf_data.spec.ObsKeySpec`.
     """
 
     def __init__(self, spec: Mapping[str, Any], config: ObservationBufferConfig,

@@ -90,6 +90,7 @@ from std_msgs.msg import Float32MultiArray
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
+from sernf_data.store import EpisodeStore, StoreSpec
 from sernf_interfaces.msg import CheckpointAvailable, EpisodeEvent, ReplayEpisode
 from sernf_interfaces.msg import RewardEvent as RewardEventMsg
 from sernf_ros.parameters import declare_config
@@ -136,7 +137,7 @@ _LOG_THROTTLE_S = 2.0
 CHECKPOINT_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                             durability=DurabilityPolicy.TRANSIENT_LOCAL, history=HistoryPolicy.KEEP_LAST)
 _SELECTIONS = ("", "best_of_n", "most_likely", "single")
-# Episode ids become replay-store ids (sernf_learner.replay's rule): adopt only ids that fit.
+# Episode ids become replay-store ids (sernf_data.store's rule): adopt only ids that fit.
 _EPISODE_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}$")
 # EpisodeEvent END reasons that mean a time limit, i.e. a truncation (not a terminal state).
 _TRUNCATION_REASONS = frozenset({"timeout", "time_limit", "truncated"})
@@ -473,12 +474,6 @@ class PolicyNode(Node):
         if not self.cfg.observation_keys:
             raise ValueError("observation_keys is empty: configure the policy's observation topics")
         self.action_space = ActionSpace(self.cfg.action_space_config())
-        if self.cfg.replay_uri:
-            # Fail at start-up rather than lose the first episode at commit time.
-            try:
-                import sernf_learner.replay  # noqa: F401 - availability check
-            except ImportError as exc:
-                raise ValueError(f"replay_uri is set but sernf_learner.replay is missing: {exc}") from exc
         self._joint_names = self.cfg.joint_state_names or self.cfg.hand_joint_names
         # Observation key whose joint positions can serve as the hand's hold target.
         self._hand_key = next(
@@ -975,9 +970,6 @@ class PolicyNode(Node):
         """The EpisodeStore for replay_uri (opened once; created with the policy's spec)."""
         uri = self.cfg.replay_uri
         if uri not in self._stores:
-            # Lazy: the replay lives in sernf_learner; robots that never record need not have it.
-            from sernf_learner.replay import EpisodeStore, StoreSpec
-
             spec = StoreSpec(obs=dict(self._policy.config.observation_spec),
                              action_dim=self.action_space.action_dim,
                              control_rate_hz=self.cfg.control_rate_hz)

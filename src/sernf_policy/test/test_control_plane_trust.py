@@ -9,6 +9,7 @@ import stat
 import numpy as np
 import pytest
 
+from sernf_data.spec import ObsKeySpec
 from sernf_policy.announcement_auth import (
     CHECKPOINT_KIND,
     REPLAY_KIND,
@@ -27,7 +28,6 @@ from sernf_policy.episode_recorder import (
     RewardSpec,
 )
 from sernf_policy.observation_buffer import KeyBounds, ObservationBuffer, ObservationBufferConfig
-from sernf_policy.spec import ObsKeySpec
 
 # ------------------------------------------------------------------------------ signatures
 

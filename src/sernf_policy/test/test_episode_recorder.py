@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from sernf_data.store import EpisodeStore, StoreSpec
 from sernf_policy.episode_recorder import (
     EpisodeRecorder,
     EpisodeRecorderConfig,
@@ -129,17 +130,16 @@ def test_bad_steps_closed_and_full():
 
 
 def test_recorded_episode_is_accepted_by_the_episode_store(tmp_path):
-    replay = pytest.importorskip("sernf_learner.replay", reason="sernf_learner.replay not available")
     rec = make()
     rec.add_reward(RewardEvent(T0 + 0.3, 1.0, "grasp"))
     steps, meta = rec.finish({"terminated": True})
-    spec = replay.StoreSpec(
+    spec = StoreSpec(
         obs={"state": {"shape": (3,), "kind": "lowdim"}, "cam": {"shape": (2, 2, 3), "kind": "rgb"}},
         action_dim=2, control_rate_hz=1 / DT,
     )
-    store = replay.EpisodeStore(tmp_path / "replay.zarr", mode="a", spec=spec)
+    store = EpisodeStore(tmp_path / "replay.zarr", mode="a", spec=spec)
     episode_id = store.append_episode(steps, meta)
     assert episode_id == "online-test-1"
-    back, back_meta = replay.EpisodeStore(tmp_path / "replay.zarr", mode="r").read_episode(episode_id)
+    back, back_meta = EpisodeStore(tmp_path / "replay.zarr", mode="r").read_episode(episode_id)
     np.testing.assert_allclose(back["reward"], steps["reward"])
     assert back_meta["subtask_success"] == {"grasp": True, "cut": False}

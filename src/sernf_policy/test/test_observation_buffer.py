@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from sernf_data.spec import ObsKeySpec
 from sernf_policy.observation_buffer import ObservationBuffer, ObservationBufferConfig
-from sernf_policy.spec import ObsKeySpec
 
 SPEC = {
     "cam": ObsKeySpec(kind="rgb", shape=(4, 5, 3)),

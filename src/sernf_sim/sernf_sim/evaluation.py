@@ -61,7 +61,7 @@ from typing import Any
 
 import numpy as np
 
-from sernf_policy.spec import STEP_ARRAY_KEYS
+from sernf_data.spec import STEP_ARRAY_KEYS
 
 ActFn = Callable[[dict[str, np.ndarray], np.ndarray], np.ndarray]
 """``act_fn(obs_history: {key: [n, T, ...]}, prefix: [n, P, A]) -> chunk [n, H, A]``."""

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from sernf_policy.spec import ObsKeySpec
+from sernf_data.spec import ObsKeySpec
 from sernf_sim.evaluation import ChunkTiming
 
 #: Layout of the ``"state"`` observation.

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from sernf_policy.spec import ObsKeySpec
+from sernf_data.spec import ObsKeySpec
 from sernf_sim.evaluation import ChunkTiming, make_gif, rollout_chunked
 from sernf_sim.point_expert import ExpertConfig, PointExpert
 from sernf_sim.point_task import PointEpisodeConfig, PointTask

@@ -6,7 +6,7 @@ import mujoco
 import numpy as np
 import pytest
 
-from sernf_policy.spec import check_observations
+from sernf_data.spec import check_observations
 from sernf_sim.hand_pick_place import model as M
 from sernf_sim.hand_pick_place import rotations as R
 from sernf_sim.hand_pick_place.config import (

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sernf_policy.spec import check_observations
+from sernf_data.spec import check_observations
 from sernf_sim.point_expert import ExpertConfig, PointExpert
 from sernf_sim.point_task import (
     STATE_DIM,

@@ -53,7 +53,7 @@ from typing import Any
 import mujoco
 import numpy as np
 
-from sernf_policy.spec import ObsKeySpec
+from sernf_data.spec import ObsKeySpec
 from sernf_sim.hand_pick_place import model as M
 from sernf_sim.hand_pick_place import rotations as R
 from sernf_sim.hand_pick_place.config import (
