@@ -17,6 +17,8 @@ setup(
     description="SERNF data layer: zarr episode store, observation spec, dataset operations, rosbag2 conversion.",
     license="Apache-2.0",
     entry_points={
-        "console_scripts": [],
+        "console_scripts": [
+            "sernf-data = sernf_data.cli:main",
+        ],
     },
 )

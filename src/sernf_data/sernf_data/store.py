@@ -95,6 +95,10 @@ _ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}$")
 _METADATA_KEYS = frozenset(
     {"id", "source", "success", "subtask_success", "terminated", "operator", "extra"}
 )
+#: Keys the store derives itself when it commits an episode. ``read_episode`` returns them, so
+#: metadata read from one store is accepted by ``append_episode`` of another: ``length`` must
+#: match the steps, ``return`` is recomputed, ``committed_unix`` becomes the new commit time.
+DERIVED_METADATA_KEYS = frozenset({"length", "return", "committed_unix"})
 # Rows per chunk are chosen so one chunk holds about this many uncompressed bytes: large enough
 # for fast bulk loads, small enough that an append's read-modify-write of the boundary chunk
 # stays cheap.
@@ -526,7 +530,9 @@ class EpisodeStore:
         EPISODE_SOURCES), ``terminated`` (bool: the task ended the episode, vs. a time-limit or
         operator truncation), ``success`` (bool; defaults to all subtasks succeeding),
         optional ``subtask_success`` ({name: bool}), ``operator`` (str), ``extra`` (JSON
-        dict), ``id`` (str; generated if absent).
+        dict), ``id`` (str; generated if absent). The keys the store derives (``length``,
+        ``return``, ``committed_unix``, see ``DERIVED_METADATA_KEYS``) may be present, so an
+        episode read from another store appends as it is.
         """
         if self.mode != "a":
             raise PermissionError(f"replay store {self.uri!r} was opened read-only (mode='r')")
@@ -792,10 +798,14 @@ class EpisodeStore:
         uri = self.uri
         if not isinstance(metadata, Mapping):
             raise TypeError(f"metadata must be a mapping, got {type(metadata).__name__}")
-        unknown = sorted(set(metadata) - _METADATA_KEYS)
+        unknown = sorted(set(metadata) - _METADATA_KEYS - DERIVED_METADATA_KEYS)
         if unknown:
             raise ReplaySchemaError(
                 uri, f"metadata.{unknown[0]}", f"unknown keys {unknown}; free-form data goes under 'extra'"
+            )
+        if "length" in metadata and metadata["length"] != length:
+            raise ReplaySchemaError(
+                uri, "metadata.length", f"says {metadata['length']!r} steps, the episode has {length}"
             )
         source = metadata.get("source")
         if source not in EPISODE_SOURCES:
