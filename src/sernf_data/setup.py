@@ -19,6 +19,7 @@ setup(
     entry_points={
         "console_scripts": [
             "sernf-data = sernf_data.cli:main",
+            "sernf-bag2zarr = sernf_data.bag2zarr:main",
         ],
     },
 )
