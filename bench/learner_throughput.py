@@ -1,4 +1,4 @@
-"""Learner throughput: Stage III (offline RL) updates per second (DESIGN §7: measured, not asserted).
+"""Learner throughput: Stage III (offline RL) updates per second (docs/design.md §7: measured, not asserted).
 
 One update = critic TD step (â' sampled from the actor, target critics, HL-Gauss CE) + actor
 step (reparameterised samples scored by min-Q, NLL of the data chunk) + Polyak step, i.e.

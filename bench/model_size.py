@@ -1,4 +1,4 @@
-"""Model size and one-chunk latency of the SERNF policy (DESIGN §7: measured, never asserted).
+"""Model size and one-chunk latency of the SERNF policy (docs/design.md §7: measured, never asserted).
 
 (a) Parameter counts of the paper-size actor (K=16 couplings, hidden 256) and critic next to
     the formulas of appendix G1, for A=17 (cube) and A=24 (scissors), and of the ResNet-18 and

@@ -1,6 +1,6 @@
 """Replay sampling throughput: can the sampler feed the learner?
 
-Builds a zarr EpisodeStore on disk (temp dir) with the cube layout (DESIGN §6: obs
+Builds a zarr EpisodeStore on disk (temp dir) with the cube layout (docs/design.md §6: obs
 ``hand_joints`` 17-d and ``cube_pose`` 7-d lowdim, A=17, T=4, P=2, H=6, 20 Hz), then reports
 
 * time to write the store, time to open it and load the in-memory snapshot,
@@ -9,7 +9,7 @@ Builds a zarr EpisodeStore on disk (temp dir) with the cube layout (DESIGN §6: 
 * with ``--updates-per-s`` (the learner's measured gradient updates/s, one batch each, from
   the learner bench): how many times faster the sampler is than the learner consumes.
 
-Speed is measured here, never asserted in tests (DESIGN §7).
+Speed is measured here, never asserted in tests (docs/design.md §7).
 
     OMP_NUM_THREADS=1 PYTHONPATH=src/sernf_learner .venv/bin/python bench/replay_throughput.py --help
 """

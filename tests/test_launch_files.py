@@ -1,4 +1,4 @@
-"""Launch files and parameter files, checked without launch_ros (DESIGN §3).
+"""Launch files and parameter files, checked without launch_ros (docs/design.md §3).
 
 The launch files are executed against small stand-ins for `launch` / `launch_ros` that only
 record what they are asked to start; every node, executable and parameter file referenced

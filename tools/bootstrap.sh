@@ -2,7 +2,7 @@
 # One set-up path for every Makefile target (and for people): on a fresh Debian 12 machine it
 #   1. installs the few Debian packages we need (offscreen GL for MuJoCo, a C++ toolchain),
 #   2. creates .venv and installs the pinned Python dependencies (requirements/),
-#   3. rewrites the message wheels' CMake include paths to this interpreter (DESIGN §3),
+#   3. rewrites the message wheels' CMake include paths to this interpreter (docs/design.md §3),
 #   4. builds the colcon workspace into install/ (symlinked Python, so edits need no rebuild).
 # Each step is skipped when its inputs did not change, so re-running it takes about a second.
 set -euo pipefail

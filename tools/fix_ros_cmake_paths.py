@@ -3,7 +3,7 @@
 The `ros-kilted-*-msgs` wheels are built in a manylinux container, and their installed
 `share/<pkg>/cmake/*.cmake` files hard-code that container's Python and numpy include paths
 (`/opt/python/cp311-cp311/...`). Building our own rosidl package (sernf_interfaces) against
-them then fails with missing headers. DESIGN §3: rewrite them after every msgs install.
+them then fails with missing headers. docs/design.md §3: rewrite them after every msgs install.
 
 Usage: python tools/fix_ros_cmake_paths.py <venv prefix>
 """

@@ -4,7 +4,7 @@
 sim.launch.py` starts (`sernf.graph.sim_graph`, `config/sim.yaml`), with the run's paths and
 budgets written into a copy of the parameter file (:func:`write_graph_parameters`). The
 processes and the observer node that drives them live in :mod:`sernf.ros.online_graph`
-(DESIGN §2: ROS stays in the thin shell).
+(docs/design.md §2: ROS stays in the thin shell).
 """
 
 from __future__ import annotations

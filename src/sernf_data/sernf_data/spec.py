@@ -33,7 +33,7 @@ KEY_PATTERN = re.compile(r"^[A-Za-z0-9_\-]+$")
 
 _KIND_DTYPE = {"rgb": "uint8", "lowdim": "float32"}
 
-#: Per-step arrays an episode carries next to its observation keys (DESIGN §5), so no
+#: Per-step arrays an episode carries next to its observation keys (docs/design.md §5), so no
 #: observation may take these names.
 STEP_ARRAY_KEYS = ("action", "reward", "timestamp")
 

@@ -1,6 +1,6 @@
 """Episode store: complete robot episodes in a zarr (v3) store, on disk or behind any fsspec URL.
 
-Layout (DESIGN §5)::
+Layout (docs/design.md §5)::
 
     <store>/zarr.json                root attrs: format, schema_version, spec (StoreSpec JSON),
                                      episodes (mirror of the per-episode metadata), generation

@@ -50,7 +50,7 @@ ACTORS = ("flow", "gaussian")
 
 @dataclass
 class PolicySpec:
-    """Model sizes; observation spec, A, T, P, H come from the data / env (DESIGN §6 defaults)."""
+    """Model sizes; observation spec, A, T, P, H come from the data / env (docs/design.md §6 defaults)."""
 
     obs_history: int = 1
     """T: observation steps (scissors 1, cube 4)."""

@@ -1,7 +1,7 @@
 """DAgger-style distillation of a teacher into the flow policy (cube task, paper G2).
 
 The cube policy is distilled from a teacher that acts on privileged / clean observations into
-a student that sees what the robot sees (DESIGN §6 "Distillation"). Each iteration:
+a student that sees what the robot sees (docs/design.md §6 "Distillation"). Each iteration:
 
 1. **Collect** ``episodes_per_iteration`` episodes with mixed control: at every decision, per
    env, the executed chunk is the teacher's with probability ``p_teacher`` and the student's

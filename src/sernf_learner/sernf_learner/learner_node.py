@@ -1,6 +1,6 @@
 """learner_node: Stage IV online RL on the episodes the robot announces (paper §IV-D d, Alg. 3).
 
-Data flow (DESIGN §4)::
+Data flow (docs/design.md §4)::
 
     /sernf/replay (ReplayEpisode) --> cheap checks (fields, location) --> journal "accepted"
                                         | queue (never dropped)
@@ -361,7 +361,7 @@ class OnlineLearner:
         self.keep_checkpoints = keep_checkpoints
         self.origin = origin
         c = policy.config
-        # The policy's own chunk timing (DESIGN §6): transitions must be cut as it acts.
+        # The policy's own chunk timing (docs/design.md §6): transitions must be cut as it acts.
         # td_horizon: the critic's own TD step (H; 1 for a per-step critic, an ablation).
         self.timing = timing = ChunkTiming(T=c.obs_history, P=c.prefix_len, H=c.horizon, gamma=gamma,
                                            td_horizon=c.critic_horizon)
@@ -521,7 +521,7 @@ def run_offline_stages(cfg: LearnerNodeConfig, run: RunConfig, out: Path) -> Pat
         run = dataclasses.replace(run, trainer=dataclasses.replace(run.trainer, device=cfg.device))
     if cfg.initial_checkpoint:
         # The trainer cuts transitions by run.policy's T, P, H; starting from a checkpoint, its
-        # own timing is the one that fits the model (DESIGN §6), so it wins.
+        # own timing is the one that fits the model (docs/design.md §6), so it wins.
         from sernf_policy.checkpoint import CONFIG_FILE
 
         model = json.loads((Path(cfg.initial_checkpoint) / CONFIG_FILE).read_text(encoding="utf-8"))["config"]

@@ -2,7 +2,7 @@
 
 Stage IV (paper §IV-D d) trains on batches that mix offline demonstrations with the episodes
 the robot collects online. On the robot those episodes arrive as announcements on
-``/sernf/replay`` (DESIGN §4: "whatever arrives on a topic is untrusted"). This module is the
+``/sernf/replay`` (docs/design.md §4: "whatever arrives on a topic is untrusted"). This module is the
 pure core behind learner_node (no rclpy, no message types):
 
 * :class:`ReplayLocations` decides *where* an announced store may live: under the configured
@@ -260,7 +260,7 @@ class ReplayIngestor:
 
     Args:
         online_store: the learner's own store, opened with ``mode="a"``; only this object
-            writes to it (one writer, DESIGN §5). Not thread-safe: use from one thread.
+            writes to it (one writer, docs/design.md §5). Not thread-safe: use from one thread.
         expected_spec: the schema every ingested store must have (the learner's offline
             store, which was checked against the policy: observation spec and action dim).
         locations: where announced stores may live.

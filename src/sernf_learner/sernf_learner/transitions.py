@@ -1,4 +1,4 @@
-"""Decision-step transitions from an EpisodeStore, cut by the chunk timing of DESIGN §6 / Fig. 7.
+"""Decision-step transitions from an EpisodeStore, cut by the chunk timing of docs/design.md §6 / Fig. 7.
 
 Timing (step ``i`` stores observation ``o_i``, executed action ``a_i``, reward ``r_i`` received
 after ``a_i``): at decision step ``t`` the policy sees ``o_{t-T+1..t}`` and the prefix
@@ -68,7 +68,7 @@ class EmptyReplayError(RuntimeError):
 
 @dataclass(frozen=True)
 class ChunkTiming:
-    """Observation / prefix / chunk lengths and discount (DESIGN §6, Fig. 7)."""
+    """Observation / prefix / chunk lengths and discount (docs/design.md §6, Fig. 7)."""
 
     T: int
     """Observation steps in the history (scissors 1, cube 4)."""

@@ -1,4 +1,4 @@
-"""Transition windows (chunk timing, DESIGN §6 / Fig. 7), samplers, mixing and resume."""
+"""Transition windows (chunk timing, docs/design.md §6 / Fig. 7), samplers, mixing and resume."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Which slices of the action vector drive which device, their limits, and the hold action.
 
-The scissors robot's action (paper appendix E3; DESIGN §4) is::
+The scissors robot's action (paper appendix E3; docs/design.md §4) is::
 
     a = [ dx, dy, dz, qw, qx, qy, qz | q_hand_0 .. q_hand_{n-1} ]
           arm: relative pose, a delta   hand: absolute joint position targets
@@ -10,7 +10,7 @@ The scissors robot's action (paper appendix E3; DESIGN §4) is::
 Either device may be absent (``arm_index`` / ``hand_index`` = -1) and they may come in any
 order, but together they must cover ``[0, A)`` exactly.
 
-**Clipping** (DESIGN §2 "drivers report what they did"): the command that is published, and
+**Clipping** (docs/design.md §2 "drivers report what they did"): the command that is published, and
 the action the replay stores, is the *clipped* one:
 
 * arm: the quaternion is normalized (and made ``qw >= 0``, the same rotation) because a network

@@ -1,4 +1,4 @@
-"""Checkpoint files: safetensors weights + a JSON config, written atomically (DESIGN §2).
+"""Checkpoint files: safetensors weights + a JSON config, written atomically (docs/design.md §2).
 
 Layout of a checkpoint directory::
 

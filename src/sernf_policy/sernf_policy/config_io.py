@@ -1,4 +1,4 @@
-"""Plain-JSON round trip for the typed config dataclasses (DESIGN §2 "one config source").
+"""Plain-JSON round trip for the typed config dataclasses (docs/design.md §2 "one config source").
 
 Checkpoints (``config.json``) and node parameters carry configs as plain JSON values. This
 module turns a config dataclass into nested dicts / lists / scalars and rebuilds it *through

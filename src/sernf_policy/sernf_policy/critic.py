@@ -7,7 +7,7 @@ GELU, dropout 0.1, LayerNorm, batch-first) over the token sequence::
 
 Actions (prefix and chunk alike, both normalised) are embedded by ``Linear(A, 512) + ELU``
 plus a learned positional bias per action position (``P + H`` positions: prefix first, in
-time order, then the chunk, DESIGN §6 / Fig. 7). Observation tokens are projected to d_model
+time order, then the chunk, docs/design.md §6 / Fig. 7). Observation tokens are projected to d_model
 only if their width differs. The readout (CLS) token's output feeds ``Linear(512, Z=101)``:
 HL-Gauss logits (:mod:`hl_gauss`).
 

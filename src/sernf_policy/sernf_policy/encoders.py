@@ -1,5 +1,5 @@
 """Observation encoders: observation dict ``[B, T, ...]`` -> context tokens ``[B, L, D]``
-(DESIGN §6 "Encoders", appendix G1 "Visual Encoders").
+(docs/design.md §6 "Encoders", appendix G1 "Visual Encoders").
 
 * :class:`ResNetEncoder` - timm ``resnet18`` up to the last conv stage (no global pool, no
   FC): an ``h x w`` image gives ``ceil(h/32) * ceil(w/32)`` tokens x 512 (49 at 224 x 224).

@@ -4,7 +4,7 @@ Per control step ``i`` (one tick, time ``t_i``) the recorder stores:
 
 * ``o_i``: the observation the policy saw at the tick (each key, spec dtype),
 * ``a_i``: the action *executed* at that tick, i.e. the clipped command that was published
-  (DESIGN §2), hold actions included,
+  (docs/design.md §2), hold actions included,
 * ``timestamp``: ``t_i`` (float64 seconds, the node's ROS clock),
 * ``reward``: the sum of the :class:`RewardEvent` values whose *stamp* (when the reward was
   earned, not when it arrived) falls in the step's window ``[t_i, t_{i+1})``: the reward

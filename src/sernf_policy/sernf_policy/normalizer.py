@@ -6,7 +6,7 @@ inside* (-1, 1): the range is widened by a relative ``margin`` on each side. Con
 dimensions (range below ``min_range``) get a range of ``min_range`` centred on their value so
 they map to 0 instead of dividing by zero.
 
-The statistics are buffers, so they travel inside the policy checkpoint (DESIGN §2).
+The statistics are buffers, so they travel inside the policy checkpoint (docs/design.md §2).
 Shapes: data ``[..., A]``; statistics ``[A]``.
 """
 

@@ -5,7 +5,7 @@ history is ``o_{t-T+1..t}`` *at control ticks* (docs/architecture.md, "Observati
 buffer keeps, per key, only the newest message and when it was received; each control tick
 calls :meth:`ObservationBuffer.sample`, which appends the newest value of every key to the
 history, but only when every key is present, valid and fresh (otherwise the caller must stop
-commanding: DESIGN §2/§4 "whatever arrives on a topic is untrusted").
+commanding: docs/design.md §2/§4 "whatever arrives on a topic is untrusted").
 
 Validation on arrival (:meth:`update`): shape equal to the spec's per-step shape, ``rgb`` images
 exactly ``uint8`` (never cast: a float image in [0, 1] would silently become black), ``lowdim``

@@ -1,4 +1,4 @@
-"""The SERNF policy: everything inference needs (DESIGN §2 "policy vs algorithm").
+"""The SERNF policy: everything inference needs (docs/design.md §2 "policy vs algorithm").
 
 :class:`Policy` holds
 

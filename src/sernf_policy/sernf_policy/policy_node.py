@@ -1,6 +1,6 @@
 """policy_node: runs the SERNF policy on the robot (or the simulator) with real-time chunking.
 
-Data flow (DESIGN §4, §6)::
+Data flow (docs/design.md §4, §6)::
 
     observation topics --> ObservationBuffer (latest per key, validated, freshness)
                                    | sampled every control tick (T-step history)
@@ -14,7 +14,7 @@ callbacks never delay it; inference runs on a worker thread (a decision may take
 without the queue running dry: execution never waits for it); checkpoint loading and replay
 commits run on their own worker threads because they touch disks or networks of unknown speed.
 
-Safety and hold semantics (DESIGN §2, "fail safe: hold, never jump"):
+Safety and hold semantics (docs/design.md §2, "fail safe: hold, never jump"):
 
 * **Inputs untrusted -> silence.** If any observation key is missing, stale (older than
   ``stale_after_s`` since it was received, or by its header stamp on the node's clock), or its

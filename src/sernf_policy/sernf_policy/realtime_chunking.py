@@ -1,6 +1,6 @@
 """Real-time action chunking: the action queue between inference and the control loop.
 
-Timing contract (DESIGN §6, paper Fig. 7; ``P`` prefix actions, ``H`` chunk length)::
+Timing contract (docs/design.md §6, paper Fig. 7; ``P`` prefix actions, ``H`` chunk length)::
 
     decision at step t      queue = a_t .. a_{t+P-1}        (the prefix, already planned)
     inference (<= P ticks)  a_t .. a_{t+P-1} keep executing  (execution never waits)
@@ -85,7 +85,7 @@ HOLD = _Hold()
 
 @dataclass(frozen=True)
 class ChunkTimingConfig:
-    """Sizes of the action queue (DESIGN §6)."""
+    """Sizes of the action queue (docs/design.md §6)."""
 
     P: int
     """Prefix length: actions already queued (not yet executed) when a decision is made; also

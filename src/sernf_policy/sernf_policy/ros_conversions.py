@@ -1,8 +1,8 @@
 """Message <-> numpy conversions for the policy node (the only non-node module with messages).
 
-Everything arriving here is untrusted (DESIGN §4): converters raise ``ValueError`` with a reason
+Everything arriving here is untrusted (docs/design.md §4): converters raise ``ValueError`` with a reason
 instead of guessing. Images are converted with numpy (cv_bridge is not available everywhere,
-DESIGN §3). Poses are ``[x, y, z, qw, qx, qy, qz]`` (the action's quaternion order, wxyz).
+docs/design.md §3). Poses are ``[x, y, z, qw, qx, qy, qz]`` (the action's quaternion order, wxyz).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""ChunkScheduler: the timing of DESIGN §6 (Fig. 7), overruns and late-chunk splicing."""
+"""ChunkScheduler: the timing of docs/design.md §6 (Fig. 7), overruns and late-chunk splicing."""
 
 from __future__ import annotations
 

@@ -3,5 +3,5 @@ config dataclasses, one process main with an orderly shutdown, diagnostics messa
 conversions.
 
 It depends only on rclpy and standard messages, so drivers, teleoperation and perception use it
-without pulling in the model (torch) or the learner (DESIGN §2: dependencies point down).
+without pulling in the model (torch) or the learner (docs/design.md §2: dependencies point down).
 """

@@ -1,4 +1,4 @@
-"""Node parameters declared from typed config dataclasses (DESIGN §2: one config source).
+"""Node parameters declared from typed config dataclasses (docs/design.md §2: one config source).
 
 Every node builds its config dataclass from ROS parameters declared here, with the field's
 type, default and docstring (shown by `ros2 param describe`), so parameter files, the code's

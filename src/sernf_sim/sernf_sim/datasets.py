@@ -52,7 +52,7 @@ def generate_demos(
         expert: provides ``chunk_act_fn(H)`` (e.g. :class:`~sernf_sim.point_expert.PointExpert`).
         num_episodes: number of episodes (successes and failures alike are kept: mixed-quality
             data is the point of offline RL).
-        T, P, H: chunk timing (DESIGN §6).
+        T, P, H: chunk timing (docs/design.md §6).
         seed: rollout seed (start/goal randomization); the expert carries its own seed.
         configs: optional fixed env configs (see ``rollout_chunked``).
         extra_metadata: merged into every episode's ``metadata["extra"]`` (e.g. the expert's

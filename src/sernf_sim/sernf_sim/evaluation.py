@@ -2,7 +2,7 @@
 
 :func:`rollout_chunked` runs a policy (any ``act_fn``; no torch needed here) on an env that
 follows the vectorized interface of docs/architecture.md ("Simulated tasks") with the chunk
-timing of DESIGN §6 (Fig. 7):
+timing of docs/design.md §6 (Fig. 7):
 
 * At decision step ``t`` the ``act_fn`` gets the observation history ``o_{t-T+1..t}``
   (``dict`` of ``[n, T, ...]``, oldest first; at an episode start padded by repeating the first
@@ -22,7 +22,7 @@ Env requirements beyond docs/architecture.md (the hand task implements the same)
 
 * ``env.control_hz`` (float) for timestamps, unless ``control_hz=`` is passed;
 * ``info["executed_action"]`` ``[n, A]``: the command as the env actually executed it (after
-  clipping to its limits) — this, not the policy's raw output, is what gets recorded (DESIGN §2,
+  clipping to its limits) — this, not the policy's raw output, is what gets recorded (docs/design.md §2,
   "drivers report what they did");
 * ``info["success"]`` ``bool[n]`` and ``info["subtask_success"]`` ``dict[str, bool[n]]``, read at
   the step an episode ends;
@@ -72,7 +72,7 @@ Episode = tuple[dict[str, np.ndarray], dict[str, Any]]
 
 @dataclass(frozen=True)
 class ChunkTiming:
-    """Observation/prefix/chunk sizes of DESIGN §6 (Fig. 7)."""
+    """Observation/prefix/chunk sizes of docs/design.md §6 (Fig. 7)."""
 
     T: int
     """Observation steps the policy sees (``o_{t-T+1..t}``)."""

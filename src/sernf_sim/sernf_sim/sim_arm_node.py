@@ -1,6 +1,6 @@
 """sim_arm_node: a simulated Cartesian-impedance-controlled Franka arm at the ROS level.
 
-It answers the franka_bridge the way the robot's controller stack does (DESIGN §8):
+It answers the franka_bridge the way the robot's controller stack does (docs/design.md §8):
 
 * subscribes the equilibrium pose (geometry_msgs/PoseStamped, base frame), as franka's
   Cartesian impedance example controller does, and moves the end effector toward it like a

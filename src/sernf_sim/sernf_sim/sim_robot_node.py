@@ -1,4 +1,4 @@
-"""sim_robot_node: the simulated hand pick-and-place behind the real drivers' topics (DESIGN §4).
+"""sim_robot_node: the simulated hand pick-and-place behind the real drivers' topics (docs/design.md §4).
 
 Subscribes to the arm and hand command topics the Franka bridge and ORCA hand driver listen
 to, steps the MuJoCo task one control step per command, and publishes what the drivers and

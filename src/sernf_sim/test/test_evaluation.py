@@ -1,4 +1,4 @@
-"""rollout_chunked: the chunk timing of DESIGN §6 exactly, batching, recording format, errors."""
+"""rollout_chunked: the chunk timing of docs/design.md §6 exactly, batching, recording format, errors."""
 
 import json
 

@@ -1,1 +1,1 @@
-"""The bringup package's ROS shell: code that runs rclpy (DESIGN §2)."""
+"""The bringup package's ROS shell: code that runs rclpy (docs/design.md §2)."""

@@ -10,7 +10,7 @@ Entry points: :func:`make_env`, :class:`HandPickPlace`, :class:`HandPickPlaceCon
 :class:`DomainShift`, :func:`test_configs`, :class:`HandExpert`, :func:`default_demo_quality`;
 ``hand_pick_place.demos.hand_demo_dataset`` records the default demonstration set and
 ``python -m sernf_sim.hand_pick_place.bench`` measures throughput.
-Chunk timing of the task (DESIGN §6, scissors): ``T=1, P=3, H=10`` at 10 Hz (:data:`HAND_TIMING`).
+Chunk timing of the task (docs/design.md §6, scissors): ``T=1, P=3, H=10`` at 10 Hz (:data:`HAND_TIMING`).
 """
 
 from typing import NamedTuple
@@ -38,7 +38,7 @@ from sernf_sim.hand_pick_place.expert import (
 
 
 class HandTiming(NamedTuple):
-    """Chunk timing (DESIGN §6); same fields as ``sernf_sim.evaluation.ChunkTiming``."""
+    """Chunk timing (docs/design.md §6); same fields as ``sernf_sim.evaluation.ChunkTiming``."""
 
     T: int
     P: int

@@ -2,7 +2,7 @@
 
 Measures control steps per second (one step = 0.1 s of simulated time per env) with the clean
 scripted expert acting, in state-only mode and with both 84×84 cameras rendered (needs
-``MUJOCO_GL=egl`` or ``osmesa``). Speed is measured here, never asserted in tests (DESIGN §7).
+``MUJOCO_GL=egl`` or ``osmesa``). Speed is measured here, never asserted in tests (docs/design.md §7).
 """
 
 from __future__ import annotations

@@ -459,7 +459,7 @@ class HandPickPlace:
                 "(Debian packages libegl1 libgl1-mesa-dri) or MUJOCO_GL=osmesa (libosmesa6) "
                 "before importing mujoco, or use render_images=False."
             ) from e
-        # Shadows cost ~20x at 84x84 (DESIGN §3) and add nothing a policy needs.
+        # Shadows cost ~20x at 84x84 (docs/design.md §3) and add nothing a policy needs.
         r.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
         r.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
         return r

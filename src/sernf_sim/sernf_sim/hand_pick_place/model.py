@@ -237,7 +237,7 @@ def build_mjcf(timestep: float = 0.004) -> str:
   <option timestep="{timestep}" integrator="implicitfast" cone="elliptic" impratio="10"/>
   <visual>
     <!-- Offscreen 84x84 observations: no shadows, no multisampling, coarse tessellation
-         (~0.3 ms per frame with EGL/llvmpipe instead of ~3 ms; DESIGN §3). -->
+         (~0.3 ms per frame with EGL/llvmpipe instead of ~3 ms; docs/design.md §3). -->
     <quality shadowsize="0" offsamples="0" numslices="12" numstacks="6" numquads="1"/>
     <headlight ambient="0.45 0.45 0.45" diffuse="0.5 0.5 0.5" specular="0.05 0.05 0.05"/>
     <global offwidth="{MAX_IMAGE_SIZE}" offheight="{MAX_IMAGE_SIZE}"/>
