@@ -20,6 +20,7 @@ setup(
         "console_scripts": [
             "sernf-data = sernf_data.cli:main",
             "sernf-bag2zarr = sernf_data.bag2zarr:main",
+            "sernf-record = sernf_data.record:main",
         ],
     },
 )

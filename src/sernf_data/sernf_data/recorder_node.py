@@ -1,0 +1,110 @@
+"""ROS side of ``sernf-record``: a bag recorder over rclpy + rosbags, and the event publisher.
+
+``BagRecorderNode`` subscribes with ``raw=True``: rclpy hands over the serialized CDR bytes
+exactly as they came off DDS, which is what rosbag2 stores, so nothing is deserialized or
+re-serialized. Each message is written with its receive time (``time.time_ns()`` when the
+callback runs) as the bag timestamp; the converter places messages by their header stamps.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from builtin_interfaces.msg import Time as TimeMsg
+from geometry_msgs.msg import PoseStamped
+from rclpy.context import Context
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, Image, JointState
+
+from sernf_interfaces.msg import EpisodeEvent, RewardEvent
+
+from .bag_types import typestore
+
+__all__ = ["BagRecorderNode", "EventPublisher"]
+
+# The message types a demonstration bag holds (explicit: nothing is imported by name).
+_MESSAGE_CLASSES = {
+    "sensor_msgs/msg/Image": Image,
+    "sensor_msgs/msg/CameraInfo": CameraInfo,
+    "sensor_msgs/msg/JointState": JointState,
+    "geometry_msgs/msg/PoseStamped": PoseStamped,
+    "sernf_interfaces/msg/RewardEvent": RewardEvent,
+    "sernf_interfaces/msg/EpisodeEvent": EpisodeEvent,
+}
+SENSOR_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST,
+                        durability=DurabilityPolicy.VOLATILE)
+RELIABLE_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST,
+                          durability=DurabilityPolicy.VOLATILE)
+
+
+class BagRecorderNode(Node):
+    """Writes every message of ``topics`` into one MCAP bag at ``path`` until ``close()``."""
+
+    def __init__(self, context: Context, path: Path, topics: dict[str, tuple[str, bool]]) -> None:
+        super().__init__(f"sernf_record_{uuid.uuid4().hex[:8]}", context=context)
+        from rosbags.rosbag2 import StoragePlugin, Writer
+
+        unknown = sorted(t for t, (msgtype, _) in topics.items() if msgtype not in _MESSAGE_CLASSES)
+        if unknown:
+            raise ValueError(f"cannot record {unknown}: no message class for their types")
+        self._store = typestore()
+        self._writer = Writer(path, version=9, storage_plugin=StoragePlugin.MCAP)
+        self._writer.open()
+        self._connections: dict[str, Any] = {}
+        self._topics = topics
+        self._ended: set[str] = set()
+        self.counts: dict[str, int] = dict.fromkeys(topics, 0)
+        for topic, (msgtype, sensor) in topics.items():
+            self.create_subscription(
+                _MESSAGE_CLASSES[msgtype], topic,
+                lambda raw, topic=topic: self._on_message(topic, raw),
+                SENSOR_QOS if sensor else RELIABLE_QOS, raw=True,
+            )
+
+    def _on_message(self, topic: str, raw: bytes) -> None:
+        if self._writer is None:
+            return
+        conn = self._connections.get(topic)
+        if conn is None:
+            # Connections are added on the first message, so topics that never publish do not
+            # appear (the converter then reports the topic as missing, by name).
+            conn = self._connections[topic] = self._writer.add_connection(
+                topic, self._topics[topic][0], typestore=self._store)
+        self._writer.write(conn, time.time_ns(), raw)
+        self.counts[topic] += 1
+        if self._topics[topic][0] == "sernf_interfaces/msg/EpisodeEvent":
+            from rclpy.serialization import deserialize_message
+
+            event = deserialize_message(raw, EpisodeEvent)
+            if event.event == EpisodeEvent.END:
+                self._ended.add(event.episode_id)
+
+    def saw_end(self, episode_id: str) -> bool:
+        """True once the END event of ``episode_id`` is written into the bag."""
+        return episode_id in self._ended
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+class EventPublisher(Node):
+    """Publishes the demonstration's START / END on /sernf/episode (reliable)."""
+
+    def __init__(self, context: Context) -> None:
+        super().__init__(f"sernf_record_events_{uuid.uuid4().hex[:8]}", context=context)
+        self._pub = self.create_publisher(EpisodeEvent, "/sernf/episode", RELIABLE_QOS)
+
+    def publish(self, episode_id: str, kind: str, reason: str = "") -> None:
+        msg = EpisodeEvent()
+        now_ns = time.time_ns()
+        msg.header.stamp = TimeMsg(sec=now_ns // 1_000_000_000, nanosec=now_ns % 1_000_000_000)
+        msg.episode_id = episode_id
+        msg.event = EpisodeEvent.START if kind == "start" else EpisodeEvent.END
+        msg.reason = reason
+        self._pub.publish(msg)

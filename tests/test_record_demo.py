@@ -1,0 +1,135 @@
+"""sernf-record over real DDS (the rclpy + rosbags back-end) -> bag -> sernf-bag2zarr.
+
+The test publishes a demonstration's streams as the drivers and a camera would (joint states,
+EE pose, executed commands, images: best-effort sensor QoS where the drivers use it), with
+values that are linear functions of their header stamps. Whatever DDS delays or drops under
+load, the converted episode must hold those functions at the step times (linear interpolation
+is exact on them), the latest image frame at or before each step, and the operator's labels.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import rclpy
+from geometry_msgs.msg import PoseStamped
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image, JointState
+
+from sernf_data.bag2zarr import ConversionConfig, convert_bags
+from sernf_data.store import EpisodeStore
+from sernf_ros.stamps import seconds_to_time
+
+pytestmark = pytest.mark.ros
+BEST_EFFORT = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)
+T_REF = time.time()
+
+
+def joints(t):
+    return np.array([0.1 + 0.02 * (t - T_REF), -0.03 * (t - T_REF)])
+
+
+def hand(t):
+    return np.array([0.5 + 0.01 * (t - T_REF), 0.2])
+
+
+class Demonstrator:
+    """Publishes the demonstration streams at 30 Hz from a background thread."""
+
+    def __init__(self) -> None:
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = Node("demo_streams", context=self.context)
+        n = self.node
+        self.joint_pub = n.create_publisher(JointState, "/orca_hand/joint_states", BEST_EFFORT)
+        self.pose_pub = n.create_publisher(PoseStamped, "/franka/ee_pose", BEST_EFFORT)
+        self.image_pub = n.create_publisher(Image, "/cameras/front/image_raw", BEST_EFFORT)
+        self.hand_cmd = n.create_publisher(JointState, "/orca_hand_driver/executed_command", 10)
+        self.arm_cmd = n.create_publisher(PoseStamped, "/franka_bridge/executed_command", 10)
+        self.frames: list[tuple[float, int]] = []
+        self._index = 0
+        n.create_timer(1 / 30, self._tick)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(n)
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._spin, daemon=True)
+        self.thread.start()
+
+    def _spin(self) -> None:
+        while not self._stop.is_set():
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def _tick(self) -> None:
+        t = time.time()
+        stamp = seconds_to_time(t)
+        js = JointState(name=["a", "b"], position=joints(t).tolist())
+        js.header.stamp = stamp
+        self.joint_pub.publish(js)
+        cmd = JointState(name=["a", "b"], position=hand(t).tolist())
+        cmd.header.stamp = stamp
+        self.hand_cmd.publish(cmd)
+        pose = PoseStamped()
+        pose.header.stamp = stamp
+        pose.pose.position.x = 0.3 + 0.01 * (t - T_REF)
+        pose.pose.orientation.w = 1.0
+        self.pose_pub.publish(pose)
+        delta = PoseStamped()
+        delta.header.stamp = stamp
+        delta.pose.position.z = 0.001
+        delta.pose.orientation.w = 1.0
+        self.arm_cmd.publish(delta)
+        image = Image(height=4, width=4, encoding="rgb8", step=12)
+        image.header.stamp = stamp
+        image.data = bytes([self._index % 256]) * 48
+        self.image_pub.publish(image)
+        self.frames.append((t, self._index))
+        self._index += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join(timeout=5)
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.context)
+
+
+def test_recorded_demonstration_converts_to_the_published_streams(processes, tmp_path):
+    demonstrator = Demonstrator()
+    try:
+        recorder = processes.python(
+            "record", "-m", "sernf_data.record", "--out", str(tmp_path / "bags"), "--rosbags",
+            "--cameras", "front", "--subtasks", "retrieve,cut", "--label", "retrieve=1,cut=0",
+            "--operator", "carol", "--duration", "3", "--settle", "3")
+        deadline = time.monotonic() + 120
+        while recorder.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert recorder.returncode == 0, processes.log(recorder)
+    finally:
+        demonstrator.close()
+    (bag,) = sorted((tmp_path / "bags").iterdir())
+    config = ConversionConfig(image_topics={"front_rgb": "/cameras/front/image_raw"})
+    report = convert_bags([bag], tmp_path / "demos.zarr", config)
+    assert not report.skipped, report.skipped
+    store = EpisodeStore(tmp_path / "demos.zarr")
+    (episode_id,) = store.episode_ids()
+    steps, meta = store.read_episode(episode_id)
+    assert meta["subtask_success"] == {"retrieve": True, "cut": False} and meta["operator"] == "carol"
+    assert 10 <= len(steps["timestamp"]) <= 40, len(steps["timestamp"])  # ~3 s at 10 Hz
+    grid = steps["timestamp"]
+    np.testing.assert_allclose(steps["hand_joints"], np.stack([joints(t) for t in grid]), atol=1e-5)
+    np.testing.assert_allclose(steps["ee_pose"][:, 0], 0.3 + 0.01 * (grid - T_REF), atol=1e-5)
+    np.testing.assert_allclose(steps["ee_pose"][:, 3], 1.0, atol=1e-6)
+    frame_t = np.array([t for t, _ in demonstrator.frames])
+    for k, t in enumerate(grid):
+        # The frame shown is one published at or before t_k (best-effort may drop some).
+        shown = int(steps["front_rgb"][k, 0, 0, 0])
+        published_before = [i % 256 for ft, i in demonstrator.frames if ft <= t + 1e-6]
+        assert shown in published_before[-10:], (k, shown)
+        assert frame_t.size
+    # Hand action: a target executed at or before t_k + dt (linear in its stamp).
+    assert np.all(steps["action"][:, 7] <= 0.5 + 0.01 * (grid + 0.1 - T_REF) + 1e-5)
