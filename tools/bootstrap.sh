@@ -14,8 +14,10 @@ PY="${SERNF_PYTHON:-python3}"
 log() { printf '[bootstrap] %s\n' "$*"; }
 
 # --- 1. Debian packages -----------------------------------------------------------------------
-# EGL + Mesa: MuJoCo offscreen rendering (MUJOCO_GL=egl, set by env.sh); cmake/g++: rosidl.
-APT_PACKAGES=(libegl1 libegl-mesa0 libgl1-mesa-dri libopengl0 libgl1 cmake g++ python3-venv)
+# EGL + Mesa: MuJoCo offscreen rendering (MUJOCO_GL=egl, set by env.sh); cmake/g++: rosidl;
+# xkbcommon/fontconfig/dbus: Qt's offscreen platform (the reward-labeling window and its tests).
+APT_PACKAGES=(libegl1 libegl-mesa0 libgl1-mesa-dri libopengl0 libgl1 cmake g++ python3-venv
+  libxkbcommon0 libfontconfig1 libdbus-1-3)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -62,6 +62,7 @@ import numpy as np
 import zarr
 from zarr.storage import FsspecStore, LocalStore
 
+from .labels import LabelSettings, LabelStore, labeled_snapshot
 from .spec import KEY_PATTERN, STEP_ARRAY_KEYS, ObsKeySpec
 
 __all__ = [
@@ -424,6 +425,10 @@ class EpisodeStore:
         self._loc = _Location(self.uri, storage_options)
         self._buffers: dict[str, np.ndarray] = {}
         self._snapshot: ReplaySnapshot | None = None
+        #: Reward labels as samplers see them (sernf_data.labels): None reads the store's own
+        #: ``labels/settings.json`` at each ``load_arrays``; a run may set its own choice here.
+        self.label_settings: LabelSettings | None = None
+        self.labels = LabelStore(self.uri, storage_options)
         if mode == "r":
             if not self._loc.exists("zarr.json"):
                 raise FileNotFoundError(
@@ -504,11 +509,17 @@ class EpisodeStore:
 
         ``refresh()`` extends it with episodes committed since; the returned object itself
         never changes.
+        Under label settings that use labels (``label_settings`` or ``labels/settings.json``)
+        rewards and success flags come from each episode's newest label set and metadata gains
+        ``labels_version`` / ``awaiting_labels`` (see ``sernf_data.labels.apply_labels``).
         """
         if self._snapshot is None:
             self._extend_snapshot(self._record, self._read_rows(0, self._record.committed_end))
         assert self._snapshot is not None
-        return self._snapshot
+        # Labels overlay rewards/metadata per call (a new label set shows at the next refresh);
+        # the cached snapshot keeps the recorded rewards.
+        settings = self.label_settings if self.label_settings is not None else self.labels.settings()
+        return labeled_snapshot(self._snapshot, self.labels, settings)
 
     def refresh(self) -> int:
         """Pick up episodes committed by other processes; returns how many appeared.

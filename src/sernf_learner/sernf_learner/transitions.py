@@ -370,6 +370,9 @@ class TransitionSampler:
             keep &= np.array([bool(m["success"]) for m in episodes], dtype=bool)
         if self.config.sources is not None:
             keep &= np.array([m["source"] in self.config.sources for m in episodes], dtype=bool)
+        # Episodes whose source the store's label settings require labels for wait for a label
+        # set (sernf_data.labels); the key is absent when labels are not in use.
+        keep &= np.array([not m.get("awaiting_labels", False) for m in episodes], dtype=bool)
         counts = np.maximum(self._lengths - self.timing.P, 0)  # valid decision steps per episode
         keep &= counts > 0
         self._eligible = np.flatnonzero(keep).astype(np.int64)  # [E]
