@@ -8,7 +8,8 @@ builds the ROS link (``live_ros.LiveLink``) when the operator connects.
 Offline shortcuts (active while the offline page has focus):
 Left/Right one frame, Shift+Left/Right one second, Home/End first/last frame,
 PageUp/PageDown (or ,/.) previous/next reward event, R place a reward (chosen value and
-subtask) at the cursor, 1..9 place a reward for subtask 1..9, Delete remove the selected event,
+subtask) at the cursor, 1..9 place a reward for subtask 1..9, Delete remove the event under
+the cursor (else the selected one),
 Alt+Left/Right move the selected event by one frame, Shift+1..9 toggle subtask 1..9's success,
 Ctrl+Z undo, Ctrl+Shift+Z / Ctrl+Y redo, Ctrl+S save, Ctrl+Down/Up next/previous episode,
 Ctrl+U next unlabeled episode.
@@ -455,9 +456,10 @@ class RewardLabelingWidget(QtWidgets.QWidget):
     def delete_selected(self) -> None:
         if self.doc is None:
             return
-        index = self.timeline.selected
+        # The event under the cursor first (what the person looks at), else the selected one.
+        index = self.doc.event_at(self.cursor)
         if index is None:
-            index = self.doc.event_at(self.cursor)
+            index = self.timeline.selected
         if index is None or index >= len(self.doc.events):
             self._say("no reward event selected (click one, or put the cursor on it)")
             return
