@@ -3,24 +3,34 @@
 What one bag becomes (paper §V-B / appendix E2: demonstrations resampled to 10 Hz with linear
 interpolation):
 
-* **Episodes.** ``/sernf/episode`` START ... END pairs (``sernf-record`` writes them; one bag
-  per demonstration). ABORT drops the episode. A bag without episode events is one episode
-  labeled by its metadata (``custom_data`` ``sernf.subtask_success``, ``sernf.operator``).
+* **Episodes.** ``/sernf/episode`` START ... END pairs of one episode id (``sernf-record``
+  writes them; one bag per demonstration). ABORT drops the episode. When one span encloses
+  another (``sernf-record``'s demonstration around a simulator's own episode), the inner one
+  is the episode (before its START the scene was not yet reset, after its END nothing acts) and,
+  if its END carries no labels, it takes the enclosing END's (the operator's answers). A bag
+  without episode events is one episode labeled by its metadata (``custom_data``
+  ``sernf.subtask_success``, ``sernf.operator``).
 * **Labels.** The END event's ``reason`` is ``"<why> name=1 name=0 ... [operator=<name>]"``:
   one ``name=0|1`` token per subtask (what the operator marked), see ``format_end_reason``.
   ``why`` in ``TRUNCATION_REASONS`` makes the episode a truncation, anything else terminal.
 * **Time.** Every stream is placed on the time axis by its **header stamps** (when the sensor
   saw it / the driver executed it), not by when the recorder received it; a message whose
   header stamp is zero falls back to the bag's receive time. The step grid is
-  ``t_k = t0 + k / control_rate_hz`` over the span where every observation stream has data.
+  ``t_k = t0 + k / control_rate_hz`` over the span where every observation stream has data; a
+  step is kept when its action interval ``[t_k, t_k+1)`` ends inside that span (the observation
+  after the last action is not stored, as in every episode of the store). Stamps within
+  ``ON_GRID_S`` of a step time count as on it (a simulator stamps exactly on the grid; float64
+  seconds since the epoch resolve only ~0.2 µs).
 * **Resampling.** Joint positions and EE positions: linear interpolation; EE orientations:
   slerp (scipy); images: the latest frame at or before ``t_k`` (never a future frame);
   ``sensor_msgs/Image`` rgb8/bgr8 and ``CompressedImage`` (PNG/JPEG, decoded with imageio).
-* **Action** ``a_k`` (the executed command, as the drivers publish it): the arm's executed
-  relative poses stamped in ``(t_k, t_k+1]`` composed in order (each is a delta in the then
-  current EE frame, so ``d = d_1 * d_2 * ...``; identity if none), and the hand's latest
-  executed joint target at or before ``t_k+1``. ``r_k``: the sum of ``/sernf/reward`` values
-  stamped in ``(t_k, t_k+1]`` (the reward received after the step's action).
+* **Action** ``a_k`` (the executed command, as the drivers publish it, stamped when it was
+  applied): the arm's executed relative poses stamped in ``[t_k, t_k+1)`` composed in order
+  (each is a delta in the then current EE frame, so ``d = d_1 * d_2 * ...``; identity if none),
+  and the hand's latest executed joint target before ``t_k+1``. A command stamped ``t_k`` reacts
+  to (and cannot have changed) the observation of ``t_k``; one stamped ``t_k+1`` acts after it.
+  ``r_k``: the sum of ``/sernf/reward`` values stamped in ``(t_k, t_k+1]`` (the reward received
+  after the step's action).
 * **Bad bags** (unreadable or truncated, a missing topic, a gap longer than ``max_gap_s`` in an
   observation stream, stamps going backwards, an image encoding or size we cannot store) are
   reported with one line each and skipped; the other bags still convert. A bag's episodes are
@@ -72,6 +82,8 @@ __all__ = [
 #: END reasons that mean the demonstration was cut short (time limit), not finished.
 TRUNCATION_REASONS = frozenset({"timeout", "time_limit", "truncated"})
 EPISODE_START, EPISODE_END, EPISODE_ABORT = 0, 1, 2
+#: Stamps this close to a step time count as on it (seconds; float64 epoch seconds resolve ~0.24 µs).
+ON_GRID_S = 1e-6
 _IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 
 
@@ -321,17 +333,17 @@ def _episodes(streams: Mapping[str, _Stream], config: ConversionConfig,
     events = streams[config.episode_topic]
     spans: list[tuple[float, float, str, dict[str, bool], str | None]] = []
     if events.stamps:
-        start = None
-        for stamp, (kind, reason, _episode_id) in sorted(zip(events.stamps, events.values, strict=True),
-                                                          key=lambda e: e[0]):
+        started: dict[str, float] = {}
+        for stamp, (kind, reason, episode_id) in sorted(zip(events.stamps, events.values, strict=True),
+                                                         key=lambda e: e[0]):
             if kind == EPISODE_START:
-                start = stamp
+                started[episode_id] = stamp
             elif kind == EPISODE_ABORT:
-                start = None
-            elif kind == EPISODE_END and start is not None:
+                started.pop(episode_id, None)
+            elif kind == EPISODE_END and episode_id in started:
                 why, flags, operator = parse_end_reason(reason)
-                spans.append((start, stamp, why, flags, operator))
-                start = None
+                spans.append((started.pop(episode_id), stamp, why, flags, operator))
+        spans = _innermost_spans(spans)
         if not spans:
             raise BadBag("no complete START..END episode (recording interrupted?)")
     else:
@@ -349,6 +361,24 @@ def _episodes(streams: Mapping[str, _Stream], config: ConversionConfig,
     return [_resample(streams, config, *span) for span in spans]
 
 
+def _innermost_spans(spans: list[tuple]) -> list[tuple]:
+    """Spans that enclose no other span; one without labels takes its tightest enclosing
+    span's labels and operator (sernf-record's END around a simulator's episode)."""
+    def encloses(outer: tuple, inner: tuple) -> bool:
+        return outer is not inner and outer[0] <= inner[0] and inner[1] <= outer[1]
+
+    out = []
+    for span in spans:
+        if any(encloses(span, other) for other in spans):
+            continue
+        start, end, why, flags, operator = span
+        around = sorted((o for o in spans if encloses(o, span)), key=lambda o: o[1] - o[0])
+        if around and not flags:
+            flags, operator = around[0][3], operator or around[0][4]
+        out.append((start, end, why, flags, operator))
+    return out
+
+
 def _resample(streams: Mapping[str, _Stream], config: ConversionConfig, start: float, end: float,
               why: str, flags: dict[str, bool], operator: str | None) -> BagEpisode:
     dt = 1.0 / config.control_rate_hz
@@ -361,7 +391,10 @@ def _resample(streams: Mapping[str, _Stream], config: ConversionConfig, start: f
                          if t not in config.image_topics.values())])
     if t_last < t0:
         raise BadBag(f"episode {start:.3f}..{end:.3f} has no span where every stream has data")
-    count = int(math.floor((t_last - t0) / dt + 1e-9)) + 1
+    # Steps whose action interval [t_k, t_k + dt) ends by t_last.
+    count = int(math.floor((t_last - t0 + ON_GRID_S) / dt))
+    if count < 1:
+        raise BadBag(f"episode {start:.3f}..{end:.3f} is shorter than one control step")
     grid = t0 + dt * np.arange(count)
     for topic in obs_topics.values():
         stamps = np.asarray(streams[topic].stamps)
@@ -373,7 +406,7 @@ def _resample(streams: Mapping[str, _Stream], config: ConversionConfig, start: f
     steps: dict[str, np.ndarray] = {}
     for key, topic in config.image_topics.items():
         s = streams[topic]
-        index = np.searchsorted(np.asarray(s.stamps), grid, side="right") - 1
+        index = np.searchsorted(np.asarray(s.stamps), grid + ON_GRID_S, side="right") - 1
         shapes = {s.values[i].shape for i in np.unique(index)}
         if len(shapes) != 1:
             raise BadBag(f"{topic}: image size changes within the episode ({sorted(shapes)})")
@@ -392,13 +425,13 @@ def _resample(streams: Mapping[str, _Stream], config: ConversionConfig, start: f
         actions.append(_composed_deltas(streams[config.arm_command_topic], grid, dt))
     if config.hand_command_topic:
         s = streams[config.hand_command_topic]
-        index = np.searchsorted(np.asarray(s.stamps), grid + dt, side="right") - 1
+        index = np.searchsorted(np.asarray(s.stamps), grid + dt - ON_GRID_S, side="left") - 1
         actions.append(np.stack([s.values[i] for i in index]))
     steps["action"] = np.concatenate(actions, axis=1).astype(np.float32)
     rewards = streams[config.reward_topic]
     reward = np.zeros(count, dtype=np.float32)
     for stamp, value in zip(rewards.stamps, rewards.values, strict=True):
-        k = int(math.ceil((stamp - t0) / dt - 1e-9)) - 1  # (t_k, t_k + dt] -> step k
+        k = int(math.ceil((stamp - t0 - ON_GRID_S) / dt)) - 1  # (t_k, t_k + dt] -> step k
         if 0 <= k < count:
             reward[k] += value
     steps["reward"] = reward
@@ -440,8 +473,8 @@ def _composed_deltas(stream: _Stream, grid: np.ndarray, dt: float) -> np.ndarray
     deltas = np.stack(stream.values)
     out = np.zeros((grid.size, 7))
     out[:, 3] = 1.0
-    lo = np.searchsorted(stamps, grid, side="right")
-    hi = np.searchsorted(stamps, grid + dt, side="right")
+    lo = np.searchsorted(stamps, grid - ON_GRID_S, side="left")  # [t_k, t_k + dt)
+    hi = np.searchsorted(stamps, grid + dt - ON_GRID_S, side="left")
     for k in range(grid.size):
         translation, rotation = np.zeros(3), Rotation.identity()
         for d in deltas[lo[k]:hi[k]]:

@@ -134,7 +134,7 @@ def _run(args: argparse.Namespace, config: RecordConfig) -> int:
     context = rclpy.Context()
     rclpy.init(context=context)
     executor = SingleThreadedExecutor(context=context)
-    events = EventPublisher(context)
+    events = EventPublisher(context, use_sim_time=args.use_sim_time)
     executor.add_node(events)
     try:
         for index in range(args.episodes):
@@ -146,7 +146,8 @@ def _run(args: argparse.Namespace, config: RecordConfig) -> int:
             if use_ros2_bag:
                 qos_file = Path(tempfile.mkdtemp()) / "qos.yaml"
                 qos_file.write_text(qos_override_yaml(topics))
-                process = subprocess.Popen(["ros2", "bag", "record", "-s", "mcap", "-o", str(bag),
+                sim_time = ["--use-sim-time"] if args.use_sim_time else []
+                process = subprocess.Popen(["ros2", "bag", "record", "-s", "mcap", "-o", str(bag), *sim_time,
                                             "--qos-profile-overrides-path", str(qos_file), *topics])
             else:
                 recorder = BagRecorderNode(context, bag, topics)
@@ -211,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", help="labels without asking, e.g. retrieve=1,cut=0")
     parser.add_argument("--end-reason", default="operator", help="END reason word (timeout = truncated)")
     parser.add_argument("--settle", type=float, default=1.0, help="seconds to match publishers first")
+    parser.add_argument("--use-sim-time", action="store_true",
+                        help="stamp the episode events on /clock (recording a simulator that publishes it)")
     parser.add_argument("--rosbags", action="store_true", help="use the rclpy+rosbags recorder even if ros2 is on PATH")
     args = parser.parse_args(argv)
     try:

@@ -13,10 +13,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from builtin_interfaces.msg import Time as TimeMsg
 from geometry_msgs.msg import PoseStamped
 from rclpy.context import Context
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, JointState
 
@@ -94,16 +94,20 @@ class BagRecorderNode(Node):
 
 
 class EventPublisher(Node):
-    """Publishes the demonstration's START / END on /sernf/episode (reliable)."""
+    """Publishes the demonstration's START / END on /sernf/episode (reliable).
 
-    def __init__(self, context: Context) -> None:
-        super().__init__(f"sernf_record_events_{uuid.uuid4().hex[:8]}", context=context)
+    Stamped on the node's ROS clock: wall time, or with ``use_sim_time`` the simulator's
+    ``/clock``, so the events lie on the same time axis as the streams they delimit (the
+    converter orders everything by header stamps)."""
+
+    def __init__(self, context: Context, use_sim_time: bool = False) -> None:
+        super().__init__(f"sernf_record_events_{uuid.uuid4().hex[:8]}", context=context,
+                         parameter_overrides=[Parameter("use_sim_time", value=use_sim_time)])
         self._pub = self.create_publisher(EpisodeEvent, "/sernf/episode", RELIABLE_QOS)
 
     def publish(self, episode_id: str, kind: str, reason: str = "") -> None:
         msg = EpisodeEvent()
-        now_ns = time.time_ns()
-        msg.header.stamp = TimeMsg(sec=now_ns // 1_000_000_000, nanosec=now_ns % 1_000_000_000)
+        msg.header.stamp = self.get_clock().now().to_msg()
         msg.episode_id = episode_id
         msg.event = EpisodeEvent.START if kind == "start" else EpisodeEvent.END
         msg.reason = reason

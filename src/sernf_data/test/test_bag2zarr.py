@@ -33,7 +33,8 @@ def expected_grid(start=0.05, end=1.95):
     t0 = sb.T0 + max(start, 0.0037)
     last_sample = sb.T0 + 0.0037 + math.floor((2.0 - 1e-12) * 40) / 40  # pose stream ends first
     t_last = min(sb.T0 + end, last_sample)
-    n = int(math.floor((t_last - t0) / 0.1 + 1e-9)) + 1
+    # Steps whose action interval [t_k, t_k + 0.1) ends by t_last.
+    n = int(math.floor((t_last - t0) / 0.1 + 1e-9))
     return t0 + 0.1 * np.arange(n)
 
 
@@ -57,14 +58,14 @@ def test_analytic_bag_converts_to_the_interpolated_values(tmp_path, storage):
         assert steps[key].dtype == np.uint8 and steps[key].shape == (grid.size, sb.H, sb.W, 3)
         for k, i in enumerate(frames):
             np.testing.assert_array_equal(steps[key][k], sb.frame(i), err_msg=f"{key} step {k}")
-    # Action: arm deltas executed in (t_k, t_k+dt] composed; hand: the latest target by t_k+dt.
+    # Action: arm deltas executed in [t_k, t_k+dt) composed; hand: the latest target before t_k+dt.
     command_t = sb.T0 + 0.0037 + np.arange(0, 61) / 30
     for k, t in enumerate(grid):
-        n = int(np.count_nonzero((command_t > t) & (command_t <= t + 0.1)))
+        n = int(np.count_nonzero((command_t >= t) & (command_t < t + 0.1)))
         rot = Rotation.from_rotvec([n * sb.ARM_ANGLE, 0, 0]).as_quat()  # xyzw
         want = [n * sb.ARM_STEP[0], 0, 0, rot[3], rot[0], rot[1], rot[2]]
         np.testing.assert_allclose(steps["action"][k, :7], want, rtol=0, atol=ATOL_F32, err_msg=f"step {k}")
-        latest = command_t[command_t <= t + 0.1][-1]
+        latest = command_t[command_t < t + 0.1][-1]
         np.testing.assert_allclose(steps["action"][k, 7:], sb.hand_target(latest), rtol=0, atol=ATOL_F32)
     # The reward at T0 + 1.23 belongs to the step whose (t_k, t_k + dt] holds it.
     (k_reward,) = np.flatnonzero(steps["reward"])

@@ -2,8 +2,10 @@
 
 Subscribes to the arm and hand command topics the Franka bridge and ORCA hand driver listen
 to, steps the MuJoCo task one control step per command, and publishes what the drivers and
-cameras publish: camera images, hand joint states, end-effector pose, plus sparse rewards and
-episode boundaries. A policy node cannot tell it from the robot.
+cameras publish: camera images, hand joint states, end-effector pose, the command each step
+actually applied (on the drivers' ``executed_command`` topics, so ``sernf-record`` and
+``sernf-bag2zarr`` see the action as on the robot), plus sparse rewards and episode boundaries.
+A policy node cannot tell it from the robot.
 
 Timing. A timer ticks at ``control_rate_hz × speed`` on the steady wall clock (``speed`` > 1
 runs faster than real time). With ``publish_clock`` the node is the graph's time source: it
@@ -106,6 +108,12 @@ class SimRobotConfig:
     """Published privileged object state (state-only mode)."""
     camera_topic_prefix: str = "/cameras"
     """Images go to <prefix>/<camera>/image_raw."""
+    executed_arm_command_topic: str = "/franka_bridge/executed_command"
+    """Published arm delta actually applied each step (PoseStamped), where franka_bridge
+    publishes its own: what a demonstration bag records as the arm action."""
+    executed_hand_command_topic: str = "/orca_hand_driver/executed_command"
+    """Published hand joint targets actually applied each step (JointState), where the ORCA
+    hand driver publishes its own."""
 
     def __post_init__(self) -> None:
         if self.variant not in ("nominal", "shifted"):
@@ -156,6 +164,8 @@ class SimRobotNode(Node):
         } if self.cfg.render_images else {}
         self.reward_pub = self.create_publisher(RewardEvent, "/sernf/reward", 10)
         self.episode_pub = self.create_publisher(EpisodeEvent, "/sernf/episode", 10)
+        self.executed_arm_pub = self.create_publisher(PoseStamped, self.cfg.executed_arm_command_topic, 10)
+        self.executed_hand_pub = self.create_publisher(JointState, self.cfg.executed_hand_command_topic, 10)
         self.create_subscription(PoseStamped, self.cfg.arm_command_topic, self._on_arm, 10)
         self.create_subscription(JointState, self.cfg.hand_command_topic, self._on_hand, 10)
         self.create_service(Trigger, "~/reset", self._on_reset)
@@ -289,7 +299,9 @@ class SimRobotNode(Node):
         if action is None:
             self._missed_commands += 1
             action = self.env.hold_action(self._obs)[0]
+        applied_at = self._now().to_msg()
         obs, reward, terminated, truncated, info = self.env.step(action[None])
+        self._publish_executed(info["executed_action"][0], applied_at)
         self._obs = obs
         self._sim_ns += self._step_ns
         stamp = self._now().to_msg()
@@ -313,6 +325,22 @@ class SimRobotNode(Node):
         # The clock last: a policy on simulated time ticks on this message and must already have
         # the observation of the new time, so the command it sends is its reaction to that state.
         self._publish_clock()
+
+    def _publish_executed(self, executed: np.ndarray, stamp: Any) -> None:
+        """What this step applied (clipped; the hold action when no command came), as the
+        drivers report theirs: stamped with the time it was applied, i.e. the time of the state
+        it acted on (franka_bridge copies the command's stamp, which on simulated time is that
+        state's stamp; the ORCA driver stamps the cycle that sent the targets)."""
+        arm = PoseStamped()
+        arm.header.stamp = stamp
+        p, o = arm.pose.position, arm.pose.orientation
+        p.x, p.y, p.z, o.w, o.x, o.y, o.z = (float(v) for v in executed[:7])
+        self.executed_arm_pub.publish(arm)
+        hand = JointState()
+        hand.header.stamp = stamp
+        hand.name = self.joint_names
+        hand.position = [float(v) for v in executed[hand_env.HAND]]
+        self.executed_hand_pub.publish(hand)
 
     def _take_command(self) -> np.ndarray | None:
         """The command for the current state (caller holds the lock); None = hold.
