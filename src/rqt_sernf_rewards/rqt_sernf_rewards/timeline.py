@@ -201,7 +201,9 @@ class TimelineWidget(QtWidgets.QWidget):
             p.drawPolygon(tri)
             p.setPen(text)
             label = f"{e.value:+g} {e.subtask}".strip()
-            p.drawText(QtCore.QPointF(x + 8, base - 4), label)
+            width = p.fontMetrics().horizontalAdvance(label)
+            left = x + 8 if x + 8 + width < self.width() - 4 else x - 8 - width  # keep it on screen
+            p.drawText(QtCore.QPointF(left, base - 4), label)
         # ticks: seconds
         p.setPen(QtGui.QPen(QtGui.QColor("#909090"), 1))
         rate = self.data.control_rate_hz

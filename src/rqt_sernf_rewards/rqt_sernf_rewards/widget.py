@@ -189,6 +189,8 @@ class RewardLabelingWidget(QtWidgets.QWidget):
         self.splitter.addWidget(right)
         self.splitter.setStretchFactor(0, 2)
         self.splitter.setStretchFactor(1, 5)
+        self.splitter.setSizes([430, 1000])
+        self.table.setWordWrap(False)
         layout = QtWidgets.QVBoxLayout(page)
         layout.addLayout(top)
         layout.addWidget(self.splitter, 1)
