@@ -83,6 +83,12 @@ class RewardLabelingWidget(QtWidgets.QWidget):
         self.tabs.addTab(self.live_page, "Live")
         self._build_offline()
         self._build_live()
+        # Hotkeys belong to the page with focus: give the shown page the focus.
+        self.live_page.setFocusPolicy(QtCore.Qt.FocusPolicy.StrongFocus)
+        self.tabs.currentChanged.connect(self._focus_current_page)
+
+    def _focus_current_page(self, index: int) -> None:
+        (self.live_page if index == 1 else self.timeline).setFocus()
 
     def _build_offline(self) -> None:
         page = self.offline_page
