@@ -1,5 +1,5 @@
 """Live labeling over real DDS: the live page's hotkeys and buttons publish operator rewards
-and episode ends from /sernf_label; the policy node (allowing /sernf_label) records them in
+and episode ends from /rqt_sernf_rewards; the policy node (allowing /rqt_sernf_rewards) records them in
 the episode, and the page shows the node's diagnostics."""
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def test_live_buttons_reach_the_recorder(qtbot, processes, tmp_path):
     h.tiny_policy(0).save(checkpoint, metadata={"step": 3})
     uri = str(tmp_path / "replay.zarr")
     params = h.node_params(str(checkpoint), replay_uri=uri, subtasks=["grasp", "cut"],
-                           reward_sources=["/sernf_label"], episode_authorities=["/sernf_label"],
+                           reward_sources=["/rqt_sernf_rewards"], episode_authorities=["/rqt_sernf_rewards"],
                            checkpoint_roots=[str(tmp_path)])
     path = h.write_params(tmp_path / "policy_params.yaml", params)
     proc = processes.python("policy_node", "-m", "sernf_policy.policy_node", "--ros-args", "--params-file", str(path))
@@ -84,7 +84,7 @@ def test_live_buttons_reach_the_recorder(qtbot, processes, tmp_path):
             widget.activateWindow()
         widget.tabs.setCurrentIndex(1)
         assert widget.connect_live()
-        assert widget.live_link.fully_qualified_name == "/sernf_label"
+        assert widget.live_link.fully_qualified_name == "/rqt_sernf_rewards"
         harness.wait_for(lambda: "no episode" in harness.diag().get("hold_reason", ""), 60.0,
                          "the policy node to be ready", lambda: processes.log(proc))
         started = harness.call(harness.start_client)

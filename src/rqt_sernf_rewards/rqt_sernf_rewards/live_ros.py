@@ -1,6 +1,7 @@
 """The ROS side of live labeling (the only module here that imports rclpy and messages).
 
-``LiveLink`` runs one node, ``/sernf_label`` by default (a stable name: the policy node accepts
+``LiveLink`` runs one node, ``/rqt_sernf_rewards`` by default (a stable name, the same in rqt
+and in ``sernf-label``, and the one the SROS2 policy enrolls: the policy node accepts
 rewards and episode ends only from nodes listed in its ``reward_sources`` /
 ``episode_authorities``), in its own rclpy context, spun by a background thread. It publishes
 operator rewards and episode ends and collects the policy node's /diagnostics; the Qt side
@@ -28,7 +29,7 @@ __all__ = ["LiveLink", "LiveLinkConfig"]
 class LiveLinkConfig:
     """Names of the live labeling node and its topics (DESIGN topic defaults)."""
 
-    node_name: str = "sernf_label"
+    node_name: str = "rqt_sernf_rewards"
     """Node name; the policy node's reward_sources / episode_authorities must list /<name>."""
     namespace: str = ""
     """Node namespace ('' = root)."""
@@ -65,7 +66,7 @@ class LiveLink:
         self._status: PolicyStatus | None = None
         self._executor = SingleThreadedExecutor(context=self._context)
         self._executor.add_node(self.node)
-        self._thread = threading.Thread(target=self._spin, name="sernf_label-ros", daemon=True)
+        self._thread = threading.Thread(target=self._spin, name="rqt_sernf_rewards-ros", daemon=True)
         self._thread.start()
 
     @property
