@@ -61,6 +61,7 @@ from rclpy.event_handler import PublisherEventCallbacks
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
+from sernf_data.labels import LabelSettings
 from sernf_data.store import EpisodeStore, StoreSpec
 from sernf_interfaces.msg import CheckpointAvailable, ReplayEpisode
 from sernf_learner.configs import RunConfig, load_config
@@ -216,8 +217,18 @@ class LearnerNodeConfig:
     unsigned or wrongly signed announcements are refused. Episodes found by reconciliation
     need no signature: they come from the configured watch_stores."""
 
+    reward_source: str = "recorded"
+    """Rewards the learner trains on from its online store: recorded (as the episodes were
+    recorded) or labels (each episode's newest label set from rqt_sernf_rewards / sernf-label).
+    Written into the online store's label settings at start (sernf_data.labels)."""
+
+    labels_required_for: tuple[str, ...] = ()
+    """Episode sources (e.g. online) whose episodes are not trained on until a person saved a
+    label set for them; /diagnostics reports how many wait (episodes_awaiting_labels)."""
+
     def __post_init__(self) -> None:
-        for name in ("allowed_url_prefixes", "offline_stages", "watch_stores"):
+        LabelSettings(reward_source=self.reward_source, require_labels_for=tuple(self.labels_required_for))  # validates
+        for name in ("allowed_url_prefixes", "offline_stages", "watch_stores", "labels_required_for"):
             object.__setattr__(self, name, tuple(str(v) for v in getattr(self, name)))
         if not self.output_dir:
             raise ValueError("output_dir must not be empty")
@@ -603,6 +614,8 @@ class LearnerNode(Node):
             torch.set_num_threads(self.cfg.torch_num_threads)
 
         self._lock = threading.Lock()
+        self._label_view: EpisodeStore | None = None  # read-only view for the labels count
+        self._label_view_lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._stop = threading.Event()
         self._ingest_ready = threading.Event()
@@ -883,6 +896,12 @@ class LearnerNode(Node):
             raise ValueError(f"offline store: {exc}") from exc
         # Created here, before the learner opens its read instance of it.
         online = EpisodeStore(str(self.out / ONLINE_STORE), mode="a", spec=offline.spec)
+        # This run's label choice becomes the online store's (samplers read it from there).
+        stored = online.labels.settings()
+        wanted = dataclasses.replace(stored, reward_source=cfg.reward_source,
+                                     require_labels_for=tuple(cfg.labels_required_for))
+        if wanted != stored:
+            online.labels.write_settings(wanted)
         if resume_from is not None:
             learner, state = OnlineLearner.resume(
                 resume_from, self.online_config, offline, online.uri, self.out, gamma=run.data.gamma,
@@ -1046,11 +1065,30 @@ class LearnerNode(Node):
             "reconciled": s.reconciled,
             "reconcile_errors": s.reconcile_errors,
             "run_id": self.run_id,
+            "episodes_awaiting_labels": self._episodes_awaiting_labels(),
         }
         if not self.context.ok():
             return
         self._diag_pub.publish(diagnostic_array(
             self.get_clock().now().to_msg(), f"{self.get_name()}: online RL", "sernf_learner", level, message, values))
+
+    def _episodes_awaiting_labels(self) -> int:
+        """Online-store episodes held back until a person labels them (labels_required_for)."""
+        if not self.cfg.labels_required_for:
+            return 0
+        with self._label_view_lock:  # diagnostics are sent from several threads
+            try:
+                if self._label_view is None:
+                    self._label_view = EpisodeStore(str(self.out / ONLINE_STORE), mode="r")
+                view = self._label_view
+                view.refresh()
+                labeled = view.labels.newest_versions()
+                return sum(1 for eid in view.episode_ids() if eid not in labeled
+                           and view.episode_metadata(eid)["source"] in self.cfg.labels_required_for)
+            except (OSError, ValueError, RuntimeError) as exc:
+                self.get_logger().warning(f"cannot count episodes awaiting labels: {exc}",
+                                          throttle_duration_sec=30.0)
+                return -1
 
     # ------------------------------------------------------------------------------ shutdown
 
