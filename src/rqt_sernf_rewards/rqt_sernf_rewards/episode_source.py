@@ -100,8 +100,9 @@ class EpisodeSource:
 
     @classmethod
     def open(cls, location: str | os.PathLike[str], *, cache_dir: Path | None = None,
-             progress: Callable[[str], None] | None = None) -> EpisodeSource:
-        """Open a store (path or URL) or convert a folder of bags into a cache store first."""
+             conversion: Any = None, progress: Callable[[str], None] | None = None) -> EpisodeSource:
+        """Open a store (path or URL) or convert a folder of bags into a cache store first
+        (``conversion``: a ``sernf_data.bag2zarr.ConversionConfig``; None: its defaults)."""
         text = os.fspath(location)
         if "://" in text and not text.startswith("file://"):
             return cls(EpisodeStore(text, mode="r"), text)
@@ -116,7 +117,7 @@ class EpisodeSource:
         target = cache_dir or _default_cache(path)
         if progress:
             progress(f"converting {len(bags)} bag(s) into {target}")
-        report = convert_bags(bags, target, None)
+        report = convert_bags(bags, target, conversion)
         notes = [f"skipped {bag}: {why}" for bag, why in report.skipped.items()]
         if not (Path(target) / "zarr.json").is_file():
             raise ValueError(f"{text}: no bag could be converted: " + "; ".join(notes))
