@@ -54,6 +54,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from sernf_data.store import EpisodeStore, StoreSpec
 from sernf_learner import distributed
 from sernf_learner.configs import SCHEDULES, STAGES, RunConfig
 from sernf_learner.critic_warmup import CriticWarmup, train_critic_warmup
@@ -62,7 +63,6 @@ from sernf_learner.il import ImitationLearning, train_il
 from sernf_learner.metrics import MetricsLogger
 from sernf_learner.offline_rl import OfflineRL, train_offline_rl
 from sernf_learner.online_rl import OnlineRL, evaluate_policy, policy_act_fn, train_online_rl
-from sernf_learner.replay import EpisodeStore, StoreSpec
 from sernf_learner.td_targets import TargetCritic
 from sernf_learner.transitions import ChunkTiming, MixedSampler, TransitionSampler
 from sernf_policy.critic import ChunkCriticConfig

@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sernf_learner.replay import EPISODE_SOURCES, EpisodeStore, ReplaySnapshot
+from sernf_data.store import EPISODE_SOURCES, EpisodeStore, ReplaySnapshot
 
 __all__ = [
     "ChunkTiming",

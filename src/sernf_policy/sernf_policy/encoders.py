@@ -42,8 +42,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sernf_data.spec import CACHED_FEATURES_SUFFIX, ObsKeySpec, parse_observation_spec
+
 from .config_io import build_dataclass
-from .spec import CACHED_FEATURES_SUFFIX, ObsKeySpec, parse_observation_spec
 
 __all__ = [
     "DinoV2Encoder",

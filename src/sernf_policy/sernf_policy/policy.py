@@ -42,6 +42,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from sernf_data.spec import CACHED_FEATURES_SUFFIX, ObsKeySpec, parse_observation_spec
+
 from .checkpoint import CheckpointError, load_state_strict, read_checkpoint, write_checkpoint
 from .config_io import build_dataclass
 from .critic import ChunkCritic, ChunkCriticConfig
@@ -49,7 +51,6 @@ from .encoders import EncoderConfig, ObservationEncoder
 from .flow import ChunkFlow, ChunkFlowConfig
 from .gaussian_actor import GaussianActorConfig, GaussianChunkActor
 from .normalizer import Normalizer
-from .spec import CACHED_FEATURES_SUFFIX, ObsKeySpec, parse_observation_spec
 
 __all__ = ["Policy", "PolicyConfig", "PrefixTokenizer"]
 
