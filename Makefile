@@ -7,7 +7,7 @@ IN_ENV := source env.sh &&
 export OMP_NUM_THREADS ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast lint demo bench bench-learning lock clean
+.PHONY: setup test test-fast lint demo sim-data bench bench-learning lock clean
 
 setup:
 	@bash tools/bootstrap.sh
@@ -27,6 +27,11 @@ test-fast: lint
 ## The main job: the simulated SERNF pipeline (IL -> critic warm-up -> offline RL -> online RL).
 demo: setup
 	@$(IN_ENV) python -m sernf.demo $(DEMO_ARGS)
+
+## What the simulated ROS graph (python -m sernf.run_graph sim) needs: demonstrations and the
+## offline stages' policy under results/sim (~15 min on 2 cores).
+sim-data: setup
+	@$(IN_ENV) python -m sernf.demo --config config/demo_hand.yaml --out results/sim --offline-only
 
 ## Speed / size figures (printed, never asserted; docs/performance.md). Each speed figure is
 ## printed beside the matmul rate measured in the same run, and the optimised model paths beside

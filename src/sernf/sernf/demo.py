@@ -438,6 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="continue an interrupted run in --out from its last checkpoint")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the config's demo.threads)")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    parser.add_argument("--offline-only", action="store_true",
+                        help="stop after Stage III: record the demonstrations and train the offline policy "
+                             "(what `python -m sernf.run_graph sim` expects under results/sim)")
     parser.add_argument("--online", choices=("graph", "in-process"), default="graph",
                         help="Stage IV through the ROS graph (sim robot, policy and learner nodes over DDS; "
                              "default) or inside the trainer (vectorized env, no ROS)")
@@ -589,9 +592,13 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"({'Stage IV also after every iteration, ' + str(run.online_rl.eval_episodes) + ' episodes' if run.online_rl.eval_every else 'once per stage'})",
           flush=True)
     try:
-        schedule = "full" if args.online == "in-process" else "offline"
+        schedule = "full" if args.online == "in-process" and not args.offline_only else "offline"
         trainer = Trainer(run, train_dir, schedule, resume=args.resume and (train_dir / "checkpoints").exists())
         train_summary = trainer.run()
+        if args.offline_only:
+            print(f"[demo] offline stages done in {(time.perf_counter() - t0) / 60:.1f} min: demonstrations in "
+                  f"{offline_uri}, offline RL policy in {train_dir / 'policy_offline_rl'}", flush=True)
+            return 0
         results = dict(train_summary["results"])
         records = read_metrics(train_dir / "metrics.jsonl")
         if args.online == "graph":

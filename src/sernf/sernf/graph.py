@@ -82,5 +82,26 @@ def sim_graph(extra_parameters: dict[str, dict[str, object]] | None = None) -> l
     return specs
 
 
+def missing_inputs(specs: list[NodeSpec], config_dir: Path, cwd: Path | None = None) -> list[str]:
+    """Local files a graph's learner needs before it can start (the offline stages' policy and
+    demonstrations), each as 'parameter = path', for those that do not exist. URLs are not
+    checked here (the learner validates them itself)."""
+    import yaml
+
+    cwd = cwd or Path.cwd()
+    missing = []
+    for spec in specs:
+        if spec.module != "sernf_learner.learner_node":
+            continue
+        with open(config_dir / spec.parameters_file, encoding="utf-8") as fh:
+            params = dict(((yaml.safe_load(fh) or {}).get(spec.name) or {}).get("ros__parameters") or {})
+        params.update(spec.extra_parameters)
+        for key in ("initial_checkpoint", "offline_store_uri"):
+            value = str(params.get(key) or "")
+            if value and "://" not in value and not (cwd / value).exists():
+                missing.append(f"{spec.name}.{key} = {value}")
+    return missing
+
+
 GRAPHS = {"sim": sim_graph}
 """Graph name → builder, for `python -m sernf.run_graph <name>`."""

@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from sernf.graph import GRAPHS, SOURCE_CONFIG_DIR, NodeSpec
+from sernf.graph import GRAPHS, SOURCE_CONFIG_DIR, NodeSpec, missing_inputs
 
 
 class GraphProcesses:
@@ -124,6 +124,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     specs = GRAPHS[args.graph](_parse_overrides(args.set))
+    missing = missing_inputs(specs, args.config_dir)
+    if missing:
+        print("error: the learner's offline inputs do not exist yet:\n  " + "\n  ".join(missing)
+              + "\nRecord the demonstrations and run the offline stages first (about 15 min on 2 CPU cores):\n"
+              "  make sim-data    # = python -m sernf.demo --config config/demo_hand.yaml --out results/sim --offline-only\n"
+              "or point the learner at your own with --set learner.initial_checkpoint=... "
+              "--set learner.offline_store_uri=...", file=sys.stderr)
+        return 2
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -82,6 +82,10 @@ class SimRobotConfig:
     """Layout of the next reset: -1 random, 0..9 one of the fixed test configurations."""
     auto_reset: bool = False
     """Start the next episode automatically after one ends."""
+    first_episode_after_s: float = -1.0
+    """Start the first episode by itself this long after start-up (simulated seconds with
+    publish_clock), so a graph started from the command line runs hands-free with auto_reset;
+    negative: wait for ~/reset."""
     reset_delay_s: float = 0.5
     """Pause between an episode's end and the automatic reset (simulated seconds with
     publish_clock, else wall-clock)."""
@@ -178,10 +182,14 @@ class SimRobotNode(Node):
         # wait for /clock itself (use_sim_time on this node would stall it).
         self.create_timer(period, self._tick, clock=Clock(clock_type=ClockType.STEADY_TIME))
         self._publish_clock()
+        if self.cfg.first_episode_after_s >= 0:
+            self._reset_at = self._now().nanoseconds * 1e-9 + self.cfg.first_episode_after_s
         self.get_logger().info(
             f"sim robot up: hand_pick_place ({self.cfg.variant}), {1 / period:.1f} Hz wall-clock "
             f"(speed {self.cfg.speed:g}{', simulated time on /clock' if self.clock_pub else ''}), "
-            f"{'cameras' if self.cfg.render_images else 'state-only'}; call ~/reset to start")
+            f"{'cameras' if self.cfg.render_images else 'state-only'}; "
+            + (f"first episode in {self.cfg.first_episode_after_s:g} s" if self.cfg.first_episode_after_s >= 0
+               else "call ~/reset to start"))
 
     # -- time -----------------------------------------------------------------------------------
     def _now(self) -> Time:
