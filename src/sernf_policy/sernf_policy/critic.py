@@ -39,6 +39,10 @@ from .hl_gauss import HLGauss
 
 __all__ = ["ChunkCritic", "ChunkCriticConfig"]
 
+#: Widest critic (d_model) scored as one batched ensemble on the optimised path (see
+#: ChunkCritic._score_fast); wider ones are scored member by member.
+_ENSEMBLE_MAX_WIDTH = 256
+
 
 @dataclass
 class ChunkCriticConfig:
@@ -237,6 +241,163 @@ def _readout_attention(x_in: Tensor, w: Tensor, b: Tensor, heads: int, dropout_p
     return out.flatten(-2).unsqueeze(1)
 
 
+def _batched_linear(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    """Per-critic ``F.linear``: ``x [M, ..., in]``, ``w [M, out, in]``, ``b [M, out]`` -> ``[M, ..., out]``."""
+    flat = x.reshape(x.shape[0], -1, x.shape[-1])
+    out = torch.bmm(flat, w.transpose(1, 2)) if b is None else torch.baddbmm(b.unsqueeze(1), flat, w.transpose(1, 2))
+    return out.view(*x.shape[:-1], w.shape[1])
+
+
+def _batched_layer_norm(x: Tensor, norm: nn.LayerNorm, w: Tensor, b: Tensor) -> Tensor:
+    """Per-critic LayerNorm of ``x [M, ..., d]`` with stacked affine ``w, b [M, d]``."""
+    shape = (x.shape[0],) + (1,) * (x.ndim - 2) + (x.shape[-1],)
+    return torch.addcmul(b.view(shape), F.layer_norm(x, norm.normalized_shape, eps=norm.eps), w.view(shape))
+
+
+class _StackedEnsemble:
+    """The M critics' parameters stacked along a leading axis (``{name: [M, ...]}``), so that
+    one batched matmul serves every critic (one forward and one backward for the ensemble).
+
+    Outside inference mode the stack is rebuilt per call (autograd routes each slice's gradient
+    to its member's parameter; a copy is cheap next to a training step's arithmetic). Under
+    inference mode (acting) it is cached until a parameter changes: its version counter moves
+    with every in-place update (optimiser or Polyak step, ``load_state_dict``), and a new
+    tensor has another address."""
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._cached: dict[str, Tensor] | None = None
+
+    @staticmethod
+    def _stack(members: nn.ModuleList) -> dict[str, Tensor]:
+        named = [dict(m.named_parameters()) for m in members]
+        return {name: torch.stack([params[name] for params in named]) for name in named[0]}
+
+    def get(self, members: nn.ModuleList) -> dict[str, Tensor]:
+        if not torch.is_inference_mode_enabled():
+            return self._stack(members)
+        params = [p for m in members for p in m.parameters()]
+        key = tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in params)
+        if self._cached is None or key != self._key:
+            # Plain tensors even when first built under inference_mode (acting): training may
+            # follow, and the cache is only read without gradients.
+            with torch.inference_mode(False), torch.no_grad():
+                self._cached, self._key = self._stack(members), key
+        return self._cached
+
+
+def _ensemble_score_fast(members: nn.ModuleList, stacked: dict[str, Tensor], obs_tokens: Tensor,
+                         prefix: Tensor, chunks: Tensor) -> Tensor:
+    """Every critic's :meth:`_CriticMember.score_fast` at once: logits ``[M, B, N, Z]``.
+
+    The same arithmetic as the members one by one (shared first-layer Q/K/V, readout-only last
+    layer), with the M critics' weights stacked so that each projection is one batched matmul.
+    """
+    first_member = members[0]
+    b, n = chunks.shape[:2]
+    m = len(members)
+    npre = prefix.shape[1]
+    pos = stacked["action_pos"]  # [M, P+H, d]
+
+    def embed(actions: Tensor) -> Tensor:  # [..., A] -> [M, ..., d]
+        w, bias = stacked["action_embed.0.weight"], stacked["action_embed.0.bias"]
+        return F.elu(_batched_linear(actions.unsqueeze(0).expand(m, *actions.shape), w, bias))
+
+    obs = obs_tokens.unsqueeze(0).expand(m, *obs_tokens.shape)
+    if not isinstance(first_member.obs_proj, nn.Identity):
+        obs = _batched_linear(obs, stacked["obs_proj.weight"], stacked["obs_proj.bias"])
+    d = pos.shape[-1]
+    shared = torch.cat([
+        stacked["readout"].view(m, 1, 1, d).expand(m, b, 1, d), obs,
+        embed(prefix) + pos[:, None, :npre],
+    ], dim=2)  # [M, B, S, d]: identical for every candidate
+    cand = embed(chunks) + pos[:, None, None, npre:]  # [M, B, N, H, d]
+    layers = first_member.encoder.layers
+    first = layers[0]
+    pre = "encoder.layers.0."
+    if first.norm_first:
+        x_norm_shared = _batched_layer_norm(shared, first.norm1, stacked[pre + "norm1.weight"], stacked[pre + "norm1.bias"])
+        x_norm_cand = _batched_layer_norm(cand, first.norm1, stacked[pre + "norm1.weight"], stacked[pre + "norm1.bias"])
+    else:
+        x_norm_shared, x_norm_cand = shared, cand
+    w, bias = stacked[pre + "self_attn.in_proj_weight"], stacked[pre + "self_attn.in_proj_bias"]
+    qkv = torch.cat([
+        _batched_linear(x_norm_shared, w, bias).unsqueeze(2).expand(m, b, n, -1, -1),
+        _batched_linear(x_norm_cand, w, bias),
+    ], dim=3).flatten(1, 2)  # [M, B*N, S+H, 3d]
+    x = torch.cat([shared.unsqueeze(2).expand(m, b, n, -1, -1), cand], dim=3).flatten(1, 2)
+    for i, layer in enumerate(layers):
+        x = _batched_encoder_layer(layer, f"encoder.layers.{i}.", stacked, x, qkv=qkv if i == 0 else None,
+                                   readout_only=i == len(layers) - 1)
+    if first_member.encoder.norm is not None:
+        x = _batched_layer_norm(x, first_member.encoder.norm, stacked["encoder.norm.weight"], stacked["encoder.norm.bias"])
+    logits = _batched_linear(x[:, :, 0], stacked["head.weight"], stacked["head.bias"])  # [M, B*N, Z]
+    return logits.unflatten(1, (b, n))
+
+
+def _batched_encoder_layer(layer: nn.TransformerEncoderLayer, prefix: str, stacked: dict[str, Tensor], x: Tensor,
+                           qkv: Tensor | None = None, readout_only: bool = False) -> Tensor:
+    """:func:`_encoder_layer` for M critics at once: ``x [M, B', T, d]`` with the stacked weights
+    of ``layer``'s parameters (``prefix`` + name); ``layer`` gives the hyper-parameters and the
+    dropout modules."""
+    attn = layer.self_attn
+    heads, d = attn.num_heads, attn.embed_dim
+    hd = d // heads
+    par = {name: stacked[prefix + name] for name in (
+        "self_attn.in_proj_weight", "self_attn.in_proj_bias", "self_attn.out_proj.weight", "self_attn.out_proj.bias",
+        "linear1.weight", "linear1.bias", "linear2.weight", "linear2.bias",
+        "norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias")}
+    w, b = par["self_attn.in_proj_weight"], par["self_attn.in_proj_bias"]  # [M, 3d, d], [M, 3d]
+
+    def norm1(t: Tensor) -> Tensor:
+        return _batched_layer_norm(t, layer.norm1, par["norm1.weight"], par["norm1.bias"])
+
+    def norm2(t: Tensor) -> Tensor:
+        return _batched_layer_norm(t, layer.norm2, par["norm2.weight"], par["norm2.bias"])
+
+    p = attn.dropout if layer.training else 0.0
+    if qkv is None and readout_only:
+        # See _readout_attention: the readout query against unprojected rows.
+        x_in = norm1(x) if layer.norm_first else x
+        q = _batched_linear(x_in[:, :, 0], w[:, :d], b[:, :d]).unflatten(-1, (heads, hd))  # [M, B', heads, hd]
+        q_x = torch.einsum("mbhe,mhed->mbhd", q, w[:, d:2 * d].unflatten(1, (heads, hd))) * (1.0 / math.sqrt(hd))
+        probs = torch.softmax(torch.matmul(q_x, x_in.transpose(-1, -2)), dim=-1)  # [M, B', heads, T]
+        if p > 0.0:
+            probs = F.dropout(probs, p)
+        pooled = torch.matmul(probs, x_in)  # [M, B', heads, d]
+        out = torch.einsum("mbhd,mhed->mbhe", pooled, w[:, 2 * d:].unflatten(1, (heads, hd)))
+        bias_v = b[:, 2 * d:].unflatten(1, (heads, hd)).unsqueeze(1)  # [M, 1, heads, hd]
+        out = out + (bias_v * probs.sum(-1, keepdim=True) if p > 0.0 else bias_v)
+        att_rows = out.flatten(-2).unsqueeze(2)  # [M, B', 1, d]
+    else:
+        if qkv is not None:
+            q, k, v = qkv.split(d, dim=-1)
+            if readout_only:
+                q = q[:, :, :1]
+        else:
+            x_in = norm1(x) if layer.norm_first else x
+            q, k, v = _batched_linear(x_in, w, b).split(d, dim=-1)
+
+        def split_heads(t: Tensor) -> Tensor:
+            return t.unflatten(-1, (heads, hd)).transpose(-3, -2)  # [M, B', heads, T, hd]
+
+        att = F.scaled_dot_product_attention(split_heads(q), split_heads(k), split_heads(v), dropout_p=p)
+        att_rows = att.transpose(-3, -2).flatten(-2)
+    if readout_only:
+        x = x[:, :, :1]
+    sa = layer.dropout1(_batched_linear(att_rows, par["self_attn.out_proj.weight"], par["self_attn.out_proj.bias"]))
+
+    def feed_forward(t: Tensor) -> Tensor:
+        hidden = layer.dropout(layer.activation(_batched_linear(t, par["linear1.weight"], par["linear1.bias"])))
+        return layer.dropout2(_batched_linear(hidden, par["linear2.weight"], par["linear2.bias"]))
+
+    if layer.norm_first:
+        x = x + sa
+        return x + feed_forward(norm2(x))
+    x = norm1(x + sa)
+    return norm2(x + feed_forward(x))
+
+
 class ChunkCritic(nn.Module):
     """Ensemble of ``M`` independently initialised chunk critics with an HL-Gauss head."""
 
@@ -247,6 +408,7 @@ class ChunkCritic(nn.Module):
         self.config = config
         self.members = nn.ModuleList(_CriticMember(config) for _ in range(config.num_critics))
         self.hl_gauss = HLGauss(config.v_min, config.v_max, config.num_bins, config.sigma_ratio)
+        self._stacked = _StackedEnsemble()
 
     def _check(self, obs_tokens: Tensor, prefix: Tensor, chunk: Tensor, chunk_ndim: int) -> None:
         cfg = self.config
@@ -265,8 +427,7 @@ class ChunkCritic(nn.Module):
         """Logits ``[M, B, Z]`` for ``obs_tokens [B, L, D]``, ``prefix [B, P, A]``, ``chunk [B, H, A]``."""
         self._check(obs_tokens, prefix, chunk, 3)
         if fast_paths_enabled():
-            prefix = prefix.to(chunk.dtype)
-            return torch.stack([m.score_fast(obs_tokens, prefix, chunk.unsqueeze(1))[:, 0] for m in self.members])
+            return self._score_fast(obs_tokens, prefix.to(chunk.dtype), chunk.unsqueeze(1))[:, :, 0]
         actions = torch.cat([prefix.to(chunk.dtype), chunk], dim=1)  # [B, P+H, A]
         return torch.stack([m(obs_tokens, actions) for m in self.members])
 
@@ -278,13 +439,22 @@ class ChunkCritic(nn.Module):
         """
         self._check(obs_tokens, prefix, chunks, 4)
         if fast_paths_enabled():
-            prefix = prefix.to(chunks.dtype)
-            return torch.stack([m.score_fast(obs_tokens, prefix, chunks) for m in self.members])
+            return self._score_fast(obs_tokens, prefix.to(chunks.dtype), chunks)
         b, n = chunks.shape[:2]
         obs = obs_tokens.unsqueeze(1).expand(b, n, *obs_tokens.shape[1:]).flatten(0, 1)  # [B*N, L, D]
         pre = prefix.unsqueeze(1).expand(b, n, *prefix.shape[1:]).flatten(0, 1)  # [B*N, P, A]
         logits = self.forward(obs, pre, chunks.flatten(0, 1))  # [M, B*N, Z]
         return logits.unflatten(1, (b, n))
+
+    def _score_fast(self, obs_tokens: Tensor, prefix: Tensor, chunks: Tensor) -> Tensor:
+        """Optimised logits ``[M, B, N, Z]``: small critics in one batched pass over the ensemble
+        (one op per projection instead of M: the small models are bound by per-operator
+        overhead), wide ones member by member (measured on a 2-core CPU: batched is ~10 %
+        faster for the d_model 64 critic's training step, ~7 % slower at d_model 512, where the
+        per-member matmuls are large and batched matmuls run less efficiently)."""
+        if len(self.members) == 1 or self.config.d_model > _ENSEMBLE_MAX_WIDTH:
+            return torch.stack([m.score_fast(obs_tokens, prefix, chunks) for m in self.members])
+        return _ensemble_score_fast(self.members, self._stacked.get(self.members), obs_tokens, prefix, chunks)
 
     def values(self, logits: Tensor) -> Tensor:
         """HL-Gauss expected values ``[M, ...]`` of logits ``[M, ..., Z]``."""

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from sernf_policy import critic as critic_module
 from sernf_policy.critic import ChunkCritic, ChunkCriticConfig
 from sernf_policy.encoders import EncoderConfig
 from sernf_policy.fast_paths import fast_paths_enabled, reference_paths
@@ -132,9 +133,12 @@ def test_flow_training_log_prob_and_gradients_match(horizon):
     torch.testing.assert_close(grad, ref_grad, rtol=1e-3, atol=1e-3 * float(ref_grad.abs().max()))
 
 
+@pytest.mark.parametrize("batched_ensemble", [True, False])
 @pytest.mark.parametrize("norm_first", [False, True])
 @pytest.mark.parametrize("num_layers", [1, 3])
-def test_critic_logits_and_gradients_match(norm_first, num_layers):
+def test_critic_logits_and_gradients_match(norm_first, num_layers, batched_ensemble, monkeypatch):
+    # Small critics run as one batched ensemble, wide ones member by member: check both.
+    monkeypatch.setattr(critic_module, "_ENSEMBLE_MAX_WIDTH", 1 << 20 if batched_ensemble else 0)
     torch.manual_seed(0)
     critic = ChunkCritic(ChunkCriticConfig(action_dim=3, horizon=4, prefix_len=2, obs_dim=24, d_model=32,
                                            num_heads=4, num_layers=num_layers, ff_dim=16, norm_first=norm_first))
@@ -192,3 +196,18 @@ def test_training_after_acting_uses_plain_tensors():
     loss = -policy.log_prob(obs, prefix_norm, chunk).mean() - policy.min_q(obs, prefix_norm, chunk[:, None]).mean()
     loss.backward()
     assert all(p.grad is not None for p in policy.flow.parameters() if p.requires_grad)
+
+
+def test_acting_follows_critic_weights_changed_in_place():
+    """The stacked critic weights cached for acting are rebuilt after an in-place update."""
+    policy = _perturbed_policy(6, 2, {"d_model": 32, "num_heads": 4, "num_layers": 2, "ff_dim": 24})
+    obs, prefix = _inputs(2, 2)
+    before = policy.act_batch(obs, prefix, generator=torch.Generator().manual_seed(4))[1]["q"]
+    with torch.no_grad():  # what an optimiser step or load_state_dict does to the parameters
+        for member in policy.critic.members:
+            member.head.bias.add_(torch.linspace(-1.0, 1.0, member.head.bias.numel()))
+    after = policy.act_batch(obs, prefix, generator=torch.Generator().manual_seed(4))[1]["q"]
+    with reference_paths():
+        ref = policy.act_batch(obs, prefix, generator=torch.Generator().manual_seed(4))[1]["q"]
+    np.testing.assert_allclose(after, ref, rtol=1e-4, atol=1e-5)
+    assert np.abs(after - before).max() > 1e-3
