@@ -9,9 +9,12 @@ so a chunk has 100 ms; the target on a 2-core CPU is p99 <= 50 ms.
 
 ``--reference`` times the reference implementation (``sernf_policy.fast_paths.reference_paths``)
 interleaved with the optimised one, so both see the same machine load; ``--profile`` prints the
-torch.profiler table of the optimised path.
+torch.profiler table of the optimised path. ``--compile`` also builds a copy of the policy with
+``Policy.compile_for_acting`` (torch.compile of the flow's sampling), prints the compile time
+(the first chunk) and times it interleaved with the eager optimised path.
+``--interop-threads 1`` sets ``torch.set_num_interop_threads(1)`` first.
 
-Run:  .venv/bin/python bench/inference_latency.py [--threads 2] [--chunks 200] [--reference] [--profile]
+Run:  .venv/bin/python bench/inference_latency.py [--threads 2] [--chunks 200] [--reference] [--compile] [--profile]
 """
 
 from __future__ import annotations
@@ -76,20 +79,26 @@ def timed_chunk(policy: Policy, obs: dict, prefix: np.ndarray, sync) -> float:
     return time.perf_counter() - t0
 
 
-def run(policy: Policy, chunks: int, warmup: int, reference: bool, sync=lambda: None) -> dict[str, list[float]]:
-    """Time ``chunks`` decisions (interleaved optimised / reference when ``reference``)."""
+def run(policy: Policy, chunks: int, warmup: int, reference: bool, sync=lambda: None,
+        compiled: Policy | None = None) -> dict[str, list[float]]:
+    """Time ``chunks`` decisions (interleaved optimised / reference when ``reference`` / the
+    ``compiled`` copy when given)."""
     rng = np.random.default_rng(0)
-    times: dict[str, list[float]] = {"optimised": [], "reference": []}
+    times: dict[str, list[float]] = {"optimised": [], "reference": [], "compiled": []}
     for i in range(warmup + chunks):
         obs, prefix = cube_observation(rng)
         fast = timed_chunk(policy, obs, prefix, sync)
         if reference:
             with reference_paths():
                 ref = timed_chunk(policy, obs, prefix, sync)
+        if compiled is not None:
+            comp = timed_chunk(compiled, obs, prefix, sync)
         if i >= warmup:
             times["optimised"].append(fast)
             if reference:
                 times["reference"].append(ref)
+            if compiled is not None:
+                times["compiled"].append(comp)
     return times
 
 
@@ -113,7 +122,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     parser.add_argument("--reference", action="store_true", help="also time the reference path, interleaved")
     parser.add_argument("--profile", action="store_true", help="print the torch.profiler table")
+    parser.add_argument("--compile", action="store_true", help="also time Policy.compile_for_acting, interleaved")
+    parser.add_argument("--interop-threads", type=int, default=0, help="torch inter-op threads (0: default)")
     args = parser.parse_args()
+    if args.interop_threads:
+        torch.set_num_interop_threads(args.interop_threads)
     if args.threads:
         torch.set_num_threads(args.threads)
     policy = cube_policy(args.num_samples)
@@ -138,8 +151,19 @@ def main() -> None:
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"matmul rate: {rate / 1e9:.1f} GFLOP/s; FLOP per chunk: {flops / 1e9:.2f} G optimised, "
           f"{ref_flops / 1e9:.2f} G reference")
-    times = run(policy, args.chunks, args.warmup, args.reference)
-    for name, flop in (("optimised", flops), ("reference", ref_flops)):
+    compiled = None
+    if args.compile:
+        compiled = cube_policy(args.num_samples)
+        compiled.compile_for_acting()
+        t0 = time.perf_counter()
+        compiled.act_batch(*cube_observation(np.random.default_rng(3)))
+        print(f"compile_for_acting: first chunk (compiles) {time.perf_counter() - t0:.1f} s")
+        same = compiled.act_batch(obs, prefix, generator=torch.Generator().manual_seed(5))
+        eager = policy.act_batch(obs, prefix, generator=torch.Generator().manual_seed(5))
+        print(f"compiled vs eager chunk: max |difference| {np.abs(same[0] - eager[0]).max():.2e}, "
+              f"same candidate: {bool((same[1]['index'] == eager[1]['index']).all())}")
+    times = run(policy, args.chunks, args.warmup, args.reference, compiled=compiled)
+    for name, flop in (("optimised", flops), ("reference", ref_flops), ("compiled", flops)):
         if not times[name]:
             continue
         p50, p99 = percentiles(times[name])
@@ -148,6 +172,9 @@ def main() -> None:
     if times["reference"]:
         ratio = np.median(np.asarray(times["reference"]) / np.asarray(times["optimised"]))
         print(f"speed-up (median of per-chunk reference/optimised ratios): {ratio:.2f}x")
+    if times["compiled"]:
+        ratio = np.median(np.asarray(times["optimised"]) / np.asarray(times["compiled"]))
+        print(f"compiled speed-up over the eager optimised path (median of per-chunk ratios): {ratio:.2f}x")
     if args.profile:
         print(profile(policy))
 

@@ -432,6 +432,18 @@ class ChunkFlow(nn.Module):
         self.context_norm = nn.RMSNorm(config.context_dim, eps=1e-6)
         masks = coupling_keep_masks(config.horizon, config.action_dim, config.num_layers, config.seed)
         self.layers = nn.ModuleList(_AffineCoupling(config, m) for m in masks)
+        self._compiled_inverse: Any = None
+
+    def compile_for_acting(self, **compile_kwargs: Any) -> None:
+        """Opt in to ``torch.compile`` (inductor) of the latent -> chunk couplings, used only
+        when acting (inference mode, optimised paths); training and the reference paths stay
+        eager. The first call per input shape compiles (minutes on a small CPU; see
+        docs/performance.md for what it gains); shapes are static (``dynamic=False``) unless
+        ``compile_kwargs`` say otherwise. Rebuild after loading another partition."""
+        like = self.context_norm.weight
+        for layer in self.layers:  # build the cached index plans eagerly (no graph breaks on them)
+            layer.plan(like)
+        self._compiled_inverse = torch.compile(self._couplings_inverse, **{"dynamic": False, **compile_kwargs})
 
     # -- helpers ------------------------------------------------------------------------------
     def set_dropout(self, p: float) -> None:
@@ -520,7 +532,11 @@ class ChunkFlow(nn.Module):
         zz = z.unsqueeze(1) if squeeze else z
         if zz.shape[0] != context.shape[0]:
             raise ValueError(f"batch mismatch: z {tuple(z.shape)} vs context {tuple(context.shape)}")
-        u, logdet = self._couplings_inverse(zz, context)
+        compiled = self._compiled_inverse
+        if compiled is not None and torch.is_inference_mode_enabled() and fast_paths_enabled():
+            u, logdet = compiled(zz, context)
+        else:
+            u, logdet = self._couplings_inverse(zz, context)
         a = torch.tanh(u)
         logdet = logdet + self._log_dtanh(u).sum(dim=(-2, -1))
         return (a.squeeze(1), logdet.squeeze(1)) if squeeze else (a, logdet)

@@ -451,6 +451,14 @@ class Policy(nn.Module):
         finally:
             self.train(was_training)
 
+    def compile_for_acting(self, **compile_kwargs: Any) -> None:
+        """Opt in to ``torch.compile`` of the flow's sampling for :meth:`act_batch`
+        (:meth:`ChunkFlow.compile_for_acting`; the critic gains nothing from it on a CPU).
+        Warm it up with one :meth:`act_batch` call before acting in real time."""
+        if not isinstance(self.flow, ChunkFlow):
+            raise ValueError("compile_for_acting needs the flow actor")
+        self.flow.compile_for_acting(**compile_kwargs)
+
     def act(
         self,
         observation: Mapping[str, Any],

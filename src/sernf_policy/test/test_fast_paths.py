@@ -211,3 +211,23 @@ def test_acting_follows_critic_weights_changed_in_place():
         ref = policy.act_batch(obs, prefix, generator=torch.Generator().manual_seed(4))[1]["q"]
     np.testing.assert_allclose(after, ref, rtol=1e-4, atol=1e-5)
     assert np.abs(after - before).max() > 1e-3
+
+
+@pytest.mark.slow
+def test_compiled_acting_matches_eager():
+    """Policy.compile_for_acting (torch.compile; a minute or more) chooses the eager chunks."""
+    policy = _perturbed_policy(6, 2, {"d_model": 32, "num_heads": 4, "num_layers": 2, "ff_dim": 24})
+    obs, prefix = _inputs(2, 2)
+    eager_chunks, eager_info = policy.act_batch(obs, prefix, generator=torch.Generator().manual_seed(9))
+    policy.compile_for_acting()
+    assert policy.flow._compiled_inverse is not None
+    chunks, info = policy.act_batch(obs, prefix, generator=torch.Generator().manual_seed(9))
+    np.testing.assert_array_equal(info["index"], eager_info["index"])
+    np.testing.assert_allclose(chunks, eager_chunks, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(info["log_prob"], eager_info["log_prob"], rtol=1e-4, atol=1e-3)
+    # Training after compiled acting still runs eagerly with gradients.
+    policy.train()
+    prefix_norm = policy.action_normalizer.normalize(torch.as_tensor(prefix))
+    samples, log_prob = policy.sample(obs, prefix_norm, 3, 1.0)
+    (samples.square().sum() + log_prob.sum()).backward()
+    assert all(p.grad is not None for p in policy.flow.parameters() if p.requires_grad)
