@@ -12,7 +12,9 @@ interleaved with the optimised one, so both see the same machine load; ``--profi
 torch.profiler table of the optimised path. ``--compile`` also builds a copy of the policy with
 ``Policy.compile_for_acting`` (torch.compile of the flow's sampling), prints the compile time
 (the first chunk) and times it interleaved with the eager optimised path.
-``--interop-threads 1`` sets ``torch.set_num_interop_threads(1)`` first.
+``--interop-threads 1`` sets ``torch.set_num_interop_threads(1)`` first. ``--bf16`` also times
+chunks under ``torch.autocast("cpu", dtype=torch.bfloat16)`` interleaved with float32 (same
+latents) and prints how far the chosen chunks move.
 
 Run:  .venv/bin/python bench/inference_latency.py [--threads 2] [--chunks 200] [--reference] [--compile] [--profile]
 """
@@ -102,6 +104,28 @@ def run(policy: Policy, chunks: int, warmup: int, reference: bool, sync=lambda: 
     return times
 
 
+def compare_bf16(policy: Policy, chunks: int = 12) -> str:
+    """bf16 autocast vs float32 on the same observations and latents, interleaved."""
+    rng = np.random.default_rng(4)
+    times: dict[bool, list[float]] = {False: [], True: []}
+    same, worst = 0, 0.0
+    for i in range(chunks + 2):
+        obs, prefix = cube_observation(rng)
+        out = {}
+        for bf16 in (False, True):
+            t0 = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                out[bf16] = policy.act_batch(obs, prefix, generator=torch.Generator().manual_seed(i))
+            if i >= 2:
+                times[bf16].append(time.perf_counter() - t0)
+        if i >= 2:
+            same += int((out[False][1]["index"] == out[True][1]["index"]).all())
+            worst = max(worst, float(np.abs(out[False][0] - out[True][0]).max()))
+    p32, p16 = percentiles(times[False])[0], percentiles(times[True])[0]
+    return (f"bf16 autocast: p50 {p16:.1f} ms vs float32 {p32:.1f} ms ({p32 / p16:.2f}x); same chosen candidate "
+            f"in {same}/{chunks} chunks; max |chunk difference| {worst:.3g} (raw units)")
+
+
 def profile(policy: Policy, chunks: int = 10, rows: int = 15) -> str:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
@@ -123,6 +147,7 @@ def main() -> None:
     parser.add_argument("--reference", action="store_true", help="also time the reference path, interleaved")
     parser.add_argument("--profile", action="store_true", help="print the torch.profiler table")
     parser.add_argument("--compile", action="store_true", help="also time Policy.compile_for_acting, interleaved")
+    parser.add_argument("--bf16", action="store_true", help="also compare bf16 autocast with float32")
     parser.add_argument("--interop-threads", type=int, default=0, help="torch inter-op threads (0: default)")
     args = parser.parse_args()
     if args.interop_threads:
@@ -175,6 +200,8 @@ def main() -> None:
     if times["compiled"]:
         ratio = np.median(np.asarray(times["optimised"]) / np.asarray(times["compiled"]))
         print(f"compiled speed-up over the eager optimised path (median of per-chunk ratios): {ratio:.2f}x")
+    if args.bf16:
+        print(compare_bf16(policy))
     if args.profile:
         print(profile(policy))
 
