@@ -29,6 +29,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import State, TransitionCallbackReturn
 from rclpy.qos import qos_profile_sensor_data
+from rclpy.wait_for_message import wait_for_message
 from std_msgs.msg import Bool, Empty
 from std_srvs.srv import Trigger
 
@@ -117,16 +118,22 @@ class FrankaBridgeNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
-        # Wait (another executor thread delivers poses) for a fresh measured pose: the
-        # equilibrium must start where the arm is.
+        # The equilibrium must start where the arm is: wait for a fresh measured pose. The node
+        # runs on one executor thread (rclpy's multi-threaded executor cost the command path
+        # milliseconds of latency), which is busy in this callback, so the wait takes the pose
+        # itself with wait_for_message (its own wait set) instead of letting the executor deliver it.
         deadline = time.monotonic() + self.cfg.activation_timeout_s
         while True:
             with self._lock:
                 ok, reason = self.core.activate(time.monotonic())
                 target = self.core.target
-            if ok or time.monotonic() >= deadline:
+            remaining = deadline - time.monotonic()
+            if ok or remaining <= 0:
                 break
-            time.sleep(0.02)
+            got, msg = wait_for_message(PoseStamped, self, self.cfg.pose_topic,
+                                        qos_profile=qos_profile_sensor_data, time_to_wait=remaining)
+            if got:
+                self._on_pose(msg)
         if not ok:
             self.get_logger().error(f"activate failed: {reason} (pose topic {self.cfg.pose_topic})")
             return TransitionCallbackReturn.FAILURE
@@ -353,7 +360,7 @@ PARAMETERS = FrankaBridgeConfig
 
 
 def main(args: list[str] | None = None) -> None:
-    spin_node(FrankaBridgeNode, "franka_bridge", num_threads=2, args=args)
+    spin_node(FrankaBridgeNode, "franka_bridge", num_threads=1, args=args)
 
 
 if __name__ == "__main__":
