@@ -26,17 +26,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-from .bag2zarr import format_end_reason
 
 __all__ = ["RecordConfig", "demonstration_topics", "main", "parse_label", "qos_override_yaml"]
 
@@ -119,88 +112,6 @@ def ask_labels(subtasks: Sequence[str], ask: Callable[[str], str] = input) -> di
     return flags
 
 
-# ----------------------------------------------------------------------------- ROS side
-
-
-def _run(args: argparse.Namespace, config: RecordConfig) -> int:
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
-
-    from .recorder_node import BagRecorderNode, EventPublisher
-
-    use_ros2_bag = shutil.which("ros2") is not None and not args.rosbags
-    topics = demonstration_topics(config.cameras)
-    config.out_dir.mkdir(parents=True, exist_ok=True)
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    executor = SingleThreadedExecutor(context=context)
-    events = EventPublisher(context, use_sim_time=args.use_sim_time)
-    executor.add_node(events)
-    try:
-        for index in range(args.episodes):
-            name = time.strftime("demo_%Y%m%dT%H%M%S") + f"_{index:03d}"
-            bag = config.out_dir / name
-            print(f"[sernf-record] demonstration {index + 1}/{args.episodes} -> {bag}", flush=True)
-            recorder = None
-            process = None
-            if use_ros2_bag:
-                qos_file = Path(tempfile.mkdtemp()) / "qos.yaml"
-                qos_file.write_text(qos_override_yaml(topics))
-                sim_time = ["--use-sim-time"] if args.use_sim_time else []
-                process = subprocess.Popen(["ros2", "bag", "record", "-s", "mcap", "-o", str(bag), *sim_time,
-                                            "--qos-profile-overrides-path", str(qos_file), *topics])
-            else:
-                recorder = BagRecorderNode(context, bag, topics)
-                executor.add_node(recorder)
-            # Wait until the publishers we record are matched, so the first seconds are kept.
-            _spin_for(executor, args.settle)
-            events.publish(name, "start")
-            if args.duration is not None:
-                _spin_for(executor, args.duration)
-            else:
-                print("[sernf-record] recording; press Enter to end the demonstration", flush=True)
-                _spin_until_enter(executor)
-            flags = parse_label(args.label, config.subtasks) if args.label else ask_labels(config.subtasks)
-            reason = format_end_reason(args.end_reason, flags, config.operator or None)
-            events.publish(name, "end", reason)
-            if recorder is not None:
-                # Close only once our own END event is in the bag (it went through DDS).
-                deadline = time.monotonic() + 10.0
-                while not recorder.saw_end(name) and time.monotonic() < deadline:
-                    executor.spin_once(timeout_sec=0.05)
-                if not recorder.saw_end(name):
-                    print("[sernf-record] WARNING: the END event did not reach the bag", file=sys.stderr)
-                executor.remove_node(recorder)
-                recorder.close()
-                recorder.destroy_node()
-            else:
-                _spin_for(executor, 1.0)
-                process.send_signal(signal.SIGINT)
-                process.wait(timeout=30)
-            print(f"[sernf-record] saved {bag} ({reason})", flush=True)
-    finally:
-        executor.shutdown()
-        events.destroy_node()
-        rclpy.shutdown(context=context)
-    return 0
-
-
-def _spin_for(executor, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        executor.spin_once(timeout_sec=min(0.05, max(0.0, deadline - time.monotonic())))
-
-
-def _spin_until_enter(executor) -> None:
-    import selectors
-
-    selector = selectors.DefaultSelector()
-    selector.register(sys.stdin, selectors.EVENT_READ)
-    while not selector.select(timeout=0):
-        executor.spin_once(timeout_sec=0.05)
-    sys.stdin.readline()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sernf-record", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="directory for the bags")
@@ -225,7 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     if args.episodes < 1:
         parser.error("--episodes must be >= 1")
-    return _run(args, config)
+    # rclpy only from here on: the ROS side lives in recorder_node (pure core, thin ROS shell).
+    from .recorder_node import run_recording
+
+    return run_recording(args, config)
 
 
 if __name__ == "__main__":

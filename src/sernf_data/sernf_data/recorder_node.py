@@ -8,13 +8,22 @@ callback runs) as the bag timestamp; the converter places messages by their head
 
 from __future__ import annotations
 
+import argparse
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+import rclpy
 from geometry_msgs.msg import PoseStamped
 from rclpy.context import Context
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -22,7 +31,9 @@ from sensor_msgs.msg import CameraInfo, Image, JointState
 
 from sernf_interfaces.msg import EpisodeEvent, RewardEvent
 
+from .bag2zarr import format_end_reason
 from .bag_types import typestore
+from .record import RecordConfig, ask_labels, demonstration_topics, parse_label, qos_override_yaml
 
 __all__ = ["BagRecorderNode", "EventPublisher"]
 
@@ -112,3 +123,77 @@ class EventPublisher(Node):
         msg.event = EpisodeEvent.START if kind == "start" else EpisodeEvent.END
         msg.reason = reason
         self._pub.publish(msg)
+
+
+def run_recording(args: argparse.Namespace, config: RecordConfig) -> int:
+    """``sernf-record``'s recording loop (see :mod:`sernf_data.record`): one bag per demonstration,
+    START/END events, the operator's labels in the END reason."""
+    use_ros2_bag = shutil.which("ros2") is not None and not args.rosbags
+    topics = demonstration_topics(config.cameras)
+    config.out_dir.mkdir(parents=True, exist_ok=True)
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    executor = SingleThreadedExecutor(context=context)
+    events = EventPublisher(context, use_sim_time=args.use_sim_time)
+    executor.add_node(events)
+    try:
+        for index in range(args.episodes):
+            name = time.strftime("demo_%Y%m%dT%H%M%S") + f"_{index:03d}"
+            bag = config.out_dir / name
+            print(f"[sernf-record] demonstration {index + 1}/{args.episodes} -> {bag}", flush=True)
+            recorder = None
+            process = None
+            if use_ros2_bag:
+                qos_file = Path(tempfile.mkdtemp()) / "qos.yaml"
+                qos_file.write_text(qos_override_yaml(topics))
+                sim_time = ["--use-sim-time"] if args.use_sim_time else []
+                process = subprocess.Popen(["ros2", "bag", "record", "-s", "mcap", "-o", str(bag), *sim_time,
+                                            "--qos-profile-overrides-path", str(qos_file), *topics])
+            else:
+                recorder = BagRecorderNode(context, bag, topics)
+                executor.add_node(recorder)
+            # Wait until the publishers we record are matched, so the first seconds are kept.
+            _spin_for(executor, args.settle)
+            events.publish(name, "start")
+            if args.duration is not None:
+                _spin_for(executor, args.duration)
+            else:
+                print("[sernf-record] recording; press Enter to end the demonstration", flush=True)
+                _spin_until_enter(executor)
+            flags = parse_label(args.label, config.subtasks) if args.label else ask_labels(config.subtasks)
+            reason = format_end_reason(args.end_reason, flags, config.operator or None)
+            events.publish(name, "end", reason)
+            if recorder is not None:
+                # Close only once our own END event is in the bag (it went through DDS).
+                deadline = time.monotonic() + 10.0
+                while not recorder.saw_end(name) and time.monotonic() < deadline:
+                    executor.spin_once(timeout_sec=0.05)
+                if not recorder.saw_end(name):
+                    print("[sernf-record] WARNING: the END event did not reach the bag", file=sys.stderr)
+                executor.remove_node(recorder)
+                recorder.close()
+                recorder.destroy_node()
+            else:
+                _spin_for(executor, 1.0)
+                process.send_signal(signal.SIGINT)
+                process.wait(timeout=30)
+            print(f"[sernf-record] saved {bag} ({reason})", flush=True)
+    finally:
+        executor.shutdown()
+        events.destroy_node()
+        rclpy.shutdown(context=context)
+    return 0
+
+
+def _spin_for(executor, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        executor.spin_once(timeout_sec=min(0.05, max(0.0, deadline - time.monotonic())))
+
+
+def _spin_until_enter(executor) -> None:
+    selector = selectors.DefaultSelector()
+    selector.register(sys.stdin, selectors.EVENT_READ)
+    while not selector.select(timeout=0):
+        executor.spin_once(timeout_sec=0.05)
+    sys.stdin.readline()
