@@ -20,7 +20,7 @@ import policy_node_harness as h  # noqa: E402
 import rclpy  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 
-from rqt_sernf_rewards.live_ros import LiveLink  # noqa: E402
+from rqt_sernf_rewards.live_node import LiveLink  # noqa: E402
 from rqt_sernf_rewards.qt import QtCore  # noqa: E402
 from rqt_sernf_rewards.widget import RewardLabelingWidget  # noqa: E402
 from sernf_data.store import EpisodeStore  # noqa: E402

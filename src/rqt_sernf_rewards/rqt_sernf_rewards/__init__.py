@@ -2,7 +2,7 @@
 
 Modules: ``episode_source`` (storage: stores, bags, label sets), ``label_model`` and
 ``live_model`` (pure, no Qt), ``qt`` (binding shim), ``timeline`` / ``widget`` (Qt widgets),
-``live_ros`` (the only rclpy module), ``plugin`` (rqt) and ``standalone`` (``sernf-label``).
+``live_node`` (the only rclpy module), ``plugin`` (rqt) and ``standalone`` (``sernf-label``).
 """
 
 __version__ = "0.1.0"

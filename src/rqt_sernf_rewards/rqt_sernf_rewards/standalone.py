@@ -20,7 +20,7 @@ __all__ = ["LabelingWindow", "live_link_factory", "main"]
 
 def live_link_factory() -> Any:
     """Builds the ROS link on demand; raises ImportError where ROS 2 is not installed."""
-    from .live_ros import LiveLink
+    from .live_node import LiveLink
 
     return LiveLink()
 

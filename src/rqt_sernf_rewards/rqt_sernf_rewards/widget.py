@@ -3,7 +3,7 @@
 Two pages: **Offline** (episode list, camera frames, timeline, reward events, subtask success,
 undo/redo, versioned saves) and **Live** (big reward / end-episode buttons with hotkeys, the
 policy node's diagnostics). The widget never imports rclpy: the live page gets a factory that
-builds the ROS link (``live_ros.LiveLink``) when the operator connects.
+builds the ROS link (``live_node.LiveLink``) when the operator connects.
 
 Offline shortcuts (active while the offline page has focus):
 Left/Right one frame, Shift+Left/Right one second, Home/End first/last frame,
