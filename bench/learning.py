@@ -268,7 +268,7 @@ class _Runner:
 
     def _env(self) -> dict[str, str]:
         n = str(self.threads)
-        src = os.pathsep.join(str(_ROOT / "src" / p) for p in ("sernf_data", "sernf_ros", "sernf_learner", "sernf_policy", "sernf_sim"))
+        src = os.pathsep.join(str(_ROOT / "src" / p) for p in ("sernf_data", "sernf_learner", "sernf_policy", "sernf_sim"))
         path = os.environ.get("PYTHONPATH")
         return dict(os.environ, OMP_NUM_THREADS=n, MKL_NUM_THREADS=n, OPENBLAS_NUM_THREADS=n,
                     PYTHONPATH=src + (os.pathsep + path if path else ""))

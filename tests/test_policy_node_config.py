@@ -14,6 +14,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float32MultiArray
 
+from sernf_data.ros.parameters import declare_config, field_docs
 from sernf_policy.policy_node import PolicyNodeConfig
 from sernf_policy.ros_conversions import (
     chunk_to_trajectory,
@@ -26,7 +27,6 @@ from sernf_policy.ros_conversions import (
     seconds_to_time,
     time_to_seconds,
 )
-from sernf_ros.parameters import declare_config, field_docs
 
 
 def image(encoding: str, pixels: np.ndarray, pad: int = 0) -> Image:

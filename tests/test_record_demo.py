@@ -22,8 +22,8 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, JointState
 
 from sernf_data.bag2zarr import ConversionConfig, convert_bags
+from sernf_data.ros.stamps import seconds_to_time
 from sernf_data.store import EpisodeStore
-from sernf_ros.stamps import seconds_to_time
 
 pytestmark = pytest.mark.ros
 BEST_EFFORT = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)

@@ -35,9 +35,9 @@ from std_srvs.srv import Trigger
 
 from franka_bridge.config import FrankaBridgeConfig
 from franka_bridge.core import BridgeCore, Mode, Pose
-from sernf_ros.diagnostics import diagnostic_array
-from sernf_ros.parameters import declare_config
-from sernf_ros.spin import spin_node
+from sernf_data.ros.diagnostics import diagnostic_array
+from sernf_data.ros.parameters import declare_config
+from sernf_data.ros.spin import spin_node
 
 _LOG_REPEAT_S = 1.0
 

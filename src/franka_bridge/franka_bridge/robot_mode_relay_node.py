@@ -17,8 +17,8 @@ from rclpy.qos import qos_profile_sensor_data
 from std_msgs.msg import Bool
 
 from franka_bridge.franka_state import robot_mode_is_error
-from sernf_ros.parameters import declare_config
-from sernf_ros.spin import spin_node
+from sernf_data.ros.parameters import declare_config
+from sernf_data.ros.spin import spin_node
 
 
 @dataclass

@@ -30,10 +30,10 @@ from oak_camera.frames import CapturedFrame, image_fields, steady_to_clock_ns
 from oak_camera.intrinsics import Intrinsics, camera_info_matrices
 from oak_camera.replay import ReplayConnection
 from oak_camera.stream import CameraStream
-from sernf_ros.device_node import DeviceLifecycleNode
-from sernf_ros.diagnostics import diagnostic_status
-from sernf_ros.parameters import declare_config
-from sernf_ros.spin import spin_node
+from sernf_data.ros.device_node import DeviceLifecycleNode
+from sernf_data.ros.diagnostics import diagnostic_status
+from sernf_data.ros.parameters import declare_config
+from sernf_data.ros.spin import spin_node
 
 NODE_NAME = "oak_camera"
 

@@ -37,10 +37,10 @@ from sensor_msgs.msg import JointState
 
 from orca_hand_driver.commands import CommandError
 from orca_hand_driver.hand import CycleReport, DriverConfig, OrcaHand, TransitionError
-from sernf_ros.device_node import DeviceLifecycleNode
-from sernf_ros.diagnostics import diagnostic_status
-from sernf_ros.parameters import declare_config
-from sernf_ros.spin import spin_node
+from sernf_data.ros.device_node import DeviceLifecycleNode
+from sernf_data.ros.diagnostics import diagnostic_status
+from sernf_data.ros.parameters import declare_config
+from sernf_data.ros.spin import spin_node
 
 NODE_NAME = "orca_hand_driver"
 

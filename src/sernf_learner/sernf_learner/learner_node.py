@@ -62,6 +62,9 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from sernf_data.labels import LabelSettings
+from sernf_data.ros.diagnostics import diagnostic_array
+from sernf_data.ros.parameters import declare_config
+from sernf_data.ros.spin import spin_node
 from sernf_data.store import EpisodeStore, StoreSpec
 from sernf_interfaces.msg import CheckpointAvailable, ReplayEpisode
 from sernf_learner.configs import RunConfig, load_config
@@ -95,9 +98,6 @@ from sernf_policy.announcement_auth import (
     replay_fields,
 )
 from sernf_policy.checkpoint import recover_stale_temps
-from sernf_ros.diagnostics import diagnostic_array
-from sernf_ros.parameters import declare_config
-from sernf_ros.spin import spin_node
 
 __all__ = ["LearnerNode", "LearnerNodeConfig", "OnlineLearner", "main"]
 

@@ -219,7 +219,7 @@ def _write_yaml(path: Path, cfg: RunConfig) -> None:
 
 def _cli(args: list[str]) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
-        str(REPO / "src" / p) for p in ("sernf_data", "sernf_ros", "sernf_learner", "sernf_policy", "sernf_sim")))
+        str(REPO / "src" / p) for p in ("sernf_data", "sernf_learner", "sernf_policy", "sernf_sim")))
     return subprocess.Popen([sys.executable, "-m", "sernf_learner.cli", *args], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 

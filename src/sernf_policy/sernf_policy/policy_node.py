@@ -90,11 +90,11 @@ from std_msgs.msg import Float32MultiArray
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
+from sernf_data.ros.parameters import declare_config
+from sernf_data.ros.spin import spin_node
 from sernf_data.store import EpisodeStore, StoreSpec
 from sernf_interfaces.msg import CheckpointAvailable, EpisodeEvent, ReplayEpisode
 from sernf_interfaces.msg import RewardEvent as RewardEventMsg
-from sernf_ros.parameters import declare_config
-from sernf_ros.spin import spin_node
 
 from .action_space import ActionSpace, ActionSpaceConfig
 from .announcement_auth import (

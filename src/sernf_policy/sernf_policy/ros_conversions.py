@@ -16,8 +16,8 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float32MultiArray
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from sernf_ros.diagnostics import diagnostic_array
-from sernf_ros.stamps import seconds_to_time, time_to_seconds
+from sernf_data.ros.diagnostics import diagnostic_array
+from sernf_data.ros.stamps import seconds_to_time, time_to_seconds
 
 __all__ = [
     "OBSERVATION_TYPES",

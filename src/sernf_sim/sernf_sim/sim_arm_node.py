@@ -38,9 +38,9 @@ from rclpy.task import Future
 from std_msgs.msg import Bool, Empty
 from std_srvs.srv import SetBool, Trigger
 
-from sernf_ros.diagnostics import diagnostic_array
-from sernf_ros.parameters import declare_config
-from sernf_ros.spin import spin_node
+from sernf_data.ros.diagnostics import diagnostic_array
+from sernf_data.ros.parameters import declare_config
+from sernf_data.ros.spin import spin_node
 from sernf_sim.impedance_arm import FreeBody, ImpedanceArm, ImpedanceArmConfig
 
 

@@ -49,9 +49,9 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float32MultiArray
 from std_srvs.srv import Trigger
 
+from sernf_data.ros.parameters import declare_config
+from sernf_data.ros.spin import spin_node
 from sernf_interfaces.msg import EpisodeEvent, RewardEvent
-from sernf_ros.parameters import declare_config
-from sernf_ros.spin import spin_node
 from sernf_sim.hand_pick_place import env as hand_env
 from sernf_sim.hand_pick_place import model as hand_model
 from sernf_sim.hand_pick_place.config import test_configs

@@ -36,9 +36,9 @@ from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import JointState
 from std_srvs.srv import Trigger
 
-from sernf_ros.diagnostics import diagnostic_array
-from sernf_ros.parameters import declare_config
-from sernf_ros.spin import spin_node
+from sernf_data.ros.diagnostics import diagnostic_array
+from sernf_data.ros.parameters import declare_config
+from sernf_data.ros.spin import spin_node
 from teleop_rokoko.frames import matrix_to_quat_wxyz, quat_xyzw_to_matrix
 from teleop_rokoko.hand_kinematics import load_hand_joints
 from teleop_rokoko.retargeting import (
