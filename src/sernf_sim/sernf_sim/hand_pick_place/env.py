@@ -146,6 +146,7 @@ class HandPickPlace:
         self._target_xy = np.zeros((n, 2))
         self._cmd = np.tile(np.r_[M.HAND_HOME_POS, M.HAND_HOME_QUAT], (n, 1))  # commanded EE poses
         self._latency: list[deque[np.ndarray]] = [deque() for _ in range(n)]
+        self._pending_s = np.zeros(n)  # physics time drive() still owes each env
         self._was_reset = False
         self.episode_configs: list[HandEpisodeConfig] = []
         """Layout of each env's current episode (set by :meth:`reset`)."""
@@ -275,6 +276,7 @@ class HandPickPlace:
             mujoco.mj_forward(m, d)
             mujoco.mj_step(m, d, 10)  # let the objects settle onto the table
             self._latency[i] = deque()
+            self._pending_s[i] = 0.0
         self._cmd[:] = np.r_[M.HAND_HOME_POS, M.HAND_HOME_QUAT]
         self._steps[:] = 0
         self._terminated[:] = False
@@ -337,6 +339,79 @@ class HandPickPlace:
             "steps": self._steps.copy(),
         }
         return self._obs(), reward, self._terminated.copy(), self._truncated.copy(), info
+
+    # -- continuous time (the simulated world behind the drivers, sernf_sim.sim_world_node) -----
+
+    def drive(
+        self,
+        i: int,
+        ee_target: Sequence[float],
+        finger_targets: Sequence[float] | None,
+        duration_s: float,
+    ) -> int:
+        """Advance env ``i`` by ``duration_s`` of physics with the weld target (the arm's
+        impedance equilibrium, world frame, position + w-x-y-z quaternion) at ``ee_target`` and
+        the finger actuators' targets at ``finger_targets`` (clipped to the joint ranges; None
+        keeps the current targets).
+
+        Unlike :meth:`step`, no command is interpreted (the drivers did that) and the episode is
+        not evaluated: call :meth:`finish_control_step` once per control period. Physics time
+        that does not fill a whole step is carried to the next call. Returns the number of
+        physics steps taken. A diverged simulation is remembered and ends the episode as
+        "unstable" at the next evaluation.
+        """
+        if not self._was_reset:
+            raise RuntimeError("HandPickPlace.drive called before reset()")
+        target = np.asarray(ee_target, dtype=np.float64)
+        if target.shape != (7,) or not np.all(np.isfinite(target)):
+            raise ValueError(f"drive: ee_target must be 7 finite numbers, got {ee_target!r}")
+        d, ix = self._data[i], self.idx
+        d.mocap_pos[ix.ee_mocap] = target[:3]
+        d.mocap_quat[ix.ee_mocap] = R.normalize(target[3:])
+        self._cmd[i] = np.r_[target[:3], d.mocap_quat[ix.ee_mocap]]
+        if finger_targets is not None:
+            f = np.asarray(finger_targets, dtype=np.float64)
+            if f.shape != (NUM_HAND,) or not np.all(np.isfinite(f)):
+                raise ValueError(f"drive: finger_targets must be {NUM_HAND} finite numbers")
+            d.ctrl[:] = np.clip(f, JOINT_LOW, JOINT_HIGH)
+        self._pending_s[i] += max(float(duration_s), 0.0)
+        steps = int(self._pending_s[i] / self.model.opt.timestep + 1e-9)
+        if steps:
+            bad = (mujoco.mjtWarning.mjWARN_BADQPOS, mujoco.mjtWarning.mjWARN_BADQVEL,
+                   mujoco.mjtWarning.mjWARN_BADQACC)
+            before = sum(d.warning[w].number for w in bad)
+            mujoco.mj_step(self.model, d, steps)
+            self._pending_s[i] -= steps * self.model.opt.timestep
+            self._unstable[i] |= sum(d.warning[w].number for w in bad) > before
+        return steps
+
+    def finger_state(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Finger joint positions (rad), velocities (rad/s) and actuator torques (N·m) of env
+        ``i``, in :data:`model.FINGER_JOINTS` order."""
+        d, ix = self._data[i], self.idx
+        return d.qpos[ix.finger_qpos].copy(), d.qvel[ix.finger_qvel].copy(), d.actuator_force.copy()
+
+    def finish_control_step(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Count one control period of every running episode and evaluate the reward and
+        termination rules exactly as :meth:`step` does after its physics.
+
+        Returns ``(reward [n], terminated [n], truncated [n], info)`` with ``info`` as in
+        :meth:`step` minus ``executed_action`` (the drivers report what they executed).
+        """
+        if not self._was_reset:
+            raise RuntimeError("HandPickPlace.finish_control_step called before reset()")
+        active = ~(self._terminated | self._truncated)
+        self._steps += active
+        reward = self._update_episode(active)
+        info = {
+            "success": self._placed.copy(),
+            "subtask_success": {"grasp": self._grasped.copy(), "place": self._placed.copy()},
+            "failure": self._terminated & ~self._placed,
+            "termination_reason": self._reason.copy(),
+            "grasped_object": self._grasped_object.copy(),
+            "steps": self._steps.copy(),
+        }
+        return reward, self._terminated.copy(), self._truncated.copy(), info
 
     # -- privileged state (scripted expert, tests, tools) ---------------------------------------
 
