@@ -23,7 +23,7 @@ def generate_launch_description() -> LaunchDescription:
             package=spec.package,
             executable=spec.executable,
             name=spec.name,
-            parameters=[str(config_dir / spec.parameters_file), spec.extra_parameters],
+            parameters=[*(str(path) for path in spec.parameter_paths(config_dir)), spec.extra_parameters],
             remappings=list(spec.remappings),
             output="screen",
         ))

@@ -16,6 +16,7 @@ setup(
         ("share/" + package_name, ["package.xml"]),
         ("share/" + package_name + "/launch", sorted(glob("launch/*.launch.py"))),
         ("share/" + package_name + "/config", sorted(glob("config/*.yaml"))),
+        ("share/" + package_name + "/config/robot", sorted(glob("config/robot/*.yaml"))),
     ],
     install_requires=["setuptools"],
     zip_safe=True,
@@ -23,5 +24,7 @@ setup(
     maintainer_email="maintainers@sernf-ros.org",
     description="SERNF bringup: launch files and parameter files for the simulated and real graphs.",
     license="Apache-2.0",
-    entry_points={"console_scripts": []},
+    entry_points={"console_scripts": [
+        "lifecycle_manager = sernf.lifecycle_manager_node:main",
+    ]},
 )

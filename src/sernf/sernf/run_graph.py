@@ -1,9 +1,12 @@
 """Start a SERNF node graph as plain processes — `ros2 launch` for machines without launch_ros.
 
     python -m sernf.run_graph sim [--config-dir DIR] [--set node.param=value ...]
+    python -m sernf.run_graph scissors [mode:=rollout|teleop] [learner:=local|remote|none]
+                                       [sim:=true|false] [checkpoint:=DIR] [params_file:=FILE] ...
 
-Reads the graph from `sernf.graph` (the same description the launch files use), starts one
-process per node with `--ros-args` (node name, parameter file, remappings), forwards its
+Reads the graph from `sernf.graph` (the same description the launch files use; `name:=value`
+are the launch file's arguments), starts one process per node with `--ros-args` (node name,
+parameter files, remappings), forwards its
 output with a `[node]` prefix, and on Ctrl-C / SIGTERM or when any node exits, stops all of
 them (SIGINT, then SIGTERM, then SIGKILL).
 """
@@ -20,7 +23,16 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from sernf.graph import GRAPHS, SOURCE_CONFIG_DIR, NodeSpec, missing_inputs
+import yaml
+
+from sernf.graph import (
+    GRAPH_ARGUMENTS,
+    GRAPHS,
+    SOURCE_CONFIG_DIR,
+    NodeSpec,
+    build_graph,
+    missing_inputs,
+)
 
 
 class GraphProcesses:
@@ -47,9 +59,9 @@ class GraphProcesses:
             raise KeyError(f"no node {name!r} in this graph ({[s.name for s in self.specs]})")
         if name in self.procs and self.procs[name].poll() is None:
             raise RuntimeError(f"node {name!r} is still running")
-        parameters = self.config_dir / spec.parameters_file
-        if not parameters.is_file():
-            raise FileNotFoundError(f"parameter file of node {spec.name!r} not found: {parameters}")
+        for parameters in spec.parameter_paths(self.config_dir):
+            if not parameters.is_file():
+                raise FileNotFoundError(f"parameter file of node {spec.name!r} not found: {parameters}")
         cmd = [sys.executable, "-m", spec.module, *spec.ros_args(self.config_dir)]
         proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -103,34 +115,69 @@ class GraphProcesses:
         self.stop()
 
 
-def _parse_overrides(items: Sequence[str]) -> dict[str, dict[str, object]]:
+def parse_overrides(items: Sequence[str]) -> dict[str, dict[str, object]]:
+    """`--set node.param=value` items → {node: {param: value}}; values are read as YAML, as
+    `-p param:=value` reads them (10.0 is a float, true a bool, [a, b] a list)."""
     overrides: dict[str, dict[str, object]] = {}
     for item in items:
         key, sep, value = item.partition("=")
         node, dot, param = key.partition(".")
         if not sep or not dot or not node or not param:
-            raise SystemExit(f"--set expects node.param=value, got {item!r}")
-        overrides.setdefault(node, {})[param] = value
+            raise ValueError(f"--set expects node.param=value, got {item!r}")
+        try:
+            parsed = yaml.safe_load(value) if value else ""
+        except yaml.YAMLError:
+            parsed = value
+        overrides.setdefault(node, {})[param] = value if parsed is None else parsed
     return overrides
+
+
+def parse_launch_arguments(items: Sequence[str]) -> dict[str, str]:
+    """Launch-style `name:=value` arguments (as `ros2 launch` takes them) → {name: value}."""
+    arguments: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition(":=")
+        if not sep or not name:
+            raise ValueError(f"graph arguments are name:=value, got {item!r}")
+        if name in arguments:
+            raise ValueError(f"argument {name!r} given twice")
+        arguments[name] = value
+    return arguments
+
+
+def _missing_inputs_hint(graph: str) -> str:
+    if graph == "sim":
+        return ("Record the demonstrations and run the offline stages first (about 15 min on 2 CPU cores):\n"
+                "  make sim-data    # = python -m sernf.demo --config config/demo_hand.yaml --out results/sim "
+                "--offline-only\n"
+                "or point the learner at your own with --set learner.initial_checkpoint=... "
+                "--set learner.offline_store_uri=...")
+    return ("Record demonstrations (mode:=teleop), convert them (sernf-bag2zarr) and run the offline "
+            "stages (sernf-train) first, then point the graph at the results: checkpoint:=DIR, "
+            "--set learner.initial_checkpoint=... --set learner.offline_store_uri=..., or your own "
+            "params_file:=FILE; learner:=remote or learner:=none start no learner here.")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("graph", choices=sorted(GRAPHS), help="which graph to start")
+    parser.add_argument("arguments", nargs="*", metavar="NAME:=VALUE",
+                        help="the graph's launch arguments (scissors: "
+                             + ", ".join(f"{k}:={d or '...'}" for k, (d, _) in GRAPH_ARGUMENTS["scissors"].items())
+                             + ")")
     parser.add_argument("--config-dir", type=Path, default=SOURCE_CONFIG_DIR,
                         help="folder with the parameter files (default: the workspace config/)")
     parser.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE",
                         help="override one parameter of one node (repeatable)")
     args = parser.parse_args(argv)
-
-    specs = GRAPHS[args.graph](_parse_overrides(args.set))
+    try:
+        specs = build_graph(args.graph, parse_launch_arguments(args.arguments), parse_overrides(args.set))
+    except ValueError as exc:
+        parser.error(str(exc))
     missing = missing_inputs(specs, args.config_dir)
     if missing:
-        print("error: the learner's offline inputs do not exist yet:\n  " + "\n  ".join(missing)
-              + "\nRecord the demonstrations and run the offline stages first (about 15 min on 2 CPU cores):\n"
-              "  make sim-data    # = python -m sernf.demo --config config/demo_hand.yaml --out results/sim --offline-only\n"
-              "or point the learner at your own with --set learner.initial_checkpoint=... "
-              "--set learner.offline_store_uri=...", file=sys.stderr)
+        print("error: the graph's inputs do not exist yet:\n  " + "\n  ".join(missing) + "\n"
+              + _missing_inputs_hint(args.graph), file=sys.stderr)
         return 2
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
