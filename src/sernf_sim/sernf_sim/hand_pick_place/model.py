@@ -231,6 +231,10 @@ def build_mjcf(timestep: float = 0.004) -> str:
     # placement. The front camera looks at the workspace from across the table.
     wrist_pos = (-0.01, -0.075, -0.025)
     wrist_xy = _look_xyaxes(wrist_pos, (0.01, 0.0, 0.08), up=(1.0, 0.0, 0.0))
+    # Under camera (sim_world's "under" view, the paper's second hand-mounted camera): behind
+    # the palm at the wrist, looking past the palm into the grasp between thumb and fingers.
+    under_pos = (-(px + 0.06), 0.0, 0.035)
+    under_xy = _look_xyaxes(under_pos, (px + 0.02, 0.0, 0.12), up=(1.0, 0.0, 0.0))
     return f"""
 <mujoco model="sernf_hand_pick_place">
   <compiler angle="radian" autolimits="true"/>
@@ -295,6 +299,7 @@ def build_mjcf(timestep: float = 0.004) -> str:
       <geom name="wrist" type="cylinder" size="0.03 0.03" pos="0 0 -0.05" material="hand"
             contype="0" conaffinity="0" mass="0"/>
       <camera name="wrist" pos="{_fmt(wrist_pos)}" xyaxes="{wrist_xy}" fovy="75"/>
+      <camera name="under" pos="{_fmt(under_pos)}" xyaxes="{under_xy}" fovy="80"/>
       <site name="ee" pos="0 0 0" size="0.005"/>
       {"".join(fingers)}
       {thumb}
