@@ -21,6 +21,7 @@ setup(
             "sernf-data = sernf_data.cli:main",
             "sernf-bag2zarr = sernf_data.bag2zarr:main",
             "sernf-record = sernf_data.record:main",
+            "recorder = sernf_data.episode_bag_recorder_node:main",
         ],
     },
 )

@@ -48,6 +48,10 @@ def camera_info_message(intr: Intrinsics, frame_id: str) -> CameraInfo:
     return info
 
 
+#: The node's parameters (launch-file checks read this).
+PARAMETERS = OakCameraConfig
+
+
 class OakCameraNode(DeviceLifecycleNode):
     def __init__(self, **kwargs) -> None:
         super().__init__(NODE_NAME, **kwargs)

@@ -63,6 +63,10 @@ class TopicConfig:
             raise ValueError("diagnostics_period_s must be positive")
 
 
+#: The node's parameters: both dataclasses are declared (launch-file checks read this).
+PARAMETERS = (DriverConfig, TopicConfig)
+
+
 def _share_config_dir() -> Path:
     from ament_index_python.packages import get_package_share_directory
 

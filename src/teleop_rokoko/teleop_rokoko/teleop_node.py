@@ -129,6 +129,10 @@ class TeleopConfig:
             raise ValueError("max_packet_bytes must be >= 256")
 
 
+#: The node's parameters (launch-file checks read this).
+PARAMETERS = TeleopConfig
+
+
 class TeleopNode(Node):
     def __init__(self) -> None:
         super().__init__("teleop_rokoko")
