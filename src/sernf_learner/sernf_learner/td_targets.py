@@ -98,6 +98,11 @@ class TargetCritic(nn.Module):
     memory (300M parameters for DINOv2). Only trainable parameters are averaged. The copy never
     receives gradients and always runs in eval mode (no dropout in the bootstrap value).
     Observation normalisation is the policy's (buffers fitted once, never trained).
+
+    Buffers (BatchNorm running statistics of a ResNet encoder trained end to end) follow the
+    online critic too: floating-point ones are Polyak-averaged at the same rate as the
+    parameters, counters copied. Without that the target critic would normalise with the
+    statistics of the initial weights forever while its weights move on.
     """
 
     def __init__(self, policy: nn.Module) -> None:
@@ -119,11 +124,29 @@ class TargetCritic(nn.Module):
         params = list(self.encoder.parameters()) + list(self.critic.parameters())
         return [params[i] for i in self._trainable]
 
+    def _own_buffers(self) -> list[tuple[str, torch.Tensor]]:
+        return [*(("encoder." + n, b) for n, b in self.encoder.named_buffers()),
+                *(("critic." + n, b) for n, b in self.critic.named_buffers())]
+
+    @staticmethod
+    def _online_buffers(policy: nn.Module) -> list[torch.Tensor]:
+        return [*policy.critic_encoder.buffers(), *policy.critic.buffers()]
+
     @torch.no_grad()
     def update(self, policy: nn.Module, tau: float) -> None:
-        """Polyak step towards the online critic of ``policy``."""
+        """Polyak step towards the online critic of ``policy`` (parameters and buffers)."""
         online = list(policy.critic_parameters())
         polyak_update(self._own_parameters(), [online[i].detach() for i in self._trainable], tau)
+        own_buffers = self._own_buffers()
+        online_buffers = self._online_buffers(policy)
+        if len(own_buffers) != len(online_buffers):
+            raise ValueError(f"target critic has {len(own_buffers)} buffers, the online critic {len(online_buffers)}")
+        floating = [(b, o) for (_, b), o in zip(own_buffers, online_buffers, strict=True) if b.is_floating_point()]
+        if floating:
+            polyak_update([b for b, _ in floating], [o for _, o in floating], tau)
+        for (_, b), o in zip(own_buffers, online_buffers, strict=True):
+            if not b.is_floating_point():
+                b.copy_(o)
 
     @torch.no_grad()
     def min_q(self, policy: nn.Module, obs, prefix_norm: torch.Tensor, chunks_norm: torch.Tensor) -> torch.Tensor:
@@ -133,19 +156,27 @@ class TargetCritic(nn.Module):
         return self.critic.min_value(tokens, prefix_norm.to(tokens.dtype), chunks.to(tokens.dtype))
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        """Trainable target parameters by name (what a checkpoint must keep)."""
+        """Trainable target parameters and the buffers (``buffer:`` prefix) by name: what a
+        checkpoint must keep."""
         named = [*(("encoder." + n, p) for n, p in self.encoder.named_parameters()),
                  *(("critic." + n, p) for n, p in self.critic.named_parameters())]
-        return {named[i][0]: named[i][1].detach() for i in self._trainable}
+        out = {named[i][0]: named[i][1].detach() for i in self._trainable}
+        out.update({"buffer:" + n: b for n, b in self._own_buffers()})
+        return out
 
     @torch.no_grad()
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore :meth:`tensors`. Checkpoints written before buffers were kept have none;
+        the buffers then stay as constructed (copies of the online critic's)."""
         own = self.tensors()
-        if set(own) != set(tensors):
-            raise ValueError(f"target critic tensors differ: missing {sorted(set(own) - set(tensors))[:4]}, "
-                             f"unexpected {sorted(set(tensors) - set(own))[:4]}")
-        for name, p in own.items():
-            p.copy_(tensors[name])
+        required = {k for k in own if not k.startswith("buffer:")}
+        has_buffers = any(k.startswith("buffer:") for k in tensors)
+        expected = set(own) if has_buffers else required
+        if expected != set(tensors):
+            raise ValueError(f"target critic tensors differ: missing {sorted(expected - set(tensors))[:4]}, "
+                             f"unexpected {sorted(set(tensors) - expected)[:4]}")
+        for name in expected:
+            own[name].copy_(tensors[name])
 
 
 # ------------------------------------------------------------------------ critic update
