@@ -68,12 +68,14 @@ def scissors_observation(rng: np.random.Generator) -> tuple[dict, np.ndarray]:
 
 
 def chunk_latency(policy, make_obs, chunks: int, warmup: int = 5) -> tuple[float, float]:
-    """p50, p99 in ms of ``act_batch`` for one observation (host input to host chunk)."""
+    """p50, p99 in ms of ``act_batch`` for one observation (host input to host chunk), on the
+    policy's device (CPU or CUDA; ``bench/chunk_latency.py`` uses it on the CPU)."""
     rng = np.random.default_rng(0)
+    sync = torch.cuda.synchronize if policy.device.type == "cuda" else (lambda: None)
     times = []
     for i in range(warmup + chunks):
         obs, prefix = make_obs(rng)
-        torch.cuda.synchronize()
+        sync()
         t0 = time.perf_counter()
         policy.act_batch(obs, prefix)  # returns numpy: includes the device-to-host copy
         if i >= warmup:

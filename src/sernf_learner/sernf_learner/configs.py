@@ -32,6 +32,7 @@ from sernf_learner.offline_rl import ActorConfig, OfflineRLConfig
 from sernf_learner.online_rl import OnlineRLConfig
 from sernf_learner.td_targets import CriticConfig
 from sernf_policy.config_io import build_dataclass, to_jsonable
+from sernf_policy.encoders import DinoV2EncoderConfig, ResNetEncoderConfig
 
 #: Stage names, in the order of the paper's pipeline (Alg. 3) plus distillation.
 STAGES = ("il", "critic_warmup", "offline_rl", "online_rl", "distill")
@@ -89,7 +90,14 @@ class PolicySpec:
     sigma_sample: float = 0.7
     """σ_sample at inference (paper: 0.7)."""
     image_backbone: str = "resnet18"
-    """Image encoder for rgb keys: "resnet18" or "dinov2"."""
+    """Image encoder for rgb keys: "resnet18" (one per camera) or "dinov2" (one shared)."""
+    resnet: ResNetEncoderConfig = field(default_factory=ResNetEncoderConfig)
+    """ResNet-18 settings (image_backbone "resnet18"): timm variant, weights (``pretrained``:
+    false, true = the hub, or a local file), resize, finetune mode."""
+    dinov2: DinoV2EncoderConfig = field(default_factory=DinoV2EncoderConfig)
+    """DINOv2 settings (image_backbone "dinov2"): timm model (default ViT-L/14 reg4, G1),
+    weights (``pretrained``: false, true = the hub, or a local file), image size, projector
+    width, finetune mode (G1: "norm"), which block's tokens."""
     actor: str = "flow"
     """Actor family: "flow" (the paper's conditional normalizing flow, §III-c / §IV-B) or
     "gaussian" (ablation: a tanh-squashed diagonal Gaussian over the whole chunk,
@@ -115,6 +123,8 @@ class PolicySpec:
             raise ValueError(f"PolicySpec needs v_min < v_max, got {self.v_min}, {self.v_max}")
         if self.image_backbone not in ("resnet18", "dinov2"):
             raise ValueError(f"PolicySpec.image_backbone must be resnet18 or dinov2, got {self.image_backbone!r}")
+        if not isinstance(self.resnet, ResNetEncoderConfig) or not isinstance(self.dinov2, DinoV2EncoderConfig):
+            raise ValueError("PolicySpec.resnet / .dinov2 must be ResNetEncoderConfig / DinoV2EncoderConfig")
         if self.actor not in ACTORS:
             raise ValueError(f"PolicySpec.actor must be one of {ACTORS}, got {self.actor!r}")
         h = self.critic_horizon
@@ -299,7 +309,8 @@ class RunConfig:
             return build_dataclass(TrainerConfig, d, {"eval": lambda e: build_dataclass(EvalConfig, e)})
 
         return build_dataclass(cls, data, {
-            "policy": lambda d: build_dataclass(PolicySpec, d),
+            "policy": lambda d: build_dataclass(PolicySpec, d, {
+                "resnet": ResNetEncoderConfig.from_dict, "dinov2": DinoV2EncoderConfig.from_dict}),
             "data": lambda d: build_dataclass(DataConfig, d),
             "env": lambda d: build_dataclass(EnvConfig, d),
             "trainer": trainer,

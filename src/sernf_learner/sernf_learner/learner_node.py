@@ -208,6 +208,14 @@ class LearnerNodeConfig:
     reconcile_period_s: float = 5.0
     """Seconds between reconciliations with watch_stores."""
 
+    announce_output_dir: str = ""
+    """output_dir as the policy node's machine sees it, when the learner runs on another
+    machine and shares output_dir over NFS / sshfs mounted at a different path there (e.g.
+    /mnt/trainer/learner on the robot PC for /data/sernf/learner here): announcements name
+    <announce_output_dir>/checkpoints/<checkpoint>/policy. Empty: the local path (the same
+    path on both machines, or one machine). The policy node still checks the directory against
+    its checkpoint_roots and the announced sha256, so a wrong mapping is refused, never loaded."""
+
     checkpoint_key_file: str = ""
     """Key (file, mode 0600, made by sernf-keys) to sign checkpoint announcements with (the
     policy node's checkpoint_key_file); empty: announcements go out unsigned."""
@@ -232,6 +240,9 @@ class LearnerNodeConfig:
             object.__setattr__(self, name, tuple(str(v) for v in getattr(self, name)))
         if not self.output_dir:
             raise ValueError("output_dir must not be empty")
+        if self.announce_output_dir and ("://" in self.announce_output_dir or not os.path.isabs(self.announce_output_dir)):
+            raise ValueError(f"announce_output_dir must be an absolute path (the shared output_dir's mount point "
+                             f"on the policy's machine), got {self.announce_output_dir!r}")
         for name in ("episodes_per_update", "updates_per_round", "batch_size", "torch_num_threads"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -254,6 +265,14 @@ class LearnerNodeConfig:
         if not self.replay_topic or not self.checkpoint_topic:
             raise ValueError("replay_topic and checkpoint_topic must not be empty")
         ReplayLocations(self.replay_root, self.allowed_url_prefixes)  # validates the prefixes
+
+    def announced_location(self, policy_dir: str | os.PathLike[str], output_dir: str | os.PathLike[str]) -> str:
+        """What CheckpointAvailable.uri names for ``policy_dir`` (inside ``output_dir``): the
+        path itself, or the same path under ``announce_output_dir``."""
+        if not self.announce_output_dir:
+            return str(policy_dir)
+        relative = Path(os.path.abspath(policy_dir)).relative_to(os.path.abspath(output_dir))
+        return str(Path(self.announce_output_dir) / relative)
 
     def online_config(self, run: RunConfig) -> OnlineRLConfig:
         """The run config's Stage IV settings with this node's overrides (validated)."""
@@ -1009,7 +1028,8 @@ class LearnerNode(Node):
             return
         msg = CheckpointAvailable()
         msg.header.stamp = self.get_clock().now().to_msg()
-        msg.uri, msg.step, msg.stage, msg.sha256 = str(saved.policy_dir), int(saved.step), saved.stage, saved.sha256
+        msg.uri = self.cfg.announced_location(saved.policy_dir, self.out)
+        msg.step, msg.stage, msg.sha256 = int(saved.step), saved.stage, saved.sha256
         msg.run_id, msg.config_sha256 = self.run_id, saved.config_sha256
         if self._checkpoint_key is not None:
             msg.key_id = self._checkpoint_key.key_id
@@ -1019,7 +1039,7 @@ class LearnerNode(Node):
         self._checkpoint_pub.publish(msg)
         with self._lock:
             self._stats.checkpoints_announced += 1
-        self.get_logger().info(f"announced checkpoint {saved.policy_dir} (step {saved.step}, {saved.stage})")
+        self.get_logger().info(f"announced checkpoint {msg.uri} (step {saved.step}, {saved.stage})")
         self.publish_diagnostics()
 
     def _on_checkpoint_matched(self, info: Any) -> None:

@@ -174,7 +174,7 @@ def seed_everything(seed: int) -> None:
 def build_policy_config(config: RunConfig, observation_spec: dict, action_dim: int) -> PolicyConfig:
     """The model of ``config.policy`` for the data's observation spec and action size."""
     p = config.policy
-    encoder = EncoderConfig(token_dim=p.token_dim, image_backbone=p.image_backbone)
+    encoder = EncoderConfig(token_dim=p.token_dim, image_backbone=p.image_backbone, resnet=p.resnet, dinov2=p.dinov2)
     flow = gaussian = None
     if p.actor == "gaussian":  # ablation: same sizes, a Gaussian instead of the couplings
         gaussian = GaussianActorConfig(
