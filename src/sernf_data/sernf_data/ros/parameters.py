@@ -34,7 +34,16 @@ _PARAM_TYPES = {
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """Attribute docstrings of a dataclass (the string right after each field), by field name."""
+    """Attribute docstrings of a dataclass (the string right after each field), by field name;
+    fields inherited from a dataclass base keep their base's docstrings."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if klass is cls or dataclasses.is_dataclass(klass):
+            docs.update(_own_field_docs(klass))
+    return docs
+
+
+def _own_field_docs(cls: type) -> dict[str, str]:
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     except (OSError, TypeError, SyntaxError):
