@@ -67,9 +67,12 @@ class LifecycleManagerNode(Node):
         if msg.level >= _WARN:
             self._last_problem[msg.name] = (time.monotonic(), msg.msg)
 
-    def _reason(self, node: str, since: float) -> str:
+    def _reason(self, node: str, kind: str, since: float) -> str:
         logged = self._last_problem.get(_logger_name(node))
-        return logged[1] if logged and logged[0] >= since else ""
+        if not logged or logged[0] < since:
+            return ""
+        # Our nodes log "configure refused: <why>" (DeviceLifecycleNode.refuse): keep the why.
+        return logged[1].removeprefix(f"{kind} refused: ")
 
     def _tick(self) -> None:
         now = time.monotonic()
@@ -112,7 +115,7 @@ class LifecycleManagerNode(Node):
             if self.bringup.all_active():
                 self.get_logger().info(f"all {len(self.bringup.nodes)} managed nodes are active")
         else:
-            reason = self._reason(request.node, sent) or "the node gave no reason on /rosout (see its log)"
+            reason = self._reason(request.node, request.kind, sent) or "the node gave no reason on /rosout (see its log)"
             self.get_logger().error(self.bringup.on_refused(request, now, reason))
 
     def _publish_diagnostics(self) -> None:
