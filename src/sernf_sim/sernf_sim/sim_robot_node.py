@@ -51,13 +51,14 @@ from std_srvs.srv import Trigger
 
 from sernf_data.ros.parameters import declare_config
 from sernf_data.ros.spin import spin_node
-from sernf_interfaces.msg import EpisodeEvent, RewardEvent
+from sernf_interfaces.msg import EpisodeEvent
+from sernf_sim.episodes import SUBTASKS, EpisodeBook, end_reason, layout
 from sernf_sim.hand_pick_place import env as hand_env
 from sernf_sim.hand_pick_place import model as hand_model
 from sernf_sim.hand_pick_place.config import test_configs
+from sernf_sim.ros.task_events import TaskEventPublisher
 
-SUBTASKS = ("grasp", "place")
-"""Subtask of the k-th reward of an episode (two-stage sparse reward)."""
+__all__ = ["SUBTASKS", "SimRobotConfig", "SimRobotNode"]
 
 
 @dataclass
@@ -153,10 +154,7 @@ class SimRobotNode(Node):
         self._missed_commands = 0
         self._waiting_since: float | None = None
         self._dropped_commands = 0
-        self._episode = 0
-        self._running = False
-        self._reset_at: float | None = None
-        self._rewards_in_episode = 0
+        self._book = EpisodeBook(seed=self.cfg.seed)
         self._obs = self.env.reset()
 
         self.joint_pub = self.create_publisher(JointState, self.cfg.joint_states_topic, 10)
@@ -166,8 +164,7 @@ class SimRobotNode(Node):
             key: self.create_publisher(Image, f"{self.cfg.camera_topic_prefix}/{key.removesuffix('_rgb')}/image_raw", 10)
             for key in ("wrist_rgb", "front_rgb")
         } if self.cfg.render_images else {}
-        self.reward_pub = self.create_publisher(RewardEvent, "/sernf/reward", 10)
-        self.episode_pub = self.create_publisher(EpisodeEvent, "/sernf/episode", 10)
+        self.events = TaskEventPublisher(self)
         self.executed_arm_pub = self.create_publisher(PoseStamped, self.cfg.executed_arm_command_topic, 10)
         self.executed_hand_pub = self.create_publisher(JointState, self.cfg.executed_hand_command_topic, 10)
         self.create_subscription(PoseStamped, self.cfg.arm_command_topic, self._on_arm, 10)
@@ -183,7 +180,7 @@ class SimRobotNode(Node):
         self.create_timer(period, self._tick, clock=Clock(clock_type=ClockType.STEADY_TIME))
         self._publish_clock()
         if self.cfg.first_episode_after_s >= 0:
-            self._reset_at = self._now().nanoseconds * 1e-9 + self.cfg.first_episode_after_s
+            self._book.reset_at = self._now().nanoseconds * 1e-9 + self.cfg.first_episode_after_s
         self.get_logger().info(
             f"sim robot up: hand_pick_place ({self.cfg.variant}), {1 / period:.1f} Hz wall-clock "
             f"(speed {self.cfg.speed:g}{', simulated time on /clock' if self.clock_pub else ''}), "
@@ -244,48 +241,36 @@ class SimRobotNode(Node):
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         self._start_episode()
         response.success = True
-        response.message = f"episode {self._episode_id()} started"
+        response.message = f"episode {self._book.episode_id} started"
         return response
 
-    def _episode_id(self) -> str:
-        return f"sim-{self.cfg.seed}-{self._episode:05d}"
-
     def _start_episode(self) -> None:
-        index = int(self.get_parameter("reset_config").value)
-        configs = None if index < 0 else [test_configs()[index]]
+        configs, start_reason = layout(int(self.get_parameter("reset_config").value))
         with self._lock:
             self._commands.clear()
             self._arm.clear()
             self._hand.clear()
-            if self._running:
+            if self._book.running:
                 self._publish_episode(EpisodeEvent.ABORT, "reset")
-            self._episode += 1
+            self._book.start()
             self._obs = self.env.reset(configs=configs)
-            self._running = True
-            self._reset_at = None
-            self._rewards_in_episode = 0
             self._missed_commands = 0
             self._waiting_since = None
             if self.clock_pub is not None:
                 # A new step of simulated time for the first state, published after it: a policy
                 # on simulated time ticks on it and commands the first step at once.
                 self._sim_ns += self._step_ns
-        self._publish_episode(EpisodeEvent.START, "reset" if index < 0 else f"test_config_{index}")
+        self._publish_episode(EpisodeEvent.START, start_reason)
         self._publish_observation()
         self._publish_clock()
 
     def _publish_episode(self, event: int, reason: str) -> None:
-        msg = EpisodeEvent()
-        msg.header.stamp = self._now().to_msg()
-        msg.episode_id = self._episode_id()
-        msg.event = event
-        msg.reason = reason
-        self.episode_pub.publish(msg)
+        self.events.episode(self._now().to_msg(), self._book.episode_id, event, reason)
 
     # -- control loop ---------------------------------------------------------------------------
     def _tick(self) -> None:
-        if not self._running:
-            if self._reset_at is not None and self._now().nanoseconds * 1e-9 >= self._reset_at:
+        if not self._book.running:
+            if self._book.reset_due(self._now().nanoseconds * 1e-9):
                 self._start_episode()
                 return
             self._sim_ns += self._step_ns  # time runs whether or not we act (as on the robot)
@@ -314,22 +299,15 @@ class SimRobotNode(Node):
         self._sim_ns += self._step_ns
         stamp = self._now().to_msg()
         if reward[0] > 0:
-            event = RewardEvent()
-            event.header.stamp = stamp
-            event.value = float(reward[0])
-            event.subtask = SUBTASKS[min(self._rewards_in_episode, len(SUBTASKS) - 1)]
-            event.source = RewardEvent.SOURCE_SIM
-            self.reward_pub.publish(event)
-            self._rewards_in_episode += 1
+            self.events.reward(stamp, float(reward[0]), self._book.reward_subtask())
         self._publish_observation(stamp)
         if terminated[0] or truncated[0]:
-            reason = str(info["termination_reason"][0]) or ("time_limit" if truncated[0] else "terminated")
-            self._running = False
+            reason = end_reason(info["termination_reason"][0], bool(truncated[0]))
+            self._book.end(self._now().nanoseconds * 1e-9, bool(self.get_parameter("auto_reset").value),
+                           self.cfg.reset_delay_s)
             self._publish_episode(EpisodeEvent.END, reason)
-            self.get_logger().info(f"episode {self._episode_id()} ended: {reason} after {int(info['steps'][0])} steps"
+            self.get_logger().info(f"episode {self._book.episode_id} ended: {reason} after {int(info['steps'][0])} steps"
                                    f" ({self._missed_commands} without a fresh command: held)")
-            if self.get_parameter("auto_reset").value:
-                self._reset_at = self._now().nanoseconds * 1e-9 + self.cfg.reset_delay_s
         # The clock last: a policy on simulated time ticks on this message and must already have
         # the observation of the new time, so the command it sends is its reaction to that state.
         self._publish_clock()
