@@ -348,3 +348,31 @@ def test_every_node_builds_its_config_from_the_parameter_files(ros_env, mode, si
                 node.destroy_node()
         finally:
             rclpy.shutdown(context=context)
+
+
+@pytest.mark.ros
+def test_run_graph_stops_the_lifecycle_manager_first_so_the_drivers_are_deactivated(ros_env, tmp_path):
+    import os
+
+    from sernf.graph import NodeSpec
+    from sernf.run_graph import GraphProcesses
+
+    device, state_log = tmp_path / "bus", tmp_path / "probe_states.log"
+    device.write_text("")
+    (tmp_path / "graph.yaml").write_text(yaml.safe_dump({
+        "probe": {"ros__parameters": {"device": str(device), "state_log": str(state_log)}},
+        "lifecycle_manager": {"ros__parameters": {"node_names": ["probe"], "retry_period_s": 0.3}},
+    }))
+    specs = [NodeSpec(package="sernf", executable="probe", module="lifecycle_probe_node", name="probe",
+                      parameters_files=("graph.yaml",), lifecycle=True),
+             NodeSpec(package="sernf", executable="lifecycle_manager", module="sernf.lifecycle_manager_node",
+                      name="lifecycle_manager", parameters_files=("graph.yaml",))]
+    env = dict(ros_env, PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), ros_env.get("PYTHONPATH", "")]))
+    graph = GraphProcesses(specs, tmp_path, env=env, log_dir=tmp_path)
+    with graph:
+        _wait_for(lambda: _lines(state_log)[-1:] == ["active"], 90.0, "the probe to be active",
+                  list(graph.procs.values()))
+    # Ctrl-C of the whole graph: the manager went first and deactivated the probe, then the
+    # probe itself was stopped.
+    assert _lines(state_log)[-1] == "deactivated", (_lines(state_log), (tmp_path / "lifecycle_manager.log").read_text())
+    assert graph.exited()["lifecycle_manager"] == 0

@@ -34,6 +34,9 @@ from sernf.graph import (
     missing_inputs,
 )
 
+#: Nodes stopped before the others: the lifecycle manager deactivates the drivers on its way out.
+STOP_FIRST_MODULES = frozenset({"sernf.lifecycle_manager_node"})
+
 
 class GraphProcesses:
     """The running processes of a graph; a context manager that always stops them."""
@@ -96,8 +99,18 @@ class GraphProcesses:
         return {name: p.returncode for name, p in self.procs.items() if p.poll() is not None}
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop every node: first the lifecycle managers (they deactivate the drivers, which then
+        hold, while those are still running), then all the others."""
+        first = {spec.name for spec in self.specs if spec.module in STOP_FIRST_MODULES}
+        self._stop([p for name, p in self.procs.items() if name in first], timeout)
+        self._stop(list(self.procs.values()), timeout)
+        for thread in self._threads:
+            thread.join(timeout=2.0)
+
+    @staticmethod
+    def _stop(procs: list[subprocess.Popen], timeout: float) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
-            alive = [p for p in self.procs.values() if p.poll() is None]
+            alive = [p for p in procs if p.poll() is None]
             if not alive:
                 break
             for proc in alive:
@@ -105,8 +118,6 @@ class GraphProcesses:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline and any(p.poll() is None for p in alive):
                 time.sleep(0.05)
-        for thread in self._threads:
-            thread.join(timeout=2.0)
 
     def __enter__(self) -> GraphProcesses:
         return self.start()
