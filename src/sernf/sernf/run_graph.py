@@ -6,9 +6,9 @@
 
 Reads the graph from `sernf.graph` (the same description the launch files use; `name:=value`
 are the launch file's arguments), starts one process per node with `--ros-args` (node name,
-parameter files, remappings), forwards its
-output with a `[node]` prefix, and on Ctrl-C / SIGTERM or when any node exits, stops all of
-them (SIGINT, then SIGTERM, then SIGKILL).
+parameter files, remappings), forwards its output with a `[node]` prefix, and on Ctrl-C /
+SIGTERM or when any node exits, stops all of them (SIGINT, then SIGTERM, then SIGKILL): the
+lifecycle manager first, so that it deactivates the drivers while they still run.
 """
 
 from __future__ import annotations
