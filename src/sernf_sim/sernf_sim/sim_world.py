@@ -90,7 +90,7 @@ class SimWorldConfig(FrankaControllerConfig):
     bus_link: str = "/tmp/sernf_sim/orca_hand"
     """Symlink to the simulated Dynamixel bus's pty (the driver's port); created at start,
     removed at exit; an existing file that is not a symlink is never replaced."""
-    hand_model_file: str = ""
+    modelfile: str = ""
     """The ORCA driver's hand model file (servo ids, signs, ranges); empty: orca_v1_right.yaml
     of the installed orca_hand_driver."""
     motor_lower_ticks: int = 1000
@@ -493,7 +493,7 @@ class SimWorld:
         self.counters.servo_overloads_injected += 1
 
 
-def write_driver_calibration(path: str | Path, hand_model_: Any, lower_ticks: int, upper_ticks: int) -> str:
+def write_driver_calibration(path: str | Path, model: Any, lower_ticks: int, upper_ticks: int) -> str:
     """Write the calibration file the ORCA driver needs for the simulated hand (every servo's
     hard stops at ``lower_ticks``/``upper_ticks``: what its calibration routine would measure).
     An identical file is kept; a different one is replaced, its old content kept as a backup.
@@ -506,20 +506,20 @@ def write_driver_calibration(path: str | Path, hand_model_: Any, lower_ticks: in
         save_calibration,
     )
 
-    limits = {j.name: MotorLimits(j.motor, int(lower_ticks), int(upper_ticks)) for j in hand_model_.joints}
+    limits = {j.name: MotorLimits(j.motor, int(lower_ticks), int(upper_ticks)) for j in model.joints}
     path = Path(path)
     if path.exists():
         try:
-            if load_calibration(path, hand_model_).limits == limits:
+            if load_calibration(path, model).limits == limits:
                 return f"calibration {path} already matches the simulated hand"
         except CalibrationError as exc:
             reason = str(exc)
         else:
             reason = "other motor limits"
-        backup = save_calibration(path, Calibration(hand_model_.name, hand_model_.fingerprint(), limits),
-                                  hand_model_, overwrite=True)
+        backup = save_calibration(path, Calibration(model.name, model.fingerprint(), limits),
+                                  model, overwrite=True)
         return f"calibration {path} replaced ({reason}; old one kept as {backup})"
-    save_calibration(path, Calibration(hand_model_.name, hand_model_.fingerprint(), limits), hand_model_)
+    save_calibration(path, Calibration(model.name, model.fingerprint(), limits), model)
     return f"calibration of the simulated hand written to {path}"
 
 

@@ -195,13 +195,10 @@ class SharedFingerState:
         self._q = np.array(positions, dtype=float)
         self._dq = np.zeros(n)
         self._torque = np.zeros(n)
-        self.writes = 0
-        """Target updates received from the servos (a counter for diagnostics)."""
 
     def set_targets(self, joints: np.ndarray, values: np.ndarray) -> None:
         with self._lock:
             self._targets[joints] = values
-            self.writes += 1
 
     def reset_targets(self, targets: Sequence[float]) -> None:
         """All targets at once (the world's reset of joints no servo drives)."""
