@@ -125,6 +125,9 @@ def test_sim_overlay_points_the_real_drivers_at_the_world():
     params = effective(sim=True)
     world = params["sim_world"]
     assert params["orca_hand_driver"]["port"] == world["bus_link"]
+    assert params["orca_hand_driver"]["calibration_file"] == world["calibration_file"]
+    assert world["cameras"] == params["recorder"]["cameras"] == ["front", "under", "left"]
+    assert world.get("frame_id", "base") == params["franka_bridge"]["pose_frame"]
     assert params["franka_bridge"]["target_topic"] == "/franka/equilibrium_pose"
     assert params["policy"]["reward_sources"] == ["/sim_world"] and params["policy"]["reward_source_kinds"] == ["sim"]
     assert "/sim_world" in params["policy"]["episode_authorities"]
@@ -132,8 +135,7 @@ def test_sim_overlay_points_the_real_drivers_at_the_world():
     assert params["policy"]["device"] == "cpu" and params["learner"]["device"] == "cpu"
     assert params["policy"]["checkpoint"]  # a CPU-sized checkpoint, not the robot's GPU one
     for name, values in params.items():
-        if name != "sim_world":
-            assert values.get("use_sim_time") is False, f"{name} must run on wall-clock time in sim"
+        assert values.get("use_sim_time") is False, f"{name} must run on wall-clock time in sim"
     # No robot path leaks into the simulation (the robot's /data and /etc keys).
     for name in ("policy", "learner", "recorder"):
         for key, value in params[name].items():
