@@ -6,9 +6,10 @@ backward (``torch.autograd.graph.saved_tensors_hooks``), for finetune "norm" (G1
 LayerNorms train, so the gradient must reach the first block and every block's activations are
 kept), "frozen" (nothing in the backbone needs a gradient: only the projector's input is kept)
 and "full". Also the parameter bytes. These are the numbers behind the batch sizes of
-``config/train_scissors.yaml``. Saved tensors are measured on the CPU: CUDA's fused attention
-kernels keep about the same (the attention output and its log-sum-exp per head, not the
-261 x 261 score matrix), so the figure carries over to a GPU up to allocator slack.
+``config/train_scissors.yaml``. Saved tensors are measured on the CPU; on a GPU, fused
+attention kernels keep the attention output and its log-sum-exp rather than any 16 x 261 x 261
+probabilities (at most ~0.1 GiB per image over the 23 blocks), so the CPU figure is an upper
+bound there, up to allocator slack.
 
 Run:  .venv/bin/python bench/encoder_memory.py [--model vit_large_patch14_reg4_dinov2] [--images 2]
 """
