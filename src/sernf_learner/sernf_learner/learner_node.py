@@ -90,6 +90,7 @@ from sernf_learner.trainer import (
     unflatten_state,
 )
 from sernf_learner.transitions import ChunkTiming, MixedSampler, TransitionSampler
+from sernf_learner.value_support import check_value_support, returns_to_go_range
 from sernf_policy.announcement_auth import (
     CHECKPOINT_KIND,
     REPLAY_KIND,
@@ -383,6 +384,10 @@ class OnlineLearner:
         problem = spec_mismatch(policy_spec(policy, offline_store.spec.control_rate_hz), offline_store.spec)
         if problem:
             raise ValueError(f"the policy does not fit the offline store {offline_store.uri!r}: {problem}")
+        snap = offline_store.load_arrays()
+        check_value_support(policy.config.critic.v_min, policy.config.critic.v_max,
+                            returns_to_go_range(snap.arrays["reward"], snap.episode_ends, gamma),
+                            f"the offline store {offline_store.uri}")
         self.policy = policy
         self.config = config
         self.out = Path(out)

@@ -65,6 +65,7 @@ from sernf_learner.offline_rl import OfflineRL, train_offline_rl
 from sernf_learner.online_rl import OnlineRL, evaluate_policy, policy_act_fn, train_online_rl
 from sernf_learner.td_targets import TargetCritic
 from sernf_learner.transitions import ChunkTiming, MixedSampler, TransitionSampler
+from sernf_learner.value_support import check_value_support, returns_to_go_range
 from sernf_policy.critic import ChunkCriticConfig
 from sernf_policy.encoders import EncoderConfig
 from sernf_policy.fast_paths import reference_paths
@@ -330,6 +331,8 @@ class Trainer:
         if self.world_size > 1:
             seed_everything(int(np.random.SeedSequence([config.seed, 1 + self.rank]).generate_state(1)[0]))
         self.target = TargetCritic(self.policy) if self.policy.critic is not None else None
+        if self.target is not None and any(s in _STAGES_WITH_CRITIC for s in self.schedule):
+            self._check_value_support()
         self.stage_index, self.step, self.global_step = 0, 0, 0
         self.run_id = uuid.uuid4().hex[:8]  # names online episodes; from os entropy, not the seeded RNGs
         self.results: dict[str, Any] = {}
@@ -364,6 +367,14 @@ class Trainer:
         lowdim = {k: snap.arrays[k] for k, v in spec.obs.items() if v.kind == "lowdim"}
         policy.fit_normalizers(snap.arrays["action"], lowdim)
         return policy
+
+    def _check_value_support(self) -> None:
+        """Refuse critic stages whose HL-Gauss support cannot hold the offline data's returns
+        (``sernf_learner.value_support``)."""
+        snap = self.offline_store.load_arrays()
+        returns = returns_to_go_range(snap.arrays["reward"], snap.episode_ends, self.config.data.gamma)
+        critic = self.policy.config.critic
+        check_value_support(critic.v_min, critic.v_max, returns, f"the offline store {self.offline_store.uri}")
 
     # -- stages -----------------------------------------------------------------------------
     def _stage_seed(self, index: int) -> int:

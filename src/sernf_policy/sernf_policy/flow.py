@@ -575,8 +575,11 @@ class ChunkFlow(nn.Module):
         likely chunks (§IV-B, default 0.7). ``log_prob`` is the density of the returned actions
         under the *model* ``pi`` (the ``N(0, I)`` base), i.e. what :meth:`log_prob` computes for
         them - not the density of the tempered sampler. Actions are clamped to
-        ``[-1 + clamp_eps, 1 - clamp_eps]`` (only ever active for ``|u| > atanh(1 - eps)``;
-        then ``log_prob`` refers to the unclamped value).
+        ``[-1 + clamp_eps, 1 - clamp_eps]``, exactly as :meth:`log_prob` clamps its input; for a
+        chunk with a clamped entry (only ever for ``|u| > atanh(1 - eps)``, i.e. a flow that puts
+        mass on the boundary) ``log_prob`` is recomputed at the returned, clamped chunk, so the
+        two methods always agree on what the sampler returns (the tanh-space density of the
+        unclamped point would describe an action that is never executed).
         """
         self._check_context(context)
         if int(num_samples) != num_samples or num_samples < 1:
@@ -590,4 +593,10 @@ class ChunkFlow(nn.Module):
         actions, logdet = self.inverse_transform(z, context)  # [B, N, H, A], [B, N]
         log_prob = self._base_log_prob(z) - logdet
         bound = 1.0 - cfg.clamp_eps
-        return actions.clamp(-bound, bound), log_prob
+        clamped = (actions.abs() > bound).flatten(2).any(dim=-1)  # [B, N]
+        actions = actions.clamp(-bound, bound)
+        if bool(clamped.any()):
+            rows, cols = clamped.nonzero(as_tuple=True)
+            z_c, logdet_c = self.forward_transform(actions[rows, cols], context[rows])
+            log_prob = log_prob.index_put((rows, cols), self._base_log_prob(z_c) + logdet_c)
+        return actions, log_prob

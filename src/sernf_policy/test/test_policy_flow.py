@@ -100,6 +100,24 @@ def test_sample_log_prob_is_model_density(perturb):
     assert torch.allclose(log_prob, again, atol=1e-8)
 
 
+def test_sample_and_log_prob_agree_when_samples_hit_the_clamp(perturb):
+    """A flow with strongly perturbed weights pushes many samples onto the tanh bound: the
+    returned log-density is then the one :meth:`log_prob` gives for the returned (clamped)
+    chunk, not that of the unclamped point."""
+    torch.manual_seed(3)
+    flow = perturb(ChunkFlow(ChunkFlowConfig(action_dim=2, horizon=3, context_dim=6, num_layers=4,
+                                             hidden_dim=16, num_heads=2)), std=3.0).double().eval()
+    ctx = 5.0 * torch.randn(4, 3, 6, dtype=torch.float64)
+    with torch.no_grad():
+        actions, log_prob = flow.sample(ctx, num_samples=64, sigma=1.5)
+        again = flow.log_prob(actions.flatten(0, 1), ctx.repeat_interleave(64, dim=0)).view(4, 64)
+    bound = 1.0 - flow.config.clamp_eps
+    on_clamp = (actions.abs() >= bound).flatten(2).any(-1)
+    assert on_clamp.float().mean() > 0.2, "the perturbed flow should put mass on the bound"
+    assert actions.abs().max() <= bound
+    torch.testing.assert_close(log_prob, again, atol=1e-6, rtol=1e-8)
+
+
 def test_sample_is_reparameterised(perturb):
     flow = make_flow(2, 2, 2, perturb).train()
     ctx = torch.randn(2, 3, 6, dtype=torch.float64, requires_grad=True)
