@@ -41,6 +41,7 @@ bench: setup
 	@$(IN_ENV) python bench/replay_throughput.py
 	@$(IN_ENV) python bench/matmul_rate.py
 	@$(IN_ENV) python bench/inference_latency.py --reference
+	@$(IN_ENV) python bench/chunk_latency.py --threads 2 --scissors-chunks 3 --cube-chunks 100
 	@$(IN_ENV) python bench/learner_throughput.py --reference
 
 ## The learning benchmark of docs/results.md: 6 methods x 3 seeds on the point task (~40 CPU min).
