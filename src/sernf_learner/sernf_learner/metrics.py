@@ -7,8 +7,12 @@ Every stage returns ``dict[str, float]`` from ``update(batch)`` with flat, names
 - ``<out>/metrics.jsonl``: one JSON object per logged step, ``{"step": ..., "stage": ..., key: value}``;
 - ``<out>/tb/``: TensorBoard event files (``torch.utils.tensorboard.SummaryWriter``), one scalar
   per key; the global step runs on across stages so curves of successive stages line up;
-- ``<out>/summary.json`` at :meth:`close`: the last and the mean value of every key per stage,
-  plus wall time, written atomically.
+- ``<out>/summary.json``: the last and the mean value of every key per stage, plus wall time,
+  written atomically every ``summary_every_s`` while the run goes on (``"complete": false``) and
+  at :meth:`close` (``"complete": true``).
+
+Lines reach ``metrics.jsonl`` as they are logged (line-buffered), so a run can be watched with
+``tail -f`` or read by a plotting script while it trains.
 
 A tqdm bar shows progress per stage with the update rate and a few chosen scalars.
 """
@@ -43,6 +47,7 @@ class MetricsLogger:
         resume_from_step: continue an interrupted run: keep ``metrics.jsonl`` lines up to this
             global step (drop those logged after the checkpoint, which will be redone) and
             purge later TensorBoard events, so the files read like one uninterrupted run.
+        summary_every_s: rewrite ``summary.json`` at most this often while logging.
     """
 
     def __init__(
@@ -52,6 +57,7 @@ class MetricsLogger:
         tensorboard: bool = True,
         progress: bool = True,
         resume_from_step: int | None = None,
+        summary_every_s: float = 10.0,
     ) -> None:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -60,7 +66,10 @@ class MetricsLogger:
             self._truncate_after(resume_from_step)
         else:
             self.jsonl_path.write_text("")
-        self._jsonl = self.jsonl_path.open("a", encoding="utf-8")
+        # Line-buffered: every record is in the file as soon as it is logged.
+        self._jsonl = self.jsonl_path.open("a", encoding="utf-8", buffering=1)
+        self.summary_every_s = float(summary_every_s)
+        self._summary_t = time.perf_counter()
         self._writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # heavy import; only when used
@@ -110,9 +119,13 @@ class MetricsLogger:
             shown = {k.split("/", 1)[-1]: f"{clean[k]:.3g}" for k in _BAR_KEYS if k in clean}
             if shown:
                 self._bar.set_postfix(shown, refresh=False)
+        if time.perf_counter() - self._summary_t >= self.summary_every_s:
+            self._write_summary(self.summary(), complete=False)
 
     def flush(self) -> None:
+        """Push everything logged so far to disk, including a provisional ``summary.json``."""
         self._jsonl.flush()
+        self._write_summary(self.summary(), complete=False)
         if self._writer is not None:
             self._writer.flush()
 
@@ -142,13 +155,20 @@ class MetricsLogger:
         summary = self.summary()
         if extra:
             summary.update(extra)
-        tmp = self.out_dir / "summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, self.out_dir / "summary.json")
+        summary["complete"] = True
+        self._write_summary(summary, complete=True)
         self._jsonl.close()
         if self._writer is not None:
             self._writer.close()
         return summary
+
+
+    def _write_summary(self, summary: dict, complete: bool) -> None:
+        summary = dict(summary, complete=complete)
+        tmp = self.out_dir / "summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, self.out_dir / "summary.json")
+        self._summary_t = time.perf_counter()
 
 
 class RateMeter:

@@ -34,6 +34,21 @@ def test_scalars_go_to_jsonl_tensorboard_and_summary(tmp_path):
     assert on_disk["wall_time_s"] >= 0
 
 
+def test_a_running_stage_can_be_watched_before_it_ends(tmp_path):
+    """metrics.jsonl lines and a provisional summary.json are on disk while the run goes on."""
+    logger = MetricsLogger(tmp_path, tensorboard=False, progress=False, summary_every_s=0.0)
+    logger.start_stage("il", total=100)
+    logger.log(1, {"il/nll": 3.0}, stage_step=1)
+    logger.log(2, {"il/nll": 2.0}, stage_step=2)
+    # Read by another process' view of the files: no flush or close has been called.
+    assert [line["il/nll"] for line in read_lines(tmp_path / "metrics.jsonl")] == [3.0, 2.0]
+    partial = json.loads((tmp_path / "summary.json").read_text())
+    assert partial["complete"] is False and partial["stages"]["il"]["last"]["il/nll"] == 2.0
+    final = logger.close()
+    assert final["complete"] is True
+    assert json.loads((tmp_path / "summary.json").read_text())["complete"] is True
+
+
 def test_tensorboard_holds_the_namespaced_scalars(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
