@@ -73,7 +73,8 @@ class SimWorldConfig(FrankaControllerConfig):
     × speed (at most max_physics_step_s)."""
     max_physics_step_s: float = 0.05
     """Largest simulated time one physics tick advances: a stalled process slows simulated time
-    down instead of taking one huge step."""
+    down instead of taking one huge step (raise it with speed: physics_period_s × speed must
+    stay below it)."""
     control_rate_hz: float = 10.0
     """Task evaluation rate (rewards, termination) in simulated time: the policy's rate."""
     max_steps: int = 300
@@ -90,7 +91,7 @@ class SimWorldConfig(FrankaControllerConfig):
     bus_link: str = "/tmp/sernf_sim/orca_hand"
     """Symlink to the simulated Dynamixel bus's pty (the driver's port); created at start,
     removed at exit; an existing file that is not a symlink is never replaced."""
-    modelfile: str = ""
+    hand_model_file: str = ""
     """The ORCA driver's hand model file (servo ids, signs, ranges); empty: orca_v1_right.yaml
     of the installed orca_hand_driver."""
     motor_lower_ticks: int = 1000
