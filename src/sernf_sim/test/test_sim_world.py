@@ -282,6 +282,11 @@ def test_bus_link_is_a_symlink_and_never_replaces_a_file(tmp_path):
 
 
 def test_config_validation():
+    names = {f.name for f in dataclasses.fields(SimWorldConfig)}
+    # What the drivers' parameter files and docs/sim_world.md rely on.
+    assert {"bus_link", "calibration_file", "hand_model_file", "image_size", "cameras", "camera_sources",
+            "equilibrium_topic", "pose_topic", "error_topic", "recovery_action", "frame_id",
+            "overload_servo_id", "reset_config", "auto_reset"} <= names
     with pytest.raises(ValueError, match="same length"):
         SimWorldConfig(cameras=("front",))
     with pytest.raises(ValueError, match="motor ticks"):
