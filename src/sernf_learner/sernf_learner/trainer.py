@@ -66,6 +66,7 @@ from sernf_learner.online_rl import OnlineRL, evaluate_policy, policy_act_fn, tr
 from sernf_learner.td_targets import TargetCritic
 from sernf_learner.transitions import ChunkTiming, MixedSampler, TransitionSampler
 from sernf_learner.value_support import check_value_support, returns_to_go_range
+from sernf_policy.checkpoint import CONFIG_FILE
 from sernf_policy.critic import ChunkCriticConfig
 from sernf_policy.encoders import EncoderConfig
 from sernf_policy.fast_paths import reference_paths
@@ -251,6 +252,13 @@ def make_teacher_factory(config: RunConfig) -> Callable[[int], Callable]:
     return lambda seed: act
 
 
+def _exported_with_best_of_n(policy_dir: str | os.PathLike[str]) -> bool:
+    """Whether a policy export selects by its critic (read from its config, not its weights)."""
+    header = json.loads((Path(policy_dir) / CONFIG_FILE).read_text(encoding="utf-8"))
+    config = header.get("config") or {}
+    return bool(config.get("critic")) and config.get("selection") == "best_of_n"
+
+
 def parse_schedule(schedule: str | Sequence[str]) -> list[str]:
     """A named schedule ("offline", "full"), one stage, "a,b" or a list of stages -> stage list."""
     if isinstance(schedule, str):
@@ -320,6 +328,7 @@ class Trainer:
             self.policy = Policy.load(init_policy, device=self.device)
         else:
             self.policy = self._new_policy()
+        self._initial_critic_trained = init_policy is not None and _exported_with_best_of_n(init_policy)
         # TD fields span as many steps as the critic scores actions (H, or 1 for the per-step
         # ablation): the policy's own critic decides, as it does for a loaded policy.
         self.timing = ChunkTiming(T=config.policy.obs_history, P=config.policy.prefix_len,
@@ -501,7 +510,17 @@ class Trainer:
     def _finish_stage(self, stage: _Stage) -> None:
         name = stage.name
         if self.rank == 0:
-            self.policy.save(self.out / f"policy_{name}", metadata={"stage": name, "step": self.global_step})
+            # The exported policy selects chunks the way its critic allows: best-of-N only once a
+            # critic stage has trained the critic; an IL-only export carries a random critic, so
+            # it acts by its most likely candidate (Policy.load(...).act() must not pick chunks
+            # with an untrained critic).
+            original = self.policy.config.selection
+            self.policy.config.selection = ("best_of_n" if self._critic_trained(name)
+                                            else self.config.trainer.eval.selection_without_critic)
+            try:
+                self.policy.save(self.out / f"policy_{name}", metadata={"stage": name, "step": self.global_step})
+            finally:
+                self.policy.config.selection = original
             result = self.evaluate(name)
             if result is not None:
                 self.results[name] = result
@@ -513,6 +532,12 @@ class Trainer:
         self._stage = None
         self.save_checkpoint()
         self.logger.flush()
+
+    def _critic_trained(self, stage_name: str) -> bool:
+        """Whether the critic has been trained by the end of ``stage_name``: by a critic stage of
+        this schedule so far, or before (a policy given to start from that selects best-of-N)."""
+        done = self.schedule[: self.schedule.index(stage_name) + 1]
+        return any(s in _STAGES_WITH_CRITIC for s in done) or self._initial_critic_trained
 
     def evaluate(self, stage_name: str) -> dict[str, Any] | None:
         """Success etc. over ``trainer.eval.episodes`` episodes; None when disabled."""

@@ -415,8 +415,13 @@ class Policy(nn.Module):
         num_samples: int | None = None,
         sigma: float | None = None,
         generator: torch.Generator | None = None,
+        selection: Selection | None = None,
     ) -> tuple[np.ndarray, dict[str, np.ndarray | None]]:
         """Choose one raw chunk per observation (Alg. 2), in eval mode without gradients.
+
+        ``selection`` overrides ``config.selection`` for this call ("best_of_n": argmax of the
+        critics' minimum; "most_likely": the candidate with the highest model density;
+        "single": one sample).
 
         ``obs``: dict of ``[B, T, ...]`` arrays / tensors (raw units; images uint8);
         ``prefix_raw [B, P, A]``. Returns ``chunks_raw`` float32 ``[B, H, A]`` and ``info`` with
@@ -425,8 +430,11 @@ class Policy(nn.Module):
         the N candidates was chosen).
         """
         cfg = self.config
+        selection = cfg.selection if selection is None else selection
+        if selection not in ("best_of_n", "most_likely", "single"):
+            raise ValueError(f"selection must be best_of_n/most_likely/single, got {selection!r}")
         checked, prefix = self._validate_batch(obs, prefix_raw)
-        n = 1 if cfg.selection == "single" else int(num_samples or cfg.num_samples)
+        n = 1 if selection == "single" else int(num_samples or cfg.num_samples)
         sigma = cfg.sigma_sample if sigma is None else float(sigma)
         was_training = self.training
         self.eval()
@@ -435,7 +443,7 @@ class Policy(nn.Module):
             prefix_norm = self.action_normalizer.normalize(torch.as_tensor(prefix, device=device))
             chunks, log_prob = self.sample(checked, prefix_norm, n, sigma, generator=generator)  # [B,N,H,A], [B,N]
             q = None
-            if cfg.selection == "best_of_n" and self.critic is not None and n > 1:
+            if selection == "best_of_n" and self.critic is not None and n > 1:
                 q = self.min_q(checked, prefix_norm, chunks)  # [B, N]
                 index = q.argmax(dim=1)
             else:
@@ -467,8 +475,10 @@ class Policy(nn.Module):
         num_samples: int | None = None,
         sigma: float | None = None,
         generator: torch.Generator | None = None,
+        selection: Selection | None = None,
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        """Single observation (dict of ``[T, ...]``) and ``prefix_raw [P, A]`` -> ``chunk_raw [H, A]``."""
+        """Single observation (dict of ``[T, ...]``) and ``prefix_raw [P, A]`` -> ``chunk_raw [H, A]``
+        (``selection`` as in :meth:`act_batch`)."""
         if not isinstance(observation, Mapping):
             raise ValueError(f"observation must be a dict, got {type(observation).__name__}")
         batched = {}
@@ -487,7 +497,8 @@ class Policy(nn.Module):
             raise ValueError(
                 f"prefix must have shape [{self.config.prefix_len}, {self.config.action_dim}], got {prefix.shape}"
             )
-        chunks, info = self.act_batch(batched, prefix[None], num_samples=num_samples, sigma=sigma, generator=generator)
+        chunks, info = self.act_batch(batched, prefix[None], num_samples=num_samples, sigma=sigma, generator=generator,
+                                      selection=selection)
         single = {k: (None if v is None else v[0]) for k, v in info.items()}
         return chunks[0], single
 
