@@ -231,10 +231,10 @@ def build_mjcf(timestep: float = 0.004) -> str:
     # placement. The front camera looks at the workspace from across the table.
     wrist_pos = (-0.01, -0.075, -0.025)
     wrist_xy = _look_xyaxes(wrist_pos, (0.01, 0.0, 0.08), up=(1.0, 0.0, 0.0))
-    # Under camera (sim_world's "under" view, the paper's second hand-mounted camera): behind
-    # the palm at the wrist, looking past the palm into the grasp between thumb and fingers.
-    under_pos = (-(px + 0.06), 0.0, 0.035)
-    under_xy = _look_xyaxes(under_pos, (px + 0.02, 0.0, 0.12), up=(1.0, 0.0, 0.0))
+    # Under camera (sim_world's "under" view, the paper's second hand-mounted camera): below the
+    # wrist on the other side than the wrist camera, looking past the thumb into the grasp.
+    under_pos = (-(px + 0.04), 0.05, 0.04)
+    under_xy = _look_xyaxes(under_pos, (px * 0.5, 0.0, 0.10), up=(1.0, 0.0, 0.0))
     return f"""
 <mujoco model="sernf_hand_pick_place">
   <compiler angle="radian" autolimits="true"/>
