@@ -27,7 +27,11 @@ Env requirements beyond docs/architecture.md (the hand task implements the same)
 * ``info["success"]`` ``bool[n]`` and ``info["subtask_success"]`` ``dict[str, bool[n]]``, read at
   the step an episode ends;
 * optionally ``env.episode_configs`` (one entry per env with ``to_dict()``), recorded in the
-  metadata as ``"config"``.
+  metadata as ``"config"``;
+* optionally ``env.executed_form(actions [n, H, A])``: the task's static command limits. A chunk
+  is queued in that form, so the prefix the next decision sees is what will be executed and
+  recorded — the same prefix the replay gives the learner (without it, the policy would act on
+  raw prefixes and be trained on clipped ones).
 
 If the ``act_fn`` has a ``reset(obs)`` attribute it is called with the first observation of every
 batch (stateful policies and scripted experts start their episodes there).
@@ -247,6 +251,7 @@ def _run_batch(
     # History o_{t-T+1..t}, padded at the start by repeating o_0.
     hist = {k: np.repeat(v[:, None], T, axis=1) for k, v in obs.items()}
     queue = np.repeat(hold[:, None], P, axis=1)  # [n, q, A]; the first prefix is hold×P
+    executed_form = getattr(env, "executed_form", None)
     active = np.arange(n) < count  # unused padding slots never count
     returns = np.zeros(n, dtype=np.float64)
     lengths = np.zeros(n, dtype=np.int64)
@@ -269,6 +274,8 @@ def _run_batch(
                 )
             if not np.all(np.isfinite(chunk[active])):
                 raise ValueError(f"act_fn returned non-finite actions at step {t}")
+            if executed_form is not None:
+                chunk = np.asarray(executed_form(chunk), dtype=np.float32).reshape(n, H, A)
             queue = np.concatenate([queue, chunk], axis=1)
         action = queue[:, 0]
         if not active.all():

@@ -308,6 +308,12 @@ class PointTask:
         """The "do nothing" action ``[n, 2]``: zero displacement."""
         return np.zeros((self.num_envs, ACTION_DIM), dtype=np.float32)
 
+    def executed_form(self, actions: np.ndarray) -> np.ndarray:
+        """What the task's limits turn commands ``[..., 2]`` into when executed (float32, as
+        recorded): rollouts queue this form, so the prefix a policy sees is the one the replay
+        stores."""
+        return clip_actions(np.asarray(actions, dtype=np.float64), self.config.max_step).astype(np.float32)
+
     def test_configs(self) -> list[PointEpisodeConfig]:
         """The 10 fixed evaluation configurations (spread over the start and goal boxes)."""
         cfg = self.config

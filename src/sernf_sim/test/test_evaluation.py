@@ -276,3 +276,25 @@ def test_make_gif_roundtrip(tmp_path):
         make_gif(np.zeros((2, 4, 4, 3), np.float32), tmp_path / "x.gif")
     with pytest.raises(ValueError, match=r"\[L, h, w, 3\]"):
         make_gif(np.zeros((4, 4, 3), np.uint8), tmp_path / "x.gif")
+
+
+def test_prefixes_are_queued_in_executed_form_so_they_match_the_recorded_actions():
+    """The prefix a decision sees is the executed (clipped) form of the queued actions, i.e. the
+    actions the replay stores for those steps (the learner trains on recorded prefixes)."""
+    env = PointTask(num_envs=2, seed=0)
+    seen = []
+
+    def act(hist, prefix):
+        seen.append(prefix.copy())
+        return np.full((2, 4, 2), 5.0 * env.config.max_step, dtype=np.float32)  # far over the limit
+
+    result = rollout_chunked(env, act, 1, 2, 4, num_episodes=2, seed=0)
+    steps, _ = result.episodes[0]
+    assert len(seen) >= 2
+    # Decision k >= 1 happens at step 4k and sees the actions queued for steps 4k .. 4k+1.
+    for k in range(1, len(seen)):
+        rows = slice(4 * k, 4 * k + 2)
+        if steps["action"][rows].shape[0] < 2:
+            break
+        np.testing.assert_array_equal(seen[k][0], steps["action"][rows])
+    assert np.linalg.norm(seen[1][0], axis=-1).max() <= env.config.max_step * (1 + 1e-5)
