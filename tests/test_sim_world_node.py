@@ -22,6 +22,8 @@ from geometry_msgs.msg import PoseStamped
 from graph_probe import GraphProbe
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
+from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+from rcl_interfaces.srv import SetParameters
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_srvs.srv import SetBool, Trigger
@@ -49,6 +51,13 @@ def rotate(q: np.ndarray, v: np.ndarray) -> np.ndarray:
                   [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
                   [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
     return m @ v
+
+
+def set_parameter(probe: GraphProbe, name: str, value: str) -> None:
+    client = probe.node.create_client(SetParameters, "/sim_world/set_parameters")
+    request = SetParameters.Request(parameters=[Parameter(name=name, value=ParameterValue(
+        type=ParameterType.PARAMETER_STRING, string_value=value))])
+    assert probe.call(client, request).results[0].successful
 
 
 class Probe(GraphProbe):
@@ -228,14 +237,21 @@ def test_real_drivers_run_against_the_world(processes, tmp_path) -> None:
         assert probe.spin_until(lambda: len(probe.executed_arm) > n_exec), "no forwarding after resume"
         assert probe.world_status()["arm"]["recoveries_without_error"] == 0
 
-        # -- cameras stop and restart ------------------------------------------------------------
+        # -- cameras stop and restart: all of them, then one (camera_stream_hook) -------------------
         assert probe.call(probe.world["set_camera_stream"], SetBool.Request(data=False)).success
         probe.spin_for(0.5)
         t_off = time.monotonic()
         probe.spin_for(1.0)
-        assert not any(t > t_off for t, _ in probe.images["front"])
+        assert not any(t > t_off for images in probe.images.values() for t, _ in images)
         assert probe.call(probe.world["set_camera_stream"], SetBool.Request(data=True)).success
-        assert probe.spin_until(lambda: any(t > t_off + 1.0 for t, _ in probe.images["front"]))
+        assert probe.spin_until(lambda: all(any(t > t_off + 1.0 for t, _ in images) for images in probe.images.values()))
+        set_parameter(probe, "camera_stream_hook", "under")
+        assert probe.call(probe.world["set_camera_stream"], SetBool.Request(data=False)).success
+        probe.spin_for(0.5)
+        t_off = time.monotonic()
+        assert probe.spin_until(lambda: sum(t > t_off for t, _ in probe.images["front"]) >= 5)
+        assert not any(t > t_off for t, _ in probe.images["under"])
+        assert probe.world_status()["stopped_cameras"] == ["under"]
         # The world's own diagnostics: it keeps up with real time.
         assert probe.spin_until(lambda: bool(probe.diagnostics.get("sim_world")))
         assert float(probe.diagnostics["sim_world"][-1]["real_time_factor"]) > 0.5

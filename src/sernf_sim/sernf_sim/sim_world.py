@@ -119,6 +119,9 @@ class SimWorldConfig(FrankaControllerConfig):
     """Square image side (pixels)."""
     diagnostics_period_s: float = 1.0
     """Period of the /diagnostics status (wall clock)."""
+    camera_stream_hook: str = ""
+    """Camera that ~/set_camera_stream stops and restarts (settable at run time); empty: every
+    camera."""
     overload_servo_id: int = 15
     """Servo that ~/inject_servo_overload overloads (settable at run time; 15: index_mcp of
     ORCA v1)."""

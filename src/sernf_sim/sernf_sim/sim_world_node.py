@@ -24,8 +24,9 @@ Fault injection (test hooks, used by the whole-system test):
   reboots it, as a real XC330 at its strength limit;
 * ``~/inject_reflex`` (std_srvs/Trigger): a Franka reflex: the arm holds where it is and
   reports an error until the bridge's error recovery;
-* ``~/set_camera_stream`` (std_srvs/SetBool): false stops every camera's stream (no images,
-  no camera_info, as an unplugged camera), true restarts it;
+* ``~/set_camera_stream`` (std_srvs/SetBool): false stops the stream of camera
+  ``camera_stream_hook`` (a run-time parameter; empty: every camera): no images, no
+  camera_info, as an unplugged camera; true restarts it;
 * ``~/set_pose_stream`` (std_srvs/SetBool): stops/restarts the arm's state broadcaster;
 * ``~/status`` (std_srvs/Trigger): the counters as JSON.
 
@@ -76,7 +77,8 @@ class SimWorldNode(Node):
     def __init__(self) -> None:
         super().__init__("sim_world")
         self.cfg: SimWorldConfig = declare_config(self, SimWorldConfig,
-                                                  dynamic=("reset_config", "auto_reset", "overload_servo_id"))
+                                                  dynamic=("reset_config", "auto_reset", "overload_servo_id",
+                                                           "camera_stream_hook"))
         model_path = Path(self.cfg.hand_model_file) if self.cfg.hand_model_file else _default_hand_model_file()
         hand = load_hand_model(model_path)
         if self.cfg.calibration_file:
@@ -97,7 +99,7 @@ class SimWorldNode(Node):
         self.info_pubs = {name: self.create_publisher(CameraInfo, f"{prefix}/{name}/camera_info",
                                                       qos_profile_sensor_data)
                           for name in self.cfg.cameras}
-        self.camera_streaming = True
+        self.stopped_cameras: set[str] = set()
         self.frames_published = 0
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_service(Trigger, "~/reset", self._on_reset)
@@ -152,9 +154,9 @@ class SimWorldNode(Node):
 
     # -- cameras ----------------------------------------------------------------------------------
     def _camera_tick(self) -> None:
-        if not self.camera_streaming:
-            return
         for name in self.cfg.cameras:
+            if name in self.stopped_cameras:
+                continue
             pixels = self.world.render(name)
             stamp = self.get_clock().now().to_msg()
             image = Image()
@@ -200,10 +202,20 @@ class SimWorldNode(Node):
         return response
 
     def _on_set_camera_stream(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
-        self.camera_streaming = bool(request.data)
-        self.get_logger().warning(f"camera streams {'restarted' if self.camera_streaming else 'stopped'}")
+        hook = str(self.get_parameter("camera_stream_hook").value)
+        if hook and hook not in self.cfg.cameras:
+            response.success = False
+            response.message = f"camera_stream_hook {hook!r} is not one of the cameras {list(self.cfg.cameras)}"
+            self.get_logger().warning(f"camera stream unchanged: {response.message}")
+            return response
+        names = {hook} if hook else set(self.cfg.cameras)
+        if request.data:
+            self.stopped_cameras -= names
+        else:
+            self.stopped_cameras |= names
+        self.get_logger().warning(f"camera streams {sorted(names)} {'restarted' if request.data else 'stopped'}")
         response.success = True
-        response.message = f"cameras {'on' if self.camera_streaming else 'off'}"
+        response.message = f"stopped cameras: {sorted(self.stopped_cameras)}"
         return response
 
     def _counters(self) -> dict[str, object]:
@@ -220,7 +232,7 @@ class SimWorldNode(Node):
             "control_steps": c.control_steps,
             "servo_overloads_injected": c.servo_overloads_injected,
             "servo_reboots": len(self.world.bus.reboots),
-            "camera_stream": self.camera_streaming,
+            "stopped_cameras": sorted(self.stopped_cameras),
             "frames_published": self.frames_published,
             "arm": self.controller.counters(),
         }
@@ -239,9 +251,9 @@ class SimWorldNode(Node):
         values["worst_physics_tick_s"] = round(self._worst_tick_s, 4)
         values["arm_error"] = self.world.arm.error
         self._worst_tick_s = 0.0
-        level = DiagnosticStatus.WARN if behind or not self.camera_streaming else DiagnosticStatus.OK
+        level = DiagnosticStatus.WARN if behind or self.stopped_cameras else DiagnosticStatus.OK
         message = (f"behind real time ({self.real_time_factor:.2f} of speed {self.cfg.speed:g})" if behind
-                   else "cameras stopped" if not self.camera_streaming else "ok")
+                   else f"cameras stopped: {sorted(self.stopped_cameras)}" if self.stopped_cameras else "ok")
         self.diag_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), "sim_world", "sim_world",
                                                level, message, values))
 
