@@ -44,7 +44,7 @@ def _action(n=1, dp=(0.0, 0.0, 0.0), dq=(1.0, 0.0, 0.0, 0.0), env=None):
 
 def test_spec_reset_and_step_shapes_state_only():
     env = HandPickPlace(num_envs=3)
-    assert env.action_dim == ACTION_DIM == 7 + M.NUM_FINGER_JOINTS == len(action_names())
+    assert env.action_dim == ACTION_DIM == 7 + M.NUM_FINGER_JOINTS == len(action_names()) == 24
     spec = env.observation_spec
     assert set(spec) == {"hand_joints", "ee_pose", "object_state"}  # no images, privileged state
     obs = env.reset(seed=1)
@@ -458,7 +458,7 @@ def test_shifted_variant_changes_physics_and_sensing():
     err = np.concatenate(
         [
             (obs["ee_pose"][:, :3] - sh.ee_pose()[:, :3]).ravel(),
-            (obs["hand_joints"] - sh.data(0).qpos[sh.idx.finger_qpos]).ravel()[:16],
+            obs["hand_joints"][0] - sh.data(0).qpos[sh.idx.finger_qpos],
         ]
     )
     assert 0.3 * shift.obs_noise_std < err.std() < 3 * shift.obs_noise_std

@@ -1,18 +1,20 @@
 """Vectorized MuJoCo pick-and-place task for a multi-finger hand on a 6-DoF end effector.
 
 The dexterous stand-in for the paper's scissors task (appendix E): grasp one of two objects
-from the table with an ORCA-like hand and put it down upright in a green target square.
+from the table with the (simplified) ORCA v1 hand and put it down upright in a green target
+square.
 
-Action (one step, ``A = 7 + 16 = 23``), the Franka bridge's convention:
+Action (one step, ``A = 7 + 17 = 24``, the paper's action space), the Franka bridge's
+convention:
 
 * ``[0:3]`` EE position delta in the *current* EE frame (m); scaled down to
   ``max_pos_delta`` if longer;
 * ``[3:7]`` EE orientation delta as a quaternion (w, x, y, z) in the current EE frame;
   normalised (a zero quaternion means identity), sign made ``w >= 0`` and its angle clipped
   to ``max_rot_delta``;
-* ``[7:23]`` absolute finger-joint position targets (rad), clipped to the joint ranges, in the
-  order of :data:`model.FINGER_JOINTS` (index, middle, ring: abd/mcp/pip/dip; thumb:
-  opp/cmc/mcp/ip).
+* ``[7:24]`` absolute hand-joint position targets (rad), clipped to the joint ranges, in the
+  ORCA v1 order of :data:`model.FINGER_JOINTS` (thumb_mcp, thumb_abd, thumb_pip, thumb_dip;
+  index, middle, ring, pinky: abd/mcp/pip; wrist), the ORCA driver's joint names and ranges.
 
 The new commanded pose is ``current EE pose ∘ delta`` (position clipped to the workspace box),
 reached by moving the weld target linearly over the control period. "Current" is the previous
@@ -22,7 +24,7 @@ contact does not wind up. The executed (clipped) command is returned in
 ``info["executed_action"]``.
 
 Observations (``observation_spec``): ``wrist_rgb``/``front_rgb`` ``[s, s, 3]`` uint8 when
-rendering; ``hand_joints`` ``[16]`` (rad), ``ee_pose`` ``[7]`` (world position + w-x-y-z
+rendering; ``hand_joints`` ``[17]`` (rad, same order), ``ee_pose`` ``[7]`` (world position + w-x-y-z
 quaternion of the EE frame); ``object_state`` ``[20]`` (privileged, state-only mode by default):
 per object (box, cylinder) its position relative to the EE (3, world axes), relative to the
 target centre on the table (3) and its orientation quaternion (4).
@@ -421,7 +423,7 @@ class HandPickPlace:
         return np.stack([d.qpos[a : a + 7] for d in self._data]).copy()
 
     def finger_targets(self) -> np.ndarray:
-        """Current finger position targets ``[n, 16]``."""
+        """Current hand-joint position targets ``[n, 17]``."""
         return np.stack([d.ctrl for d in self._data]).copy()
 
     def object_poses(self) -> np.ndarray:

@@ -1,20 +1,26 @@
 """MJCF of the hand pick-and-place scene, written here from primitives, plus named indices.
 
 The scene is a table with two free objects (a red box and a blue cylinder), a green target
-square drawn on the table (a mocap body, so each MjData can place it independently) and an
-ORCA-inspired hand: a palm, three fingers (index, middle, ring) with abduction + three flexion
-joints each, and an opposable thumb (opposition roll, then three flexion joints): 16 finger
-joints, all driven by position actuators.
+square drawn on the table (a mocap body, so each MjData can place it independently) and the
+ORCA v1 right hand, simplified to capsules and boxes but with the robot's 17 joints: the same
+names, order, ranges and sign conventions as the ORCA driver (``orca_hand_driver``'s
+``orca_v1_right.yaml``), so actions, observations and datasets move between this simulation
+and the robot without remapping. Four fingers (index, middle, ring, pinky) with abduction,
+mcp and pip joints and a passive distal link coupled to pip; an opposable thumb (mcp, abd, pip,
+dip); a wrist hinge between the arm's flange and the palm. All 17 are driven by position
+actuators, in :data:`FINGER_JOINTS` order.
 
-The hand is a free body welded to a mocap body (``ee_target``). Writing the mocap pose is the
+The flange is a free body welded to a mocap body (``ee_target``). Writing the mocap pose is the
 simulated counterpart of the Franka bridge writing an impedance equilibrium pose: the soft weld
-pulls the hand there with a finite stiffness (a "gain"), contacts can push it away, and gravity
-compensation on the hand bodies stands in for the arm's own gravity compensation. This is much
-cheaper and more stable than simulating a 7-DoF arm and it keeps the relative-pose action
-semantics exact.
+pulls the flange there with a finite stiffness (a "gain"), contacts can push it away, and
+gravity compensation on the flange and palm stands in for the arm's own gravity compensation.
+This is much cheaper and more stable than simulating a 7-DoF arm and it keeps the
+relative-pose action semantics exact.
 
-End-effector (EE) frame = the hand body frame: origin on the palm surface, +z out of the palm
-(the approach direction), +x from the thumb towards the fingers, +y = z × x.
+End-effector (EE) frame = the flange body frame (the arm's end effector with the hand's mount
+offset; the wrist belongs to the hand): origin on the palm surface when the wrist is at 0, +z out
+of the palm (the approach direction), +x from the thumb towards the fingers, +y = z × x (the
+pinky side of this right hand).
 """
 
 from __future__ import annotations
@@ -62,14 +68,26 @@ PALM_HALF = (0.032, 0.036, 0.012)
 """Half sizes of the palm box (x along the fingers, z = palm thickness)."""
 FINGER_RADIUS = 0.008
 """Capsule radius of all finger segments."""
-FINGER_Y = (-0.02, 0.0, 0.02)
-"""y offsets of the index, middle and ring finger bases on the palm's +x edge."""
+FINGER_Y = (-0.024, -0.008, 0.008, 0.024)
+"""y offsets of the index, middle, ring and pinky bases on the palm's +x edge. A right hand
+seen from above with the palm down and the fingers forward has its thumb side on the left,
+which is hand -y (the EE frame: y = z × x), so the index is the most negative."""
 FINGER_LENGTHS = (0.030, 0.022, 0.018)
 """Proximal, middle, distal segment lengths of the fingers."""
 THUMB_LENGTHS = (0.028, 0.022, 0.018)
 """Metacarpal, proximal, distal segment lengths of the thumb."""
 THUMB_PAD_HALF_WIDTH = 0.009
 """The thumb's outer segments are two parallel capsules this far either side of its axis."""
+THUMB_BASE_FLEXION = 1.0
+"""Fixed flexion (rad) of the thumb's base mount: ORCA's thumb_mcp moves only ±50°, so the
+thumb root is angled towards the palm side and thumb_mcp = 0 already points it half-way down,
+where the grasp needs it."""
+DISTAL_COUPLING = 0.5
+"""ORCA's fingers drive no distal joint: each finger's passive distal link follows its pip
+joint at this ratio (a joint equality), as a finger's linkage/tendon couples them."""
+WRIST_PIVOT = (-0.032, 0.0, -0.02)
+"""Wrist hinge axis position in the flange (EE) frame: behind the palm's heel, so the palm and
+fingers swing about the end of the forearm-side mount, as ORCA's wrist does."""
 
 FINGER_KP = 0.3
 """Position gain of the finger actuators (N·m/rad)."""
@@ -77,25 +95,35 @@ FINGER_FRICTION = 1.2
 """Sliding friction of the finger segments (rubbery pads)."""
 FINGER_TIMECONST = 0.1
 """Time constant (s) of the first-order filter between a finger target and its actuator."""
-THUMB_KP_SCALE = 1.5
-"""Thumb actuator gain relative to the fingers': the thumb opposes three fingers alone, and a
+THUMB_KP_SCALE = 2.0
+"""Thumb actuator gain relative to the fingers': the thumb opposes four fingers alone, and a
 weaker thumb lets them push a grasped object into it until it yields."""
 SIDEWAYS_KP_SCALE = 2.0
-"""Gain of the sideways joints (finger abduction, thumb opposition) relative to their finger's
-flexion gain: a soft sideways joint lets a squeezed object twist the finger out of the grasp,
-which made grasps fail under a few hundredths of a radian of command noise."""
+"""Gain of the sideways joints (finger and thumb abduction) relative to their finger's flexion
+gain: a soft sideways joint lets a squeezed object twist the finger out of the grasp, which made
+grasps fail under a few hundredths of a radian of command noise."""
+WRIST_KP = 5.0
+"""Position gain of the wrist actuator (N·m/rad): it carries the palm, the fingers and a held
+object, so it is an order of magnitude stiffer than a finger (a held object then tilts the palm
+by a few mrad)."""
+WRIST_KV = 0.3
+"""Damping gain of the wrist actuator (N·m·s/rad), about critical for the palm's inertia."""
+
+
+FINGER_NAMES = ("index", "middle", "ring", "pinky")
+THUMB_NAME = "thumb"
+WRIST_NAME = "wrist"
 
 
 def actuator_kp(joint: str) -> float:
-    """Position gain (N·m/rad) of the actuator driving finger joint ``joint``."""
+    """Position gain (N·m/rad) of the actuator driving hand joint ``joint``."""
+    if joint == WRIST_NAME:
+        return WRIST_KP
     kp = FINGER_KP * (THUMB_KP_SCALE if joint.startswith(THUMB_NAME) else 1.0)
-    if joint.endswith(("_abd", "_opp")):
+    if joint.endswith("_abd"):
         kp *= SIDEWAYS_KP_SCALE
     return kp
 
-
-FINGER_NAMES = ("index", "middle", "ring")
-THUMB_NAME = "thumb"
 
 HAND_HOME_POS = (0.0, 0.0, 0.22)
 """Initial EE position (world)."""
@@ -106,7 +134,7 @@ fingers point along world +x."""
 
 @dataclass(frozen=True)
 class JointSpec:
-    """One finger joint: name, axis in its body frame, range (rad), open/home position."""
+    """One actuated hand joint: name, axis in its body frame, range (rad), home position."""
 
     name: str
     axis: tuple[float, float, float]
@@ -114,36 +142,87 @@ class JointSpec:
     home: float
 
 
+def _deg(lo: float, hi: float) -> tuple[float, float]:
+    return (float(np.deg2rad(lo)), float(np.deg2rad(hi)))
+
+
+# ORCA v1 (right hand) joints in the order of its driver and its joint_states messages, with
+# its published ranges of motion in degrees (orca_core's orcahand_v1_right configuration; the
+# driver's orca_v1_right.yaml holds the same list, and a test keeps the two equal).
+ORCA_V1_RANGES_DEG = {
+    "thumb_mcp": (-50, 50),
+    "thumb_abd": (-20, 42),
+    "thumb_pip": (-12, 108),
+    "thumb_dip": (-20, 112),
+    "index_abd": (-37, 37),
+    "index_mcp": (-20, 95),
+    "index_pip": (-20, 108),
+    "middle_abd": (-37, 37),
+    "middle_mcp": (-20, 91),
+    "middle_pip": (-20, 107),
+    "ring_abd": (-37, 37),
+    "ring_mcp": (-20, 91),
+    "ring_pip": (-20, 107),
+    "pinky_abd": (-37, 37),
+    "pinky_mcp": (-20, 98),
+    "pinky_pip": (-20, 108),
+    "wrist": (-50, 30),
+}
+
+# Axes (sign conventions). A finger points along +x at q = 0: flexion (mcp, pip, and the
+# passive distal link) turns it towards +z, the palm side, a rotation about -y, so positive =
+# flexion as on the robot. Abduction is about the palm normal: positive turns a finger towards
+# the thumb side (-y), i.e. about -z; ORCA's rest pose (index +25°, pinky -37°) is then a spread
+# hand. The thumb points along -x from the palm's heel: thumb_mcp/pip/dip flex it towards +z
+# (about +y); thumb_abd rolls its flexion plane about the palm's x axis, positive swinging the
+# flexed thumb across the palm towards the pinky side (+y), i.e. opposition. The wrist flexes
+# the palm towards its palm side (fingers towards +z), about -y like a finger.
+_AXES = {
+    "abd": (0.0, 0.0, -1.0),
+    "mcp": (0.0, -1.0, 0.0),
+    "pip": (0.0, -1.0, 0.0),
+    "thumb_abd": (-1.0, 0.0, 0.0),
+    "thumb_mcp": (0.0, 1.0, 0.0),
+    "thumb_pip": (0.0, 1.0, 0.0),
+    "thumb_dip": (0.0, 1.0, 0.0),
+    "wrist": (0.0, -1.0, 0.0),
+}
+
+# Home: an open hand ready to straddle an object from above, fingers straight ahead and half
+# flexed, thumb half flexed opposite them, wrist straight. Not ORCA's calibration rest pose
+# (thumb_abd 42°, pinky_abd -37°): a thumb rolled to its stop and a splayed pinky grasp off-centre.
+_HOME = {
+    "mcp": 0.9,
+    "pip": 0.3,
+    "thumb_mcp": -0.1,
+    "thumb_pip": 0.3,
+    "thumb_dip": 0.2,
+}
+
+
 def finger_joint_specs() -> list[JointSpec]:
-    """The 16 finger joints in actuator / action order (fingers first, then the thumb)."""
-    specs: list[JointSpec] = []
-    # Flexion rotates a finger (which points along +x at q=0) towards +z, the palm side: that is
-    # a rotation about -y. Abduction is about the palm normal z.
-    for f in FINGER_NAMES:
-        specs += [
-            JointSpec(f"{f}_abd", (0.0, 0.0, 1.0), (-0.3, 0.3), 0.0),
-            JointSpec(f"{f}_mcp", (0.0, -1.0, 0.0), (-0.2, 2.0), 0.9),
-            JointSpec(f"{f}_pip", (0.0, -1.0, 0.0), (0.0, 1.8), 0.3),
-            JointSpec(f"{f}_dip", (0.0, -1.0, 0.0), (0.0, 1.5), 0.2),
-        ]
-    # The thumb points along -x at q=0; flexing it towards +z is a rotation about +y. The first
-    # joint rolls the whole thumb about the palm's x axis, which turns its flexion plane: the
-    # opposition degree of freedom (its axis is not parallel to any finger flexion axis).
-    specs += [
-        JointSpec("thumb_opp", (1.0, 0.0, 0.0), (-0.7, 0.7), 0.0),
-        JointSpec("thumb_cmc", (0.0, 1.0, 0.0), (-0.2, 2.0), 0.9),
-        JointSpec("thumb_mcp", (0.0, 1.0, 0.0), (0.0, 1.6), 0.3),
-        JointSpec("thumb_ip", (0.0, 1.0, 0.0), (0.0, 1.5), 0.2),
-    ]
+    """The 17 actuated hand joints in ORCA v1 order (= actuator and action order)."""
+    specs = []
+    for name, (lo, hi) in ORCA_V1_RANGES_DEG.items():
+        kind = name.split("_", 1)[1] if "_" in name else name
+        key = name if name.startswith(THUMB_NAME) or name == WRIST_NAME else kind
+        axis = _AXES[key]
+        if name == f"{THUMB_NAME}_abd":
+            # The thumb mount is tilted by THUMB_BASE_FLEXION about +y; the roll stays about the
+            # palm's x axis, expressed in the tilted frame.
+            c, s = np.cos(THUMB_BASE_FLEXION), np.sin(THUMB_BASE_FLEXION)
+            axis = (float(-c), 0.0, float(-s))
+        specs.append(JointSpec(name, axis, _deg(lo, hi), _HOME.get(key, 0.0)))
     return specs
 
 
 FINGER_JOINTS = finger_joint_specs()
+"""The hand's actuated joints (fingers, thumb and wrist), ORCA v1 names and order."""
 NUM_FINGER_JOINTS = len(FINGER_JOINTS)
 
 
 def _fmt(v) -> str:
-    return " ".join(f"{float(x):.6g}" for x in v)
+    return " ".join(f"{float(x):.12g}" for x in v)
 
 
 def _look_xyaxes(pos, target, up=(0.0, 0.0, 1.0)) -> str:
@@ -159,25 +238,34 @@ def _look_xyaxes(pos, target, up=(0.0, 0.0, 1.0)) -> str:
 
 
 def _finger_xml(name: str, lengths, joints: list[JointSpec]) -> str:
-    """Nested bodies of one finger: two joints on the first body, one on each further body,
-    one capsule per segment (two side by side for the thumb's outer segments)."""
+    """Nested bodies of one finger: two joints on the first body (abduction, base flexion),
+    one on each further body, one capsule per segment (two side by side for the thumb's outer
+    segments). A finger's distal joint is passive, coupled to its pip by an equality."""
     (l1, l2, l3) = lengths
     j = {s.name.split("_", 1)[1]: s for s in joints}
-    sign = -1.0 if name == THUMB_NAME else 1.0  # the thumb extends along -x
+    thumb = name == THUMB_NAME
+    sign = -1.0 if thumb else 1.0  # the thumb extends along -x
 
     def jx(s: JointSpec) -> str:
         return f'<joint name="{s.name}" axis="{_fmt(s.axis)}" range="{_fmt(s.range)}"/>'
 
-    first = jx(j["opp"]) + jx(j["cmc"]) if name == THUMB_NAME else jx(j["abd"]) + jx(j["mcp"])
-    second = jx(j["mcp"]) if name == THUMB_NAME else jx(j["pip"])
-    third = jx(j["ip"]) if name == THUMB_NAME else jx(j["dip"])
+    first = jx(j["abd"]) + jx(j["mcp"])
+    second = jx(j["pip"])
+    if thumb:
+        third = jx(j["dip"])
+    else:
+        pip = j["pip"]
+        third = (
+            f'<joint name="{name}_distal" axis="{_fmt(pip.axis)}"'
+            f' range="{_fmt(np.multiply(pip.range, DISTAL_COUPLING))}"/>'
+        )
     seg = 'class="finger" type="capsule"'
 
     def outer(i: int, length: float, extra: str = "") -> str:
         # Finger segments are capsules. The thumb's two outer segments are broad pads (two
         # parallel capsules, as wide as two fingers) instead: a single round thumb opposing a
         # round object squeezes it out sideways as soon as the grasp is a few mm off-centre.
-        if name != THUMB_NAME:
+        if not thumb:
             return (
                 f'<geom name="{name}_seg{i}" {seg} fromto="0 0 0 {sign * length:.4f} 0 0"{extra}/>'
             )
@@ -212,13 +300,26 @@ def build_mjcf(timestep: float = 0.004) -> str:
             + "</body>"
         )
     tjs = [s for s in FINGER_JOINTS if s.name.startswith("thumb_")]
+    # The thumb mount is flexed by THUMB_BASE_FLEXION about +y (the thumb's flexion axis).
+    tilt = f"{np.cos(THUMB_BASE_FLEXION / 2):.12g} 0 {np.sin(THUMB_BASE_FLEXION / 2):.12g} 0"
     thumb = (
-        f'<body name="thumb_1" pos="{-(px + 0.004):.4f} 0 -0.004">'
+        f'<body name="thumb_1" pos="{-(px + 0.004):.4f} 0 -0.004" quat="{tilt}">'
         + _finger_xml(THUMB_NAME, THUMB_LENGTHS, tjs)
         + "</body>"
     )
+    # MuJoCo's default (soft) constraint: the distal link gives a few hundredths of a radian
+    # under load like a compliant linkage. A stiff coupling (solref 0.008) made fingertips rigid
+    # and halved the noisy expert's success (0.65 -> 0.37 on 100 layouts): they squeezed
+    # objects out of the grasp.
+    couplings = "\n".join(
+        f'<joint name="{f}_distal_coupling" joint1="{f}_distal" joint2="{f}_pip"'
+        f' polycoef="0 {DISTAL_COUPLING} 0 0 0"/>'
+        for f in FINGER_NAMES
+    )
+    wrist = next(s for s in FINGER_JOINTS if s.name == WRIST_NAME)
     actuators = "\n".join(
-        f'<position name="{s.name}" joint="{s.name}" class="finger" ctrlrange="{_fmt(s.range)}"'
+        f'<position name="{s.name}" joint="{s.name}"'
+        f' class="{"wrist" if s.name == WRIST_NAME else "finger"}" ctrlrange="{_fmt(s.range)}"'
         f' kp="{actuator_kp(s.name):.6g}"/>'
         for s in FINGER_JOINTS
     )
@@ -270,6 +371,10 @@ def build_mjcf(timestep: float = 0.004) -> str:
       <joint damping="0.05" armature="0.002" limited="true"/>
       <position kp="{FINGER_KP}" kv="0.03" timeconst="{FINGER_TIMECONST}"/>
     </default>
+    <default class="wrist">
+      <joint damping="0.1" armature="0.01" limited="true"/>
+      <position kp="{WRIST_KP}" kv="{WRIST_KV}" timeconst="{FINGER_TIMECONST}"/>
+    </default>
     <default class="object">
       <geom contype="1" conaffinity="3" condim="4" friction="{OBJECT_FRICTION} {OBJECT_TORSION} 0.001"
             solref="0.01 1"/>
@@ -290,19 +395,26 @@ def build_mjcf(timestep: float = 0.004) -> str:
     <body name="ee_target" mocap="true" pos="{_fmt(HAND_HOME_POS)}" quat="{_fmt(HAND_HOME_QUAT)}"/>
     <body name="hand" pos="{_fmt(HAND_HOME_POS)}" quat="{_fmt(HAND_HOME_QUAT)}" gravcomp="1">
       <freejoint name="hand_free"/>
-      <!-- Heavier than a real palm on purpose: the soft weld's sag under a held object scales
-           with 1/mass, and a stiff effective "impedance" keeps hold actions still. gravcomp
-           cancels gravity on the palm body (the arm's job); the light fingers are left to
-           their actuators. -->
-      <inertial pos="0 0 -0.03" mass="1.0" diaginertia="0.004 0.004 0.004"/>
-      <geom name="palm" class="hand" type="box" size="{px} {py} {pz}" pos="0 0 {-pz}"/>
-      <geom name="wrist" type="cylinder" size="0.03 0.03" pos="0 0 -0.05" material="hand"
+      <!-- The flange: the arm's end effector (its pose is ee_pose). Heavier than a real mount
+           on purpose: the soft weld's sag under a held object scales with 1/mass, and a stiff
+           effective "impedance" keeps hold actions still. gravcomp cancels gravity on the
+           flange and the palm (the arm's job); the light fingers are left to their actuators. -->
+      <inertial pos="0 0 -0.03" mass="0.7" diaginertia="0.003 0.003 0.003"/>
+      <geom name="mount" type="cylinder" size="0.03 0.03" pos="0 0 -0.05" material="hand"
             contype="0" conaffinity="0" mass="0"/>
       <camera name="wrist" pos="{_fmt(wrist_pos)}" xyaxes="{wrist_xy}" fovy="75"/>
       <camera name="under" pos="{_fmt(under_pos)}" xyaxes="{under_xy}" fovy="80"/>
       <site name="ee" pos="0 0 0" size="0.005"/>
-      {"".join(fingers)}
-      {thumb}
+      <!-- ORCA's wrist: a hinge between the flange and the palm; at wrist = 0 the palm frame
+           is the flange frame. -->
+      <body name="palm" gravcomp="1">
+        <joint name="{wrist.name}" class="wrist" pos="{_fmt(WRIST_PIVOT)}" axis="{_fmt(wrist.axis)}"
+               range="{_fmt(wrist.range)}"/>
+        <inertial pos="0 0 -0.012" mass="0.3" diaginertia="0.0003 0.0003 0.0003"/>
+        <geom name="palm" class="hand" type="box" size="{px} {py} {pz}" pos="0 0 {-pz}"/>
+        {"".join(fingers)}
+        {thumb}
+      </body>
     </body>
     <body name="box" pos="0.08 0.1 {TABLE_TOP_Z + bz}">
       <freejoint name="box_free"/>
@@ -319,6 +431,7 @@ def build_mjcf(timestep: float = 0.004) -> str:
     <!-- The "arm": hand welded to the commanded EE pose (mocap). solref sets the stiffness;
          the domain shift scales its time constant like a changed impedance gain. -->
     <weld name="wrist_weld" body1="ee_target" body2="hand" solref="0.01 1" solimp="0.95 0.99 0.001"/>
+    {couplings}
   </equality>
   <actuator>
     {actuators}
