@@ -33,6 +33,7 @@ from sernf_learner.online_rl import OnlineRLConfig
 from sernf_learner.td_targets import CriticConfig
 from sernf_policy.config_io import build_dataclass, to_jsonable
 from sernf_policy.encoders import DinoV2EncoderConfig, ResNetEncoderConfig
+from sernf_sim.gymnasium_task import GymnasiumEnvConfig
 
 #: Stage names, in the order of the paper's pipeline (Alg. 3) plus distillation.
 STAGES = ("il", "critic_warmup", "offline_rl", "online_rl", "distill")
@@ -42,7 +43,7 @@ SCHEDULES = {
     "full": ("il", "critic_warmup", "offline_rl", "online_rl"),
 }
 #: Simulated tasks the trainer can build (an explicit table, not an import by name).
-TASKS = ("point", "hand_pick_place")
+TASKS = ("point", "hand_pick_place", "gymnasium")
 #: Teachers for distillation.
 TEACHERS = ("point_expert", "checkpoint")
 #: Actor families (sernf_policy.policy.ACTOR_KINDS).
@@ -165,13 +166,17 @@ class EnvConfig:
     task: str = "point"
     """Task name: "point" (sernf_sim.point_task.PointTask) or "hand_pick_place" (state-only
     sernf_sim.hand_pick_place.HandPickPlace; ``task_overrides`` may hold ``variant``:
-    "nominal" / "shifted", and HandPickPlaceConfig fields)."""
+    "nominal" / "shifted", and HandPickPlaceConfig fields) or "gymnasium" (any continuous-action
+    gymnasium env, named in ``gymnasium``; docs/gymnasium.md)."""
     num_envs: int = 50
     """Parallel envs for collecting episodes."""
     seed: int = 0
     """Seed of the collection env."""
     task_overrides: dict[str, Any] = field(default_factory=dict)
     """Fields of the task's config dataclass to override (e.g. ``time_limit``), validated by it."""
+    gymnasium: GymnasiumEnvConfig | None = None
+    """For task "gymnasium" (and only then): the env's id in gymnasium's registry, the
+    ``gymnasium.make`` kwargs, control rate and success key (sernf_sim.gymnasium_task)."""
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -179,6 +184,16 @@ class EnvConfig:
         check_int(self, "num_envs")
         if not isinstance(self.task_overrides, Mapping):
             raise ValueError("EnvConfig.task_overrides must be a mapping")
+        if self.gymnasium is not None and not isinstance(self.gymnasium, GymnasiumEnvConfig):
+            raise ValueError("EnvConfig.gymnasium must be a GymnasiumEnvConfig")
+        if self.task == "gymnasium":
+            if self.gymnasium is None:
+                raise ValueError("EnvConfig.task 'gymnasium' needs env.gymnasium.id (e.g. Pendulum-v1)")
+            if self.task_overrides:
+                raise ValueError("EnvConfig.task_overrides is not used by task 'gymnasium'; put the env's "
+                                 "arguments in env.gymnasium.kwargs")
+        elif self.gymnasium is not None:
+            raise ValueError(f"EnvConfig.gymnasium is only read by task 'gymnasium', not {self.task!r}")
 
 
 @dataclass
@@ -292,6 +307,9 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         check_int(self, "seed", allow_zero=True)
+        if self.data.generate_point_demos and self.env.task != "point":
+            raise ValueError(f"data.generate_point_demos makes point-task demonstrations; task {self.env.task!r} "
+                             "needs its own offline store (data.offline_uri)")
 
     # -- building from plain data (YAML / JSON) -----------------------------------------------
     @classmethod
@@ -312,7 +330,8 @@ class RunConfig:
             "policy": lambda d: build_dataclass(PolicySpec, d, {
                 "resnet": ResNetEncoderConfig.from_dict, "dinov2": DinoV2EncoderConfig.from_dict}),
             "data": lambda d: build_dataclass(DataConfig, d),
-            "env": lambda d: build_dataclass(EnvConfig, d),
+            "env": lambda d: build_dataclass(EnvConfig, d, {
+                "gymnasium": lambda g: build_dataclass(GymnasiumEnvConfig, g)}),
             "trainer": trainer,
             "il": lambda d: build_dataclass(ILConfig, d),
             "critic_warmup": lambda d: build_dataclass(CriticWarmupConfig, d, {"critic": critic}),

@@ -232,6 +232,8 @@ def make_env(config: RunConfig, num_envs: int, seed: int):
         overrides = dict(config.env.task_overrides)
         variant = overrides.pop("variant", "nominal")
         return make_hand_env(variant, num_envs=num_envs, render_images=False, seed=seed, **overrides)
+    if config.env.task == "gymnasium":  # the id goes through gymnasium's own registry
+        return config.env.gymnasium.make_task(num_envs, seed)
     raise ValueError(f"unknown task {config.env.task!r}")
 
 
@@ -240,6 +242,9 @@ def make_teacher_factory(config: RunConfig) -> Callable[[int], Callable]:
     teacher = config.teacher
     p = config.policy
     if teacher.kind == "point_expert":
+        if config.env.task != "point":
+            raise ValueError(f"teacher kind 'point_expert' drives the point task only, not {config.env.task!r}; "
+                             "use teacher kind 'checkpoint'")
         from sernf_sim.point_expert import ExpertConfig, PointExpert
         from sernf_sim.point_task import PointTaskConfig
 
@@ -301,7 +306,14 @@ class Trainer:
         *,
         resume: bool = False,
         init_policy: str | os.PathLike[str] | None = None,
+        env_factory: Callable[[int, int], Any] | None = None,
     ) -> None:
+        """``env_factory(num_envs, seed)``, when given, makes every task the run steps (online RL,
+        distillation, evaluation) instead of ``config.env``'s: a user's own vectorized task, e.g. a
+        ``sernf_sim.gymnasium_task.GymnasiumTask`` with success predicates (docs/gymnasium.md)."""
+        if env_factory is not None and not callable(env_factory):
+            raise ValueError("Trainer: env_factory must be callable (num_envs, seed) -> task")
+        self.env_factory = env_factory
         self.config = config
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -384,6 +396,13 @@ class Trainer:
         returns = returns_to_go_range(snap.arrays["reward"], snap.episode_ends, self.config.data.gamma)
         critic = self.policy.config.critic
         check_value_support(critic.v_min, critic.v_max, returns, f"the offline store {self.offline_store.uri}")
+
+    def make_env(self, num_envs: int, seed: int):
+        """A task for online RL, distillation or evaluation: the ``env_factory``'s when the trainer
+        has one, else the configured one (:func:`make_env`)."""
+        if self.env_factory is not None:
+            return self.env_factory(num_envs, seed)
+        return make_env(self.config, num_envs, seed)
 
     # -- stages -----------------------------------------------------------------------------
     def _stage_seed(self, index: int) -> int:
@@ -496,14 +515,14 @@ class Trainer:
             train_offline_rl(stage.learner, stage.sampler, **common)
         elif stage.name == "online_rl":
             e = cfg.env
-            env = make_env(cfg, e.num_envs, e.seed)
-            eval_env = make_env(cfg, cfg.trainer.eval.num_envs, cfg.trainer.eval.seed) if cfg.online_rl.eval_every else None
+            env = self.make_env(e.num_envs, e.seed)
+            eval_env = self.make_env(cfg.trainer.eval.num_envs, cfg.trainer.eval.seed) if cfg.online_rl.eval_every else None
             train_online_rl(stage.learner, env, stage.online_store, stage.sampler, run_id=self.run_id,
                             seed=self._stage_seed(self.stage_index), eval_env=eval_env,
                             eval_seed=cfg.trainer.eval.seed, start_iteration=self.step,
                             logger=self.logger, global_step=base_step, on_iteration=on_unit)
         elif stage.name == "distill":
-            env = make_env(cfg, cfg.env.num_envs, cfg.env.seed)
+            env = self.make_env(cfg.env.num_envs, cfg.env.seed)
             train_distill(stage.learner, env, make_teacher_factory(cfg), start_iteration=self.step,
                           logger=self.logger, global_step=base_step, on_iteration=on_unit)
 
@@ -548,7 +567,7 @@ class Trainer:
         original = policy.config.selection
         policy.config.selection = "best_of_n" if stage_name in _STAGES_WITH_CRITIC else ev.selection_without_critic
         try:
-            env = make_env(self.config, ev.num_envs, ev.seed)
+            env = self.make_env(ev.num_envs, ev.seed)
             result = evaluate_policy(policy, env, ev.episodes, num_samples=ev.num_samples, sigma=ev.sigma, seed=ev.seed)
         finally:
             policy.config.selection = original
