@@ -21,6 +21,8 @@ from rclpy.qos import qos_profile_sensor_data
 from scipy.spatial.transform import Rotation
 from std_srvs.srv import SetBool, Trigger
 
+from sernf_interfaces.msg import EpisodeEvent
+
 pytestmark = pytest.mark.ros
 
 EQUILIBRIUM = "/franka/equilibrium_pose"
@@ -53,6 +55,8 @@ class Operator(GraphProbe):
                               lambda m: self.measured.append((time.monotonic(), *pose_arrays(m))), qos_profile_sensor_data)
         n.create_subscription(PoseStamped, "/franka/ee_pose", lambda m: self.ee.append(pose_arrays(m)[0]), qos_profile_sensor_data)
         n.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
+        self.episode_events: list[EpisodeEvent] = []
+        n.create_subscription(EpisodeEvent, "/sernf/episode", self.episode_events.append, 10)
         self.command_pub = n.create_publisher(PoseStamped, "/franka/relative_pose_command", 10)
         self.resume_client = n.create_client(Trigger, "/franka_bridge/resume")
         self.reflex_client = n.create_client(Trigger, "/sim_arm/inject_reflex")
@@ -249,7 +253,13 @@ def test_reflex_single_recovery_and_resume(processes, interface: str) -> None:
         op.command_and_wait([0.01, 0.0, 0.0])
         op.spin_for(1.0)
         assert op.arm_status()["recovery_goals"] == 0  # no error, no recovery call
+        assert not op.episode_events
         op.call(op.reflex_client, Trigger.Request())
+        # The running episode is aborted as a device fault (the policy node keeps it out of
+        # training until labeled): exactly one ABORT per reflex.
+        assert op.spin_until(lambda: len(op.episode_events) >= 1)
+        abort = op.episode_events[0]
+        assert abort.event == EpisodeEvent.ABORT and "reflex" in abort.reason
         # The bridge calls recovery once; the arm's error clears after recovery_duration_s.
         assert op.spin_until(lambda: op.arm_status()["recoveries"] >= 1), processes.log(bridge)
         assert op.spin_until(lambda: not op.arm_status()["error"])
@@ -270,5 +280,6 @@ def test_reflex_single_recovery_and_resume(processes, interface: str) -> None:
         np.testing.assert_allclose(executed, [0.005, 0, 0], atol=1e-9)
         assert not op.call(op.resume_client, Trigger.Request()).success  # nothing to resume
         assert op.arm_status()["recovery_goals"] == 1
+        assert len(op.episode_events) == 1
     finally:
         op.close()

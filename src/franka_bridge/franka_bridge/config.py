@@ -53,6 +53,10 @@ class FrankaBridgeConfig:
     """franka_msgs/action/ErrorRecovery server name (franka_ros2's action_server node)."""
     recovery_request_topic: str = "/franka/error_recovery_request"
     """std_msgs/Empty requests for recovery_interface 'topic'."""
+    episode_topic: str = "/sernf/episode"
+    """sernf_interfaces/EpisodeEvent topic: when a reflex starts, an ABORT with the reason goes
+    out here, so the running episode ends at once and is kept out of training until a person
+    labels it (the policy node lists this node in its device_fault_sources). '' disables."""
     max_translation_m: float = 0.02
     """Largest translation per command (m); longer deltas are scaled down (direction kept)."""
     max_rotation_rad: float = 0.1

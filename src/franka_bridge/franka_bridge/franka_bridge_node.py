@@ -7,6 +7,8 @@ Topics (names are parameters, see ``franka_bridge.config``):
 * out: the equilibrium pose for the Cartesian impedance controller, ``~/executed_command`` (the
   delta actually applied, same convention and stamp as the command: what the replay stores),
   ``/franka/ee_pose`` for the policy, ``/diagnostics``;
+* an EpisodeEvent ABORT on ``episode_topic`` when a reflex starts (the episode running then is
+  not trusted: the policy node ends it and marks it a device fault);
 * ``~/resume`` (std_srvs/Trigger): forward again after a reflex;
 * error recovery: a client of ``franka_msgs/action/ErrorRecovery``.
 
@@ -38,6 +40,7 @@ from franka_bridge.core import BridgeCore, Mode, Pose
 from sernf_data.ros.diagnostics import diagnostic_array
 from sernf_data.ros.parameters import declare_config
 from sernf_data.ros.spin import spin_node
+from sernf_interfaces.msg import EpisodeEvent
 
 _LOG_REPEAT_S = 1.0
 
@@ -70,7 +73,7 @@ class FrankaBridgeNode(LifecycleNode):
         self._recovery_goal = None
         self._last_log: dict[str, tuple[float, int]] = {}
         self._last_ee_publish = -float("inf")
-        self.target_pub = self.executed_pub = self.ee_pub = self.diag_pub = None
+        self.target_pub = self.executed_pub = self.ee_pub = self.diag_pub = self.episode_pub = None
         self.recovery_request_pub = None
         self.get_logger().info("franka_bridge created (unconfigured): configure, then activate")
 
@@ -93,7 +96,11 @@ class FrankaBridgeNode(LifecycleNode):
         self.executed_pub = self.create_publisher(PoseStamped, "~/executed_command", 10)
         self.ee_pub = self.create_publisher(PoseStamped, cfg.ee_pose_topic, 10)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.episode_pub = (self.create_publisher(EpisodeEvent, cfg.episode_topic, 10)
+                            if cfg.episode_topic else None)
         self._entities = [self.target_pub, self.executed_pub, self.ee_pub, self.diag_pub]
+        if self.episode_pub is not None:
+            self._entities.append(self.episode_pub)
         self.recovery_request_pub = None
         if cfg.recovery_interface == "topic":
             self.recovery_request_pub = self.create_publisher(Empty, cfg.recovery_request_topic, 10)
@@ -216,7 +223,18 @@ class FrankaBridgeNode(LifecycleNode):
 
     def _on_error(self, msg: Bool) -> None:
         with self._lock:
+            was_reflex = self.core.mode is Mode.REFLEX
             note = self.core.on_error_signal(bool(msg.data), time.monotonic())
+            reflex_started = not was_reflex and self.core.mode is Mode.REFLEX
+        if reflex_started and self.episode_pub is not None:
+            # The robot stopped mid-motion: whatever episode runs now is not what the policy
+            # commanded. Ending it here (rather than leaving it to time out) keeps the reflex and
+            # its recovery out of the recorded data.
+            event = EpisodeEvent()
+            event.header.stamp = self.get_clock().now().to_msg()
+            event.event = EpisodeEvent.ABORT
+            event.reason = "device fault: franka reflex (robot error flag set)"
+            self.episode_pub.publish(event)
         # rclpy binds one severity to each logging call site: one call per severity.
         if note and msg.data:
             self.get_logger().error(note)

@@ -527,8 +527,9 @@ def apply_labels(
 
     Returns a new ``[S]`` reward array (the recorded one, with each labeled episode's rows
     replaced by its newest label set when ``reward_source == "labels"``) and a copy of the
-    per-episode metadata with ``labels_version`` (0: none) and ``awaiting_labels`` (source in
-    ``require_labels_for`` and no label set) added; with label rewards, ``success``,
+    per-episode metadata with ``labels_version`` (0: none) and ``awaiting_labels`` (no label
+    set, and the source is in ``require_labels_for`` or the episode ended on a device fault,
+    ``extra.device_fault``: a reflex mid-episode makes its recorded rewards untrustworthy) added; with label rewards, ``success``,
     ``subtask_success`` and ``return`` follow the label set too. Inputs are not modified.
     """
     newest = labels.newest_versions()
@@ -540,7 +541,8 @@ def apply_labels(
         m = dict(meta)
         version = newest.get(m["id"], 0)
         m["labels_version"] = version
-        m["awaiting_labels"] = version == 0 and m.get("source") in settings.require_labels_for
+        m["awaiting_labels"] = version == 0 and (m.get("source") in settings.require_labels_for
+                                                 or has_device_fault(m))
         overlay.awaiting += int(m["awaiting_labels"])
         if version:
             overlay.labeled += 1
@@ -557,11 +559,19 @@ def apply_labels(
     return out_reward, out_meta, overlay
 
 
+def has_device_fault(metadata: Mapping[str, Any]) -> bool:
+    """Whether an episode ended on a device fault (``extra.device_fault``, set by the policy
+    node when a driver such as franka_bridge aborts it): such episodes train only once labeled."""
+    extra = metadata.get("extra")
+    return isinstance(extra, Mapping) and bool(extra.get("device_fault"))
+
+
 def labeled_snapshot(snapshot: Any, labels: LabelStore, settings: LabelSettings) -> Any:
     """``snapshot`` (a ``ReplaySnapshot``) as samplers see it under ``settings``: rewards and
     metadata from ``apply_labels``; the snapshot itself when labels change nothing (recorded
     rewards and no episode waits for labels), so stores without labels pay nothing."""
-    if settings.reward_source == "recorded" and not settings.require_labels_for:
+    if (settings.reward_source == "recorded" and not settings.require_labels_for
+            and not any(has_device_fault(m) for m in snapshot.episodes)):
         return snapshot
     reward, episodes, _ = apply_labels(
         snapshot.arrays["reward"], snapshot.episode_ends, snapshot.episodes, labels, settings)

@@ -169,6 +169,21 @@ def test_store_level_reward_source_changes_what_samplers_see(store):
     assert reader.load_arrays().arrays["reward"][:10].tolist() == [0] * 9 + [1]
 
 
+def test_episodes_ended_by_a_device_fault_wait_for_a_label_under_any_settings(store):
+    """A reflex mid-episode (extra.device_fault, set by the policy node) keeps the episode out of
+    training until a person labels it, even where labels are otherwise not used."""
+    store.append_episode(episode(5), {"id": "online-reflex", "source": "online", "success": False,
+                                      "terminated": False,
+                                      "extra": {"device_fault": "device fault from /franka_bridge: reflex"}})
+    reader = EpisodeStore(store.uri, mode="r")
+    snap = reader.load_arrays()  # default settings: recorded rewards, no source requires labels
+    waiting = {m["id"]: m["awaiting_labels"] for m in snap.episodes}
+    assert waiting == {"demo-a": False, "online-b": False, "online-reflex": True}
+    LabelStore(store.uri).save("online-reflex", [RewardEvent(3, 1.0)], {}, parent_version=0, success=True,
+                               episode_length=5)
+    assert reader.load_arrays().episodes[2]["awaiting_labels"] is False
+
+
 def test_settings_round_trip_and_invalid_file(store_uri, store):
     labels = LabelStore(store_uri)
     assert labels.settings() == LabelSettings()

@@ -312,6 +312,11 @@ class PolicyNodeConfig:
     """Nodes whose EpisodeEvents (START, END, ABORT) are obeyed, e.g. /sim_robot or the operator
     console; empty: any publisher (not for a robot). Events from others are refused and counted."""
 
+    device_fault_sources: tuple[str, ...] = ()
+    """Drivers (e.g. /franka_bridge) whose ABORT EpisodeEvents mean a device fault (a reflex):
+    the running episode ends, is committed with ``extra.device_fault`` = the reason, and
+    learners leave it out of training until a person labels it. These nodes may only abort."""
+
     checkpoint_roots: tuple[str, ...] = ()
     """Directories announced checkpoints must lie in (after resolving '..' and symlinks), e.g.
     the learner's checkpoint directory. Empty: every announced checkpoint is refused (only the
@@ -340,7 +345,7 @@ class PolicyNodeConfig:
     def __post_init__(self) -> None:
         for name in ("observation_keys", "observation_types", "observation_topics",
                      "joint_state_names", "subtasks", "hand_joint_names", "reward_sources",
-                     "reward_source_kinds", "episode_authorities", "checkpoint_roots"):
+                     "reward_source_kinds", "episode_authorities", "device_fault_sources", "checkpoint_roots"):
             object.__setattr__(self, name, tuple(str(v) for v in getattr(self, name)))
         for name in ("hand_lower", "hand_upper"):
             object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
@@ -388,7 +393,7 @@ class PolicyNodeConfig:
         bad_kinds = sorted(set(self.reward_source_kinds) - set(_REWARD_SOURCE_KINDS.values()))
         if bad_kinds:
             raise ValueError(f"reward_source_kinds {bad_kinds} are not among {sorted(_REWARD_SOURCE_KINDS.values())}")
-        for name in ("reward_sources", "episode_authorities"):
+        for name in ("reward_sources", "episode_authorities", "device_fault_sources"):
             object.__setattr__(self, name, tuple(_node_fqn(n) for n in getattr(self, name)))
         self.reward_spec()  # validates the reward bounds
         self.action_space_config()  # validates the action-space fields
@@ -459,6 +464,7 @@ class _Stats:
     rewards_rejected: int = 0
     last_reward_rejection: str = ""
     episode_events_rejected: int = 0
+    device_faults: int = 0
     last_episode_event_rejection: str = ""
 
 
@@ -677,20 +683,23 @@ class PolicyNode(Node):
 
     def _on_episode_event(self, msg: EpisodeEvent, info: Any) -> None:
         episode_id = str(msg.episode_id)
-        if self.cfg.episode_authorities:
+        if self.cfg.device_fault_sources or self.cfg.episode_authorities:
             sender = self._sender(self._episode_sub.topic_name, info)
             if sender == self.get_fully_qualified_name():
                 return  # our own announcement coming back
-            if sender not in self.cfg.episode_authorities:
-                names = {EpisodeEvent.START: "START", EpisodeEvent.END: "END", EpisodeEvent.ABORT: "ABORT"}
-                why = (f"{names.get(msg.event, msg.event)} for {episode_id!r} ({msg.reason!r}) from "
-                       f"{sender or 'an unknown publisher'}, not among episode_authorities "
-                       f"{list(self.cfg.episode_authorities)}")
-                with self._lock:
-                    self._stats.episode_events_rejected += 1
-                    self._stats.last_episode_event_rejection = why
-                self.get_logger().warning(f"episode event refused: {why}", throttle_duration_sec=_LOG_THROTTLE_S)
+            if sender and sender in self.cfg.device_fault_sources and msg.event == EpisodeEvent.ABORT:
+                self._on_device_fault(sender, str(msg.reason))
                 return
+        if self.cfg.episode_authorities and sender not in self.cfg.episode_authorities:
+            names = {EpisodeEvent.START: "START", EpisodeEvent.END: "END", EpisodeEvent.ABORT: "ABORT"}
+            why = (f"{names.get(msg.event, msg.event)} for {episode_id!r} ({msg.reason!r}) from "
+                   f"{sender or 'an unknown publisher'}, not among episode_authorities "
+                   f"{list(self.cfg.episode_authorities)}")
+            with self._lock:
+                self._stats.episode_events_rejected += 1
+                self._stats.last_episode_event_rejection = why
+            self.get_logger().warning(f"episode event refused: {why}", throttle_duration_sec=_LOG_THROTTLE_S)
+            return
         with self._lock:
             if episode_id and episode_id in self._known_episode_ids:
                 running = self._episode is not None and self._episode.episode_id == episode_id
@@ -709,6 +718,19 @@ class PolicyNode(Node):
                 terminated = msg.event == EpisodeEvent.END and msg.reason not in _TRUNCATION_REASONS
                 self._end_episode(f"{'END' if msg.event == EpisodeEvent.END else 'ABORT'} event: "
                                   f"{msg.reason or 'no reason'}", terminated=terminated, announce=False)
+
+    def _on_device_fault(self, sender: str, reason: str) -> None:
+        """A driver reported a fault that invalidates the running episode (e.g. a reflex)."""
+        why = f"device fault from {sender}: {reason or 'no reason'}"
+        with self._lock:
+            self._stats.device_faults += 1
+            if self._episode is None:
+                self.get_logger().warning(f"{why} (no episode running)")
+                return
+            self.get_logger().error(f"{why}: ending episode {self._episode.episode_id}; it is kept out "
+                                    "of training until labeled")
+            self._end_episode(f"ABORT: {why}", terminated=False, announce=True,
+                              event=EpisodeEvent.ABORT, reason=why, device_fault=why)
 
     # ----------------------------------------------------------------------------- services
 
@@ -898,7 +920,7 @@ class PolicyNode(Node):
         return ""
 
     def _end_episode(self, why: str, terminated: bool, announce: bool,
-                     event: int | None = None, reason: str = "") -> None:
+                     event: int | None = None, reason: str = "", device_fault: str = "") -> None:
         """End the running episode; commit its recording in the background. Caller holds the lock."""
         episode = self._episode
         if episode is None:
@@ -918,6 +940,8 @@ class PolicyNode(Node):
         metadata = {"terminated": terminated, "extra": {
             "end_reason": why, "checkpoint_steps": list(episode.checkpoint_steps),
             "checkpoint_stage": self._policy.stage if self._policy else ""}}
+        if device_fault:
+            metadata["extra"]["device_fault"] = device_fault  # sernf_data.labels: awaits a label
         self._replay_pool.submit(self._commit_episode, episode.recorder, metadata)
 
     def _announce_episode(self, episode_id: str, event: int, reason: str) -> None:
@@ -1264,6 +1288,7 @@ class PolicyNode(Node):
             "rewards_rejected": stats.rewards_rejected,
             "last_reward_rejection": stats.last_reward_rejection,
             "episode_events_rejected": stats.episode_events_rejected,
+            "device_faults": stats.device_faults,
             "last_episode_event_rejection": stats.last_episode_event_rejection,
             "commands_published": stats.commands_published,
             "hold_commands": stats.hold_commands,
