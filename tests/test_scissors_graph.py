@@ -377,3 +377,18 @@ def test_run_graph_stops_the_lifecycle_manager_first_so_the_drivers_are_deactiva
     # probe itself was stopped.
     assert _lines(state_log)[-1] == "deactivated", (_lines(state_log), (tmp_path / "lifecycle_manager.log").read_text())
     assert graph.exited()["lifecycle_manager"] == 0
+
+
+def test_policy_hand_limits_are_the_orca_hand_models():
+    """The policy clips commands and checks joint observations against hand_lower/upper: they
+    must be the hand model's ranges (the simulated hand has the same), in the driver's order."""
+    import math
+
+    model = yaml.safe_load((ROOT / "src/orca_hand_driver/config/orca_v1_right.yaml").read_text())
+    joints = model["joints"]
+    for path in (ROOT / "config/robot/scissors.yaml", ROOT / "config/policy_scissors.yaml"):
+        policy = yaml.safe_load(path.read_text())["policy"]["ros__parameters"]
+        assert policy["hand_joint_names"] == [j["name"] for j in joints], path
+        for key, bound in (("hand_lower", 0), ("hand_upper", 1)):
+            want = [math.radians(j["range_deg"][bound]) for j in joints]
+            assert policy[key] == pytest.approx(want, abs=1e-3), (path, key)
