@@ -395,3 +395,37 @@ def test_gymnasium_env_config_validates_and_makes_the_task():
     task.reset(seed=0)
     with pytest.raises(KeyError, match="is_success"):  # MountainCar reports no success flag
         task.step(np.zeros((2, 1)))
+
+
+USER_MODULE = '''
+import gymnasium
+import numpy as np
+from gymnasium import spaces
+
+
+class Still(gymnasium.Env):
+    metadata = {"render_modes": [], "render_fps": 4}
+    observation_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+    action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self.np_random.uniform(-1, 1, 2).astype(np.float32), {}
+
+    def step(self, action):
+        return np.zeros(2, np.float32), 0.0, False, False, {"is_success": True}
+
+
+gymnasium.register(id="SernfUserStill-v0", entry_point=Still, max_episode_steps=6)
+'''
+
+
+def test_an_env_of_ones_own_module_by_gymnasiums_module_colon_id(tmp_path, monkeypatch):
+    (tmp_path / "sernf_test_user_tasks.py").write_text(USER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        task = GymnasiumEnvConfig(id="sernf_test_user_tasks:SernfUserStill-v0").make_task(2, seed=0)
+        result = rollout_chunked(task, lambda h, p: np.zeros((2, 4, 1)), 1, 1, 4, num_episodes=3, seed=0)
+    finally:
+        gymnasium.registry.pop("SernfUserStill-v0", None)
+    assert task.control_hz == 4.0 and result.mean_length == 6 and result.success_rate == 1.0
