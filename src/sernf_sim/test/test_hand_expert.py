@@ -7,12 +7,16 @@ import pytest
 
 from sernf_sim.evaluation import rollout_chunked
 from sernf_sim.hand_pick_place import HAND_TIMING, rotations
+from sernf_sim.hand_pick_place import model as hand_model
 from sernf_sim.hand_pick_place.config import test_configs as hand_test_configs
-from sernf_sim.hand_pick_place.env import HandPickPlace, make_env
+from sernf_sim.hand_pick_place.env import JOINT_HIGH, JOINT_LOW, HandPickPlace, make_env
 from sernf_sim.hand_pick_place.expert import (
+    CLOSED_HAND,
+    OPEN_HAND,
     HandExpert,
     HandExpertConfig,
     default_demo_quality,
+    hand_pose,
 )
 
 T, P, H = HAND_TIMING.T, HAND_TIMING.P, HAND_TIMING.H
@@ -72,7 +76,8 @@ def test_strategy_mix_is_multimodal_on_random_layouts():
 
 
 def test_default_quality_demos_succeed_about_sixty_percent_with_real_failures():
-    _, result = _rollout(default_demo_quality(), num_episodes=40, num_envs=20, seed=11, record=True)
+    # 80 episodes: the band is about three standard errors either side of the ~60 % rate.
+    _, result = _rollout(default_demo_quality(), num_episodes=80, num_envs=20, seed=11, record=True)
     assert 0.45 <= result.success_rate <= 0.75, result.summary()
     md = result.metadata
     failed = [m for m in md if not m["success"]]
@@ -150,5 +155,22 @@ def test_default_demo_dataset_records_mixed_quality_episodes():
         assert meta["source"] == "demo"
         extra = meta.get("extra", meta)  # free-form metadata (its nesting is evaluation's call)
         assert extra["task"] == "hand_pick_place" and extra["expert_quality"] is not None
-        assert steps["action"].shape[1] == 23 and steps["object_state"].shape[1] == 20
+        assert steps["action"].shape[1] == 24 and steps["object_state"].shape[1] == 20
         assert len(steps["reward"]) == len(steps["action"]) == len(steps["timestamp"])
+
+
+def test_hand_poses_are_in_orca_order_and_within_the_joint_ranges():
+    names = [s.name for s in hand_model.FINGER_JOINTS]
+    q = hand_pose(fingers=(0.1, 0.2, 0.3), thumb=(0.4, 0.5, 0.6, 0.7), wrist=-0.2, ring_mcp=0.9)
+    assert q[names.index("thumb_mcp")] == 0.4 and q[names.index("thumb_dip")] == 0.7
+    assert q[names.index("pinky_abd")] == 0.1 and q[names.index("index_pip")] == 0.3
+    assert q[names.index("ring_mcp")] == 0.9 and q[names.index("middle_mcp")] == 0.2
+    assert q[names.index("wrist")] == -0.2 and q.shape == (17,)
+    with pytest.raises(ValueError, match="index_dip"):
+        hand_pose(fingers=(0.0, 0.0, 0.0), thumb=(0.0, 0.0, 0.0, 0.0), index_dip=0.1)
+    for pose in (OPEN_HAND, CLOSED_HAND):
+        assert np.all((pose >= JOINT_LOW) & (pose <= JOINT_HIGH))
+    # The grasp closes every flexion joint and keeps the wrist straight.
+    flexion = [i for i, n in enumerate(names) if n.endswith(("_mcp", "_pip", "_dip"))]
+    assert np.all(CLOSED_HAND[flexion] > OPEN_HAND[flexion])
+    assert OPEN_HAND[names.index("wrist")] == CLOSED_HAND[names.index("wrist")] == 0.0

@@ -56,10 +56,40 @@ APPROACH, DESCEND, CLOSE, LIFT, CARRY, LOWER, RELEASE, RETREAT = range(8)
 PHASE_NAMES = ("approach", "descend", "close", "lift", "carry", "lower", "release", "retreat")
 _HOLDING = (LIFT, CARRY, LOWER)
 
-#: Finger pre-shape for the approach: fingers and thumb spread wide and angled down.
-OPEN_HAND = np.array([0.0, 0.6, 0.2, 0.1] * 3 + [0.0, 0.6, 0.2, 0.1])
+
+def hand_pose(
+    fingers: tuple[float, float, float],
+    thumb: tuple[float, float, float, float],
+    wrist: float = 0.0,
+    **joints: float,
+) -> np.ndarray:
+    """A hand target in :data:`model.FINGER_JOINTS` order: ``fingers`` = (abd, mcp, pip) for
+    each of the four fingers, ``thumb`` = (mcp, abd, pip, dip), then the wrist; ``joints``
+    overrides single joints by name (e.g. ``index_abd=-0.1``)."""
+    by_name = {
+        "wrist": wrist,
+        **dict(zip(("thumb_mcp", "thumb_abd", "thumb_pip", "thumb_dip"), thumb, strict=True)),
+    }
+    for f in M.FINGER_NAMES:
+        by_name.update(zip((f"{f}_abd", f"{f}_mcp", f"{f}_pip"), fingers, strict=True))
+    unknown = set(joints) - set(by_name)
+    if unknown:
+        raise ValueError(f"hand_pose: unknown joints {sorted(unknown)}")
+    by_name.update(joints)
+    return np.array([by_name[s.name] for s in M.FINGER_JOINTS])
+
+
+#: Finger pre-shape for the approach: fingers and thumb spread wide and angled down, wrist
+#: straight (the thumb's mount adds THUMB_BASE_FLEXION to thumb_mcp).
+OPEN_HAND = hand_pose(fingers=(0.0, 0.6, 0.2), thumb=(-0.4, 0.0, 0.2, 0.1))
 #: Closing targets: past the contact angles, so the position actuators squeeze the object.
-CLOSED_HAND = np.array([0.0, 1.9, 1.0, 0.5] * 3 + [0.0, 1.7, 0.4, 0.4])
+#: ORCA's mcp stops at 91-98°, so the fingers curl more at pip (1.3; the distal link follows at
+#: half) than the earlier 16-joint hand's 1.0: with pip 1.0 a weak grip (70 % of the way) no
+#: longer reached the cylinder and became a missed grasp instead of a loose one.
+#: The middle and ring mcp stop at 91° (1.59 rad): those stay at their stop.
+CLOSED_HAND = np.minimum(
+    hand_pose(fingers=(0.0, 1.65, 1.3), thumb=(0.7, 0.0, 0.4, 0.4)), JOINT_HIGH
+)
 
 _PRE_GRASP_ABOVE = 0.07  # EE height above the object top before descending (m)
 _GRASP_CLEARANCE = 0.02  # palm surface above the object top at the grasp (m)
@@ -471,4 +501,5 @@ __all__ = [
     "HandExpert",
     "HandExpertConfig",
     "default_demo_quality",
+    "hand_pose",
 ]
