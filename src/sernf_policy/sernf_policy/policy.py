@@ -96,6 +96,14 @@ class PolicyConfig:
     #: "best_of_n" (critic argmax; falls back to most likely without a critic),
     #: "most_likely" (flow log-prob argmax) or "single" (one sample).
     selection: Selection = "best_of_n"
+    #: best_of_n scores only the k candidates the actor finds most likely (0: all N). The critic
+    #: then ranks chunks the data supports instead of picking one it overvalues off the data's
+    #: support (its errors are largest exactly there, and an argmax seeks them out).
+    selection_top_k: int = 0
+    #: > 0: when the M critics' values of the chosen chunk differ by more than this (max − min,
+    #: value units), take the most likely candidate instead: the critics do not agree that it
+    #: is better. 0 disables.
+    selection_max_disagreement: float = 0.0
     #: Actor family: "flow" (the paper's normalizing flow, §IV-B) or "gaussian" (ablation:
     #: tanh-squashed diagonal Gaussian over the chunk, :mod:`gaussian_actor`).
     actor: ActorKind = "flow"
@@ -114,6 +122,10 @@ class PolicyConfig:
             raise ValueError(f"PolicyConfig.sigma_sample must be > 0, got {self.sigma_sample}")
         if self.selection not in ("best_of_n", "most_likely", "single"):
             raise ValueError(f"PolicyConfig.selection must be best_of_n/most_likely/single, got {self.selection!r}")
+        _positive_int(self.selection_top_k, "selection_top_k", minimum=0)
+        self.selection_max_disagreement = float(self.selection_max_disagreement)
+        if not (math.isfinite(self.selection_max_disagreement) and self.selection_max_disagreement >= 0):
+            raise ValueError(f"PolicyConfig.selection_max_disagreement must be >= 0, got {self.selection_max_disagreement}")
         if not isinstance(self.encoder, EncoderConfig):
             raise ValueError("PolicyConfig.encoder must be an EncoderConfig")
         if self.actor not in ACTOR_KINDS:
@@ -358,6 +370,13 @@ class Policy(nn.Module):
         chunks = self.critic_actions(chunks_norm)
         return critic.min_value(tokens, prefix_norm.to(tokens.dtype), chunks.to(tokens.dtype))
 
+    def q_values(self, obs: Mapping[str, Any], prefix_norm: Tensor, chunks_norm: Tensor) -> Tensor:
+        """Every critic's value ``[M, B, N]`` of ``chunks_norm [B, N, H, A]``."""
+        critic = self._require_critic()
+        tokens = self.critic_tokens(obs)
+        chunks = self.critic_actions(chunks_norm)
+        return critic.values(critic.score(tokens, prefix_norm.to(tokens.dtype), chunks.to(tokens.dtype)))
+
     def _require_critic(self) -> ChunkCritic:
         if self.critic is None:
             raise ValueError("this policy has no critic (PolicyConfig.critic is None)")
@@ -443,17 +462,30 @@ class Policy(nn.Module):
             prefix_norm = self.action_normalizer.normalize(torch.as_tensor(prefix, device=device))
             chunks, log_prob = self.sample(checked, prefix_norm, n, sigma, generator=generator)  # [B,N,H,A], [B,N]
             q = None
+            rows = torch.arange(chunks.shape[0], device=chunks.device)
+            fallback = torch.zeros(chunks.shape[0], dtype=torch.bool, device=chunks.device)
             if selection == "best_of_n" and self.critic is not None and n > 1:
-                q = self.min_q(checked, prefix_norm, chunks)  # [B, N]
-                index = q.argmax(dim=1)
+                guarded = cfg.selection_max_disagreement > 0
+                qs = self.q_values(checked, prefix_norm, chunks) if guarded else None  # [M, B, N]
+                q = qs.min(dim=0).values if qs is not None else self.min_q(checked, prefix_norm, chunks)  # [B, N]
+                scores = q
+                k = cfg.selection_top_k
+                if 0 < k < n:  # only the k most likely candidates compete
+                    top = log_prob.topk(k, dim=1).indices
+                    scores = torch.full_like(q, -math.inf).scatter(1, top, q.gather(1, top))
+                index = scores.argmax(dim=1)
+                if guarded:
+                    spread = (qs.max(dim=0).values - qs.min(dim=0).values)[rows, index]
+                    fallback = spread > cfg.selection_max_disagreement
+                    index = torch.where(fallback, log_prob.argmax(dim=1), index)
             else:
                 index = log_prob.argmax(dim=1)
-            rows = torch.arange(chunks.shape[0], device=chunks.device)
             chosen = self.action_normalizer.unnormalize(chunks[rows, index])  # [B, H, A]
             info: dict[str, np.ndarray | None] = {
                 "log_prob": log_prob[rows, index].float().cpu().numpy(),
                 "q": None if q is None else q[rows, index].float().cpu().numpy(),
                 "index": index.cpu().numpy().astype(np.int64),
+                "fallback": fallback.cpu().numpy(),
             }
             return chosen.float().cpu().numpy(), info
         finally:

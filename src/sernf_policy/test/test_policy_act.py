@@ -107,7 +107,7 @@ def test_act_restores_training_mode_and_returns_raw_units(tiny_policy, batch):
     assert tiny_policy.training
     assert chunk.shape == (3, 2) and chunk.dtype == np.float32
     assert (chunk > 9).all() and (chunk < 21).all()  # raw units of the fitted range
-    assert set(info) == {"log_prob", "q", "index"}
+    assert set(info) == {"log_prob", "q", "index", "fallback"}
 
 
 def test_lowdim_observations_are_normalised(tiny_policy, batch):
@@ -170,3 +170,64 @@ def test_config_json_round_trip_and_validation(tiny_config):
         PolicyConfig.from_dict(data)
     with pytest.raises(ValueError, match="selection"):
         tiny_config(selection="random")
+
+
+def _candidates(policy, obs, prefix, seed):
+    """The N candidates, their log-probs and every critic's values, as act_batch draws them."""
+    policy.eval()
+    with torch.no_grad():
+        prefix_n = policy.action_normalizer.normalize(torch.as_tensor(prefix))
+        cands, log_prob = policy.sample(obs, prefix_n, policy.config.num_samples, 0.7,
+                                        generator=torch.Generator().manual_seed(seed))
+        qs = policy.q_values(obs, prefix_n, cands)
+    return cands, log_prob, qs
+
+
+def test_q_values_hold_every_critic_and_their_minimum_is_min_q(tiny_policy, batch):
+    obs, prefix = batch(3)
+    cands, _, qs = _candidates(tiny_policy, obs, prefix, 1)
+    assert qs.shape == (2, 3, 6)
+    with torch.no_grad():
+        prefix_n = tiny_policy.action_normalizer.normalize(torch.as_tensor(prefix))
+        torch.testing.assert_close(qs.min(0).values, tiny_policy.min_q(obs, prefix_n, cands))
+
+
+def test_top_k_selection_only_lets_the_most_likely_candidates_compete(tiny_config, batch):
+    policy = Policy(tiny_config(selection_top_k=2))
+    obs, prefix = batch(4)
+    _, log_prob, qs = _candidates(policy, obs, prefix, 3)
+    _, info = policy.act_batch(obs, prefix, generator=torch.Generator().manual_seed(3))
+    top = log_prob.topk(2, dim=1).indices
+    q = qs.min(0).values
+    expected = top.gather(1, q.gather(1, top).argmax(1, keepdim=True)).squeeze(1)
+    assert np.array_equal(info["index"], expected.numpy())
+    # ... which is not always the unrestricted argmax (else the test would prove nothing).
+    unrestricted = Policy(tiny_config())
+    unrestricted.load_state_dict(policy.state_dict())
+    _, free = unrestricted.act_batch(obs, prefix, generator=torch.Generator().manual_seed(3))
+    assert np.array_equal(free["index"], q.argmax(1).numpy())
+
+
+def test_critics_that_disagree_fall_back_to_the_most_likely_candidate(tiny_config, batch):
+    obs, prefix = batch(4)
+    probe = Policy(tiny_config())
+    _, log_prob, qs = _candidates(probe, obs, prefix, 7)
+    q = qs.min(0).values
+    best = q.argmax(1)
+    spread = (qs.max(0).values - qs.min(0).values)[torch.arange(4), best]
+    threshold = float(spread.median())  # some rows above, some not
+    guarded = Policy(tiny_config(selection_max_disagreement=threshold))
+    guarded.load_state_dict(probe.state_dict())
+    _, info = guarded.act_batch(obs, prefix, generator=torch.Generator().manual_seed(7))
+    fallback = (spread > threshold).numpy()
+    assert fallback.any() and not fallback.all()
+    assert np.array_equal(info["fallback"], fallback)
+    expected = torch.where(torch.as_tensor(fallback), log_prob.argmax(1), best)
+    assert np.array_equal(info["index"], expected.numpy())
+
+
+@pytest.mark.parametrize("kwargs", [{"selection_top_k": -1}, {"selection_max_disagreement": float("nan")},
+                                    {"selection_max_disagreement": -0.1}])
+def test_selection_guards_are_validated(tiny_config, kwargs):
+    with pytest.raises(ValueError, match="selection_"):
+        tiny_config(**kwargs)
