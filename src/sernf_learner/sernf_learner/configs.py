@@ -90,6 +90,12 @@ class PolicySpec:
     """N candidates for action selection by default (128 sim, 64 real, 24 online RL)."""
     sigma_sample: float = 0.7
     """σ_sample at inference (paper: 0.7)."""
+    selection_top_k: int = 0
+    """Best-of-N scores only the k most likely of the N candidates (0: all, the paper's Alg. 2);
+    a guard against the argmax picking chunks the critic overvalues off the data."""
+    selection_max_disagreement: float = 0.0
+    """Fall back to the most likely candidate when the critics' values of the chosen chunk differ
+    by more than this (value units; 0: never, the paper's Alg. 2)."""
     image_backbone: str = "resnet18"
     """Image encoder for rgb keys: "resnet18" (one per camera) or "dinov2" (one shared)."""
     resnet: ResNetEncoderConfig = field(default_factory=ResNetEncoderConfig)

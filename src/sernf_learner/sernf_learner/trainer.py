@@ -197,6 +197,7 @@ def build_policy_config(config: RunConfig, observation_spec: dict, action_dim: i
         observation_spec=dict(observation_spec), action_dim=action_dim, obs_history=p.obs_history,
         prefix_len=p.prefix_len, horizon=p.horizon, flow=flow, critic=critic, encoder=encoder,
         num_samples=p.num_samples, sigma_sample=p.sigma_sample, actor=p.actor, gaussian=gaussian,
+        selection_top_k=p.selection_top_k, selection_max_disagreement=p.selection_max_disagreement,
     )
 
 

@@ -201,7 +201,7 @@ def test_top_k_selection_only_lets_the_most_likely_candidates_compete(tiny_confi
     q = qs.min(0).values
     expected = top.gather(1, q.gather(1, top).argmax(1, keepdim=True)).squeeze(1)
     assert np.array_equal(info["index"], expected.numpy())
-    # ... which is not always the unrestricted argmax (else the test would prove nothing).
+    # Without the restriction the same candidates are ranked by the critics alone.
     unrestricted = Policy(tiny_config())
     unrestricted.load_state_dict(policy.state_dict())
     _, free = unrestricted.act_batch(obs, prefix, generator=torch.Generator().manual_seed(3))
