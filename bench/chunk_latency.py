@@ -63,7 +63,7 @@ def report(name: str, policy: Policy, make_obs, chunks: int, warmup: int, rate: 
     if flops:  # one more chunk under the FLOP counter (slow for the scissors config)
         n = chunk_flops(policy, make_obs)
         line += f"; {n / 1e9:7.1f} GFLOP/chunk, {n / (p50 / 1000) / rate * 100:5.1f} % of the matmul rate at p50"
-    print(line, flush=True)
+    print(f"{line} (load {os.getloadavg()[0]:.1f} after)", flush=True)
     return p50, p99
 
 
@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"CPU, torch {torch.__version__}, {torch.get_num_threads()} threads, load {load:.2f} at start; "
           f"matmul rate {rate / 1e9:.1f} GFLOP/s (1024^3 fp32)", flush=True)
     t0 = time.perf_counter()
+    # The cube first: seconds on an idle machine, so its figure is taken before the long
+    # scissors run gives other jobs time to start.
+    report("cube chunk (A=17 H=6 P=2 T=4, N=24)", cube_policy(24), cube_observation, args.cube_chunks, 5, rate, args.flops)
     if not args.skip_scissors:
         policy = scissors_policy("cpu")
         p50, _ = report("scissors chunk (3x224x224 DINOv2-L/14 reg4, A=24 H=10 P=3 T=1, N=64)", policy,
@@ -88,7 +91,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  paper: {PAPER_SCISSORS_CHUNK_S * 1000:.0f} ms per chunk on an RTX 3090 Ti (appendix I); "
               f"this CPU is {p50 / 1000 / PAPER_SCISSORS_CHUNK_S:.0f}x slower at p50", flush=True)
         del policy
-    report("cube chunk (A=17 H=6 P=2 T=4, N=24)", cube_policy(24), cube_observation, args.cube_chunks, 5, rate, args.flops)
     print(f"load {os.getloadavg()[0]:.2f} at the end; total {time.perf_counter() - t0:.0f} s")
     return 0
 
