@@ -190,8 +190,8 @@ class HandExpertConfig:
     def from_quality(cls, quality: float, **overrides: float) -> HandExpertConfig:
         """Map a quality in ``[0, 1]`` to the knobs (1 = clean); knobs grow with ``1 - q``.
 
-        Measured with the task's chunk timing on random layouts (120 episodes, two seeds):
-        q=1.0 → 100 %, 0.55 → 57–62 %, 0.0 → ~3 % successful.
+        Measured on the ORCA hand with the task's chunk timing on random layouts (120 episodes
+        per seed): q=1.0 → 100 %, 0.55 → 59–68 % (two seeds), 0.0 → ~3 % successful.
         """
         if not 0.0 <= quality <= 1.0:
             raise ValueError(f"quality must be in [0, 1], got {quality}")
@@ -217,7 +217,8 @@ DEFAULT_DEMO_QUALITY = 0.55
 
 def default_demo_quality(**overrides: float) -> HandExpertConfig:
     """The expert setting for the default demonstration dataset: ~60 % successful episodes
-    (74/120 and 69/120 on two seeds), the failures being drops after the grasp (~2/3: weak
+    (82/120 and 71/120 on two seeds; 74/120 and 69/120 with the earlier 16-joint hand), the
+    failures being drops after the grasp (~2/3: weak
     grips, early releases, shaky or off-centre grasps) and timeouts (~1/3: pauses, slow moves,
     missed grasps and retries)."""
     return HandExpertConfig.from_quality(DEFAULT_DEMO_QUALITY, **overrides)
