@@ -23,6 +23,17 @@ Methods:
   the chunk flow (the paper's claim: chunked critics align with chunked execution, §I, §III-a).
 * ``ablation_gaussian_actor``: full, with a tanh-squashed diagonal-Gaussian chunk actor
   (``policy.actor: gaussian``) instead of the flow; same critic, stages and losses.
+* ``fm_il``: the paper's flow-matching imitation baseline (Table I; ``policy.actor:
+  flow_matching``): a DiT velocity field on the same observation + prefix context, trained by
+  the IL stage on the same demos with the same optimiser, acting by one sample (8 Euler steps
+  at ``trainer.eval.sigma``) every H steps like the flow.
+* ``act_il``: the paper's ACT imitation baseline (``policy.actor: act``): a CVAE predicting
+  ``policy.act_chunk_len`` (20) actions from the observation tokens, trained by the IL stage on
+  20-action chunks of the same demos, evaluated with temporal ensembling (queried every step,
+  its actions executed P steps later, ``sernf_sim.temporal_ensembling``).
+
+The two baselines have no likelihood, no critic and no RL stages; both use the flow's width and
+heads (``policy.flow_hidden`` / ``flow_heads``) and the same encoders.
 
 Every method sees the same base demonstrations (``data.demo_seed``; ``--vary-demo-seed`` draws
 a dataset per seed instead). Outputs: ``<out>/learning.json`` (per method: per-seed success,
@@ -109,6 +120,14 @@ METHODS: dict[str, Method] = {
     "ablation_gaussian_actor": Method(
         "full", "SERNF full with a tanh-Gaussian chunk actor instead of the flow",
         overrides={"policy.actor": "gaussian"},
+    ),
+    "fm_il": Method(
+        "il", "Flow-matching IL baseline (DiT, 8 Euler steps, same prefix; one sample)",
+        overrides={"policy.actor": "flow_matching"},
+    ),
+    "act_il": Method(
+        "il", "ACT IL baseline (CVAE, chunk 20, temporal ensembling every step)",
+        overrides={"policy.actor": "act"},
     ),
 }
 

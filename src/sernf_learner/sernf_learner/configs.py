@@ -47,7 +47,7 @@ TASKS = ("point", "hand_pick_place", "gymnasium")
 #: Teachers for distillation.
 TEACHERS = ("point_expert", "checkpoint")
 #: Actor families (sernf_policy.policy.ACTOR_KINDS).
-ACTORS = ("flow", "gaussian")
+ACTORS = ("flow", "gaussian", "flow_matching", "act")
 
 
 @dataclass
@@ -109,7 +109,27 @@ class PolicySpec:
     """Actor family: "flow" (the paper's conditional normalizing flow, §III-c / §IV-B) or
     "gaussian" (ablation: a tanh-squashed diagonal Gaussian over the whole chunk,
     ``sernf_policy.gaussian_actor``; its transformer decoder takes the flow_* sizes as its
-    layers / width / heads, and every stage trains it with the same losses)."""
+    layers / width / heads, and every stage trains it with the same losses); or one of the
+    paper's imitation-only baselines (Table I, G3), trained by the IL stage with their own
+    losses and without a critic (they have no likelihood for the RL stages): "flow_matching"
+    (DiT flow-matching policy, ``sernf_policy.flow_matching_actor``; width / heads from
+    flow_hidden / flow_heads, depth fm_blocks) or "act" (ACT's CVAE, ``sernf_policy.act_actor``;
+    width / heads from flow_hidden / flow_heads, act_* below)."""
+    fm_blocks: int = 4
+    """actor "flow_matching": DiT blocks (G3: 4)."""
+    fm_steps: int = 8
+    """actor "flow_matching": Euler integration steps when sampling (G3: 8)."""
+    act_chunk_len: int = 20
+    """actor "act": actions per ACT prediction, its own chunk length K >= horizon (G3: 20).
+    Trained on K-action chunks at the same decision steps; evaluated with temporal ensembling."""
+    act_layers: int = 3
+    """actor "act": layers of its CVAE encoder and of its decoder (G3: 3)."""
+    act_latent_dim: int = 32
+    """actor "act": dimensions of the style variable z (G3: 32)."""
+    act_kl_weight: float = 10.0
+    """actor "act": weight of the KL term (G3: 10)."""
+    act_ensemble_m: float = 0.01
+    """actor "act": temporal ensembling weights exp(-m i), i = 0 the oldest prediction (G3: 0.01)."""
     critic_horizon: int | None = None
     """Chunk actions the critic scores, which is also its TD step: None (or H) = the paper's
     action-chunked critic Q(o_t, prefix, a_{t+P:t+P+H}) with the H-step target (§III-b eq. 2,
@@ -121,7 +141,8 @@ class PolicySpec:
 
     def __post_init__(self) -> None:
         for name in ("obs_history", "horizon", "token_dim", "flow_layers", "flow_hidden", "flow_heads",
-                     "critic_d_model", "critic_heads", "critic_layers", "critic_ff", "num_critics", "num_samples"):
+                     "critic_d_model", "critic_heads", "critic_layers", "critic_ff", "num_critics", "num_samples",
+                     "fm_blocks", "fm_steps", "act_chunk_len", "act_layers", "act_latent_dim"):
             check_int(self, name)
         check_int(self, "prefix_len", allow_zero=True)
         if not (math.isfinite(self.sigma_sample) and self.sigma_sample > 0):
@@ -134,6 +155,12 @@ class PolicySpec:
             raise ValueError("PolicySpec.resnet / .dinov2 must be ResNetEncoderConfig / DinoV2EncoderConfig")
         if self.actor not in ACTORS:
             raise ValueError(f"PolicySpec.actor must be one of {ACTORS}, got {self.actor!r}")
+        for name in ("act_kl_weight", "act_ensemble_m"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"PolicySpec.{name} must be a finite number >= 0, got {value!r}")
+        if self.actor == "act" and self.act_chunk_len < self.horizon:
+            raise ValueError(f"PolicySpec.act_chunk_len ({self.act_chunk_len}) must be >= horizon ({self.horizon})")
         h = self.critic_horizon
         if h is not None and (isinstance(h, bool) or not isinstance(h, int) or h not in (1, self.horizon)):
             raise ValueError(f"PolicySpec.critic_horizon must be null, 1 or horizon={self.horizon}, got {h!r}")

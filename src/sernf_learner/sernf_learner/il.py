@@ -10,6 +10,13 @@ Only actor parameters are optimised (the critic, with its own encoder, stays bit
 tested). Optimiser: AdamW, lr 1e-4, weight decay 1e-4, default betas/eps (G2). Dropout of the
 actor: 0.5 in simulation, 0.2 on the real robot (G2).
 
+The imitation-only baselines of Table I train here too, with their own losses on the same
+sampler, encoders and optimiser (appendix G3: "the dataset, optimizer settings, data
+augmentation strategies, and image encoders are kept identical"): :func:`imitation_loss`
+dispatches on the actor kind — the flow-matching actor regresses the linear path's velocity,
+ACT minimises L1 reconstruction + KL on its own ``chunk_len``-action chunks (the trainer's IL
+sampler cuts chunks of ``PolicyConfig.imitation_horizon`` actions).
+
 Departure from the paper: the chunk mask is ignored — chunks running past an episode's end are
 padded with its last action (docs/architecture.md), which is what a chunked policy should
 predict there anyway (hold still), so the padded chunk is a valid target.
@@ -76,30 +83,49 @@ class ImitationLearning:
         policy.flow.set_dropout(config.dropout)
 
     def update(self, batch: dict) -> dict[str, float]:
-        policy = self.policy
-        policy.train()
-        norm = policy.action_normalizer
-        prefix = norm.normalize(batch["prefix"])  # [B, P, A]
-        chunk = norm.normalize(batch["chunk"])  # [B, H, A]
-        log_prob = policy.log_prob(batch["obs"], prefix, chunk, add_noise=True)  # [B]
-        loss = -log_prob.mean()
+        self.policy.train()
+        loss, metrics = imitation_loss(self.policy, batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         sync_gradients(self.params)  # data-parallel runs: the combined batch's gradient
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip_norm or math.inf))
         self.optimizer.step()
-        h, a = chunk.shape[-2:]
-        return {
-            "il/nll": loss.item(),
-            "il/nll_per_dim": loss.item() / (h * a),
-            "il/grad_norm": grad_norm,
-        }
+        return {**metrics, "il/grad_norm": grad_norm}
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
+
+
+def imitation_loss(policy, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    """Stage I loss of ``policy``'s actor on a sampler batch, and its metrics.
+
+    * ``flow`` / ``gaussian``: the NLL of eq. (8), training chunks perturbed by σ_noise;
+    * ``flow_matching``: the conditional flow-matching loss on the same context (observation +
+      prefix tokens);
+    * ``act``: ACT's L1 + KL loss of its ``chunk_len``-action chunk, from the observation tokens.
+    """
+    kind = policy.config.actor
+    norm = policy.action_normalizer
+    prefix = norm.normalize(batch["prefix"])  # [B, P, A]
+    chunk = norm.normalize(batch["chunk"])  # [B, H, A] (ACT: [B, K, A])
+    if chunk.shape[-2] != policy.config.imitation_horizon:
+        raise ValueError(f"IL batch chunks have {chunk.shape[-2]} actions; actor {kind!r} imitates "
+                         f"{policy.config.imitation_horizon} (sample with that chunk length)")
+    if kind in ("flow", "gaussian"):
+        loss = -policy.log_prob(batch["obs"], prefix, chunk, add_noise=True).mean()
+        h, a = chunk.shape[-2:]
+        return loss, {"il/nll": loss.item(), "il/nll_per_dim": loss.item() / (h * a)}
+    if kind == "flow_matching":
+        loss = policy.flow.flow_matching_loss(chunk, policy.actor_context(batch["obs"], prefix))
+        return loss, {"il/loss": loss.item(), "il/fm_mse": loss.item()}
+    if kind == "act":
+        context = policy.actor_context(batch["obs"], prefix)  # observation tokens only
+        loss, parts = policy.flow.loss(chunk, context, policy.state_tokens(context))
+        return loss, {"il/loss": loss.item(), **parts}
+    raise ValueError(f"no imitation loss for actor kind {kind!r}")
 
 
 def train_il(

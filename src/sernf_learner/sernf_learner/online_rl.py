@@ -32,6 +32,7 @@ from sernf_learner.metrics import MetricsLogger
 from sernf_learner.offline_rl import ActorConfig, OfflineRL
 from sernf_learner.td_targets import CriticConfig
 from sernf_sim.evaluation import RolloutResult, rollout_chunked
+from sernf_sim.temporal_ensembling import TemporalEnsemble
 
 
 @dataclass
@@ -94,8 +95,16 @@ def policy_act_fn(policy, num_samples: int, sigma: float) -> Callable:
 def evaluate_policy(
     policy, env, num_episodes: int, *, num_samples: int, sigma: float, seed: int = 0
 ) -> RolloutResult:
-    """Success rate etc. of ``policy`` (Alg. 2 selection) over ``num_episodes`` on ``env``."""
+    """Success rate etc. of ``policy`` (Alg. 2 selection) over ``num_episodes`` on ``env``.
+
+    An ACT policy with ``act.temporal_ensembling`` is queried every step instead (ACT's own
+    execution, ``sernf_sim.temporal_ensembling``): ``rollout_chunked`` with ``H = 1`` and the
+    same T and P, so each query's ensembled action is executed P steps after its observation."""
     cfg = policy.config
+    if cfg.actor == "act" and cfg.act.temporal_ensembling:
+        ensemble = TemporalEnsemble(policy.predict_full_chunk_batch, cfg.act.chunk_len, cfg.act.ensemble_m)
+        return rollout_chunked(env, ensemble, cfg.obs_history, cfg.prefix_len, 1, num_episodes, seed=seed,
+                               record=False)
     return rollout_chunked(
         env, policy_act_fn(policy, num_samples, sigma), cfg.obs_history, cfg.prefix_len, cfg.horizon,
         num_episodes, seed=seed, record=False,

@@ -38,6 +38,7 @@ puts a resumed run exactly where the interrupted one was.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -66,13 +67,15 @@ from sernf_learner.online_rl import OnlineRL, evaluate_policy, policy_act_fn, tr
 from sernf_learner.td_targets import TargetCritic
 from sernf_learner.transitions import ChunkTiming, MixedSampler, TransitionSampler
 from sernf_learner.value_support import check_value_support, returns_to_go_range
+from sernf_policy.act_actor import ACTActorConfig
 from sernf_policy.checkpoint import CONFIG_FILE
 from sernf_policy.critic import ChunkCriticConfig
 from sernf_policy.encoders import EncoderConfig
 from sernf_policy.fast_paths import reference_paths
 from sernf_policy.flow import ChunkFlowConfig
+from sernf_policy.flow_matching_actor import FlowMatchingActorConfig
 from sernf_policy.gaussian_actor import GaussianActorConfig
-from sernf_policy.policy import Policy, PolicyConfig
+from sernf_policy.policy import LIKELIHOOD_FREE_ACTORS, Policy, PolicyConfig
 
 CHECKPOINT_FORMAT = 1
 _STAGES_WITH_CRITIC = ("critic_warmup", "offline_rl", "online_rl")
@@ -177,26 +180,38 @@ def build_policy_config(config: RunConfig, observation_spec: dict, action_dim: i
     """The model of ``config.policy`` for the data's observation spec and action size."""
     p = config.policy
     encoder = EncoderConfig(token_dim=p.token_dim, image_backbone=p.image_backbone, resnet=p.resnet, dinov2=p.dinov2)
-    flow = gaussian = None
+    flow = gaussian = flow_matching = act = None
+    dims = dict(action_dim=action_dim, horizon=p.horizon, context_dim=p.token_dim)
     if p.actor == "gaussian":  # ablation: same sizes, a Gaussian instead of the couplings
         gaussian = GaussianActorConfig(
-            action_dim=action_dim, horizon=p.horizon, context_dim=p.token_dim, num_layers=p.flow_layers,
-            hidden_dim=p.flow_hidden, num_heads=p.flow_heads, noise_std=p.noise_std,
+            **dims, num_layers=p.flow_layers, hidden_dim=p.flow_hidden, num_heads=p.flow_heads, noise_std=p.noise_std,
+        )
+    elif p.actor == "flow_matching":  # Table I baseline (G3 b); dropout is the IL stage's
+        flow_matching = FlowMatchingActorConfig(
+            **dims, num_blocks=p.fm_blocks, hidden_dim=p.flow_hidden, num_heads=p.flow_heads, num_steps=p.fm_steps,
+        )
+    elif p.actor == "act":  # Table I baseline (G3 a)
+        act = ACTActorConfig(
+            **dims, chunk_len=p.act_chunk_len, latent_dim=p.act_latent_dim, hidden_dim=p.flow_hidden,
+            num_heads=p.flow_heads, encoder_layers=p.act_layers, decoder_layers=p.act_layers,
+            kl_weight=p.act_kl_weight, ensemble_m=p.act_ensemble_m,
         )
     else:
         flow = ChunkFlowConfig(
             action_dim=action_dim, horizon=p.horizon, context_dim=p.token_dim, num_layers=p.flow_layers,
             hidden_dim=p.flow_hidden, num_heads=p.flow_heads, noise_std=p.noise_std, seed=config.seed,
         )
-    critic = ChunkCriticConfig(
+    critic = None if p.actor in LIKELIHOOD_FREE_ACTORS else ChunkCriticConfig(  # baselines: IL only
         action_dim=action_dim, horizon=p.critic_horizon or p.horizon, prefix_len=p.prefix_len,
         obs_dim=p.token_dim, d_model=p.critic_d_model, num_heads=p.critic_heads, num_layers=p.critic_layers,
         ff_dim=p.critic_ff, dropout=p.critic_dropout, num_critics=p.num_critics, v_min=p.v_min, v_max=p.v_max,
     )
+    likelihood_free = {"selection": "single"} if p.actor in LIKELIHOOD_FREE_ACTORS else {}
     return PolicyConfig(
         observation_spec=dict(observation_spec), action_dim=action_dim, obs_history=p.obs_history,
         prefix_len=p.prefix_len, horizon=p.horizon, flow=flow, critic=critic, encoder=encoder,
         num_samples=p.num_samples, sigma_sample=p.sigma_sample, actor=p.actor, gaussian=gaussian,
+        flow_matching=flow_matching, act=act, **likelihood_free,
         selection_top_k=p.selection_top_k, selection_max_disagreement=p.selection_max_disagreement,
     )
 
@@ -409,18 +424,36 @@ class Trainer:
     def _stage_seed(self, index: int) -> int:
         return int(np.random.SeedSequence([self.config.seed, index]).generate_state(1)[0])
 
-    def _sampler(self, store: EpisodeStore, batch_size: int, seed: int, **kwargs) -> TransitionSampler:
+    def _sampler(self, store: EpisodeStore, batch_size: int, seed: int, timing: ChunkTiming | None = None,
+                 **kwargs) -> TransitionSampler:
         if self.world_size > 1:  # this rank's shard of every batch, from its own stream
             batch_size = distributed.shard_batch_size(batch_size)
             seed = int(np.random.SeedSequence([seed, self.rank]).generate_state(1)[0])
-        return TransitionSampler(store, self.timing, batch_size, seed, **kwargs)
+        return TransitionSampler(store, timing or self.timing, batch_size, seed, **kwargs)
+
+    def _imitation_timing(self) -> ChunkTiming:
+        """The IL sampler's timing: the run's, with chunks of the actor's imitation length (ACT
+        imitates its own ``chunk_len`` actions from the same decision steps; the others H)."""
+        h = self.policy.config.imitation_horizon
+        return self.timing if h == self.timing.H else dataclasses.replace(self.timing, H=h, td_horizon=None)
+
+    def _acting_selection(self, stage_name: str) -> str:
+        """How the policy picks chunks after ``stage_name``: best-of-N once the critic is trained,
+        else the configured choice; one sample for actors without a likelihood."""
+        if not self.policy.config.has_likelihood:
+            return "single"
+        return "best_of_n" if self._critic_trained(stage_name) else self.config.trainer.eval.selection_without_critic
 
     def _build_stage(self, name: str, index: int) -> _Stage:
         """Objects of stage ``name``; consumes no global random numbers (see module doc)."""
         cfg, seed = self.config, self._stage_seed(index)
         if name == "il":
             return _Stage(name, ImitationLearning(self.policy, cfg.il),
-                          self._sampler(self.offline_store, cfg.il.batch_size, seed, success_only=cfg.il.success_only))
+                          self._sampler(self.offline_store, cfg.il.batch_size, seed, timing=self._imitation_timing(),
+                                        success_only=cfg.il.success_only))
+        if name in _STAGES_WITH_CRITIC and not self.policy.config.has_likelihood:
+            raise ValueError(f"stage {name} needs the actor's log-likelihood; actor {self.policy.config.actor!r} is an "
+                             "imitation-only baseline (run the 'il' stage only)")
         if name in _STAGES_WITH_CRITIC and self.target is None:
             raise ValueError(f"stage {name} needs a policy with a critic")
         if name == "critic_warmup":
@@ -535,8 +568,7 @@ class Trainer:
             # it acts by its most likely candidate (Policy.load(...).act() must not pick chunks
             # with an untrained critic).
             original = self.policy.config.selection
-            self.policy.config.selection = ("best_of_n" if self._critic_trained(name)
-                                            else self.config.trainer.eval.selection_without_critic)
+            self.policy.config.selection = self._acting_selection(name)
             try:
                 self.policy.save(self.out / f"policy_{name}", metadata={"stage": name, "step": self.global_step})
             finally:
@@ -566,14 +598,16 @@ class Trainer:
             return None
         policy = self.policy
         original = policy.config.selection
-        policy.config.selection = "best_of_n" if stage_name in _STAGES_WITH_CRITIC else ev.selection_without_critic
+        selection = "best_of_n" if stage_name in _STAGES_WITH_CRITIC else ev.selection_without_critic
+        if not policy.config.has_likelihood:  # imitation-only baselines act by one sample
+            selection = "single"
+        policy.config.selection = selection
         try:
             env = self.make_env(ev.num_envs, ev.seed)
             result = evaluate_policy(policy, env, ev.episodes, num_samples=ev.num_samples, sigma=ev.sigma, seed=ev.seed)
         finally:
             policy.config.selection = original
-        return {**result.summary(), "selection": "best_of_n" if stage_name in _STAGES_WITH_CRITIC
-                else ev.selection_without_critic}
+        return {**result.summary(), "selection": selection}
 
     # -- checkpoints ------------------------------------------------------------------------
     def latest_checkpoint(self) -> Path | None:

@@ -1,4 +1,5 @@
-"""SERNF model: normalizing-flow actor over action chunks (a Gaussian one for ablations),
+"""SERNF model: normalizing-flow actor over action chunks (a Gaussian one for ablations;
+flow-matching and ACT imitation baselines),
 chunked distributional critic, encoders, normalizer, checkpoints and action selection
 (best-of-N); policy_node.
 
@@ -13,6 +14,8 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
+    "ACTActorConfig": "act_actor",
+    "ACTChunkActor": "act_actor",
     "CACHED_FEATURES_SUFFIX": "spec",
     "CheckpointError": "checkpoint",
     "ChunkCritic": "critic",
@@ -22,6 +25,8 @@ _EXPORTS = {
     "DinoV2Encoder": "encoders",
     "DinoV2EncoderConfig": "encoders",
     "EncoderConfig": "encoders",
+    "FlowMatchingActorConfig": "flow_matching_actor",
+    "FlowMatchingChunkActor": "flow_matching_actor",
     "GaussianActorConfig": "gaussian_actor",
     "GaussianChunkActor": "gaussian_actor",
     "HLGauss": "hl_gauss",

@@ -6,7 +6,12 @@
   (:mod:`flow`). Prefix actions (queued, not yet executed, Fig. 7) enter the flow as extra
   context tokens appended after the observation tokens. ``PolicyConfig.actor = "gaussian"``
   swaps the flow for a tanh-squashed diagonal Gaussian over the chunk (:mod:`gaussian_actor`,
-  an ablation) with the same interface; the module keeps the attribute name ``flow``;
+  an ablation) with the same interface; the module keeps the attribute name ``flow``. Two
+  imitation-only baselines of the paper's Table I take the same place: ``"flow_matching"``
+  (:mod:`flow_matching_actor`, a DiT flow-matching policy on the same context) and ``"act"``
+  (:mod:`act_actor`, ACT's CVAE, which sees the observation tokens only and predicts its own
+  ``chunk_len`` actions). Neither has an exact likelihood: :meth:`Policy.log_prob` and "most
+  likely" selection refuse them, and they act by one sample (``selection="single"``);
 * optionally the **critic**: its *own* observation encoder plus the chunk-critic ensemble
   (:mod:`critic`). It scores the first ``critic.horizon`` actions of a chunk: all ``H`` of
   them for the paper's chunked critic, only the first one for the per-step ablation
@@ -44,11 +49,13 @@ from torch import Tensor, nn
 
 from sernf_data.spec import CACHED_FEATURES_SUFFIX, ObsKeySpec, parse_observation_spec
 
+from .act_actor import ACTActorConfig, ACTChunkActor
 from .checkpoint import CheckpointError, load_state_strict, read_checkpoint, write_checkpoint
 from .config_io import build_dataclass
 from .critic import ChunkCritic, ChunkCriticConfig
 from .encoders import EncoderConfig, ObservationEncoder
 from .flow import ChunkFlow, ChunkFlowConfig
+from .flow_matching_actor import FlowMatchingActorConfig, FlowMatchingChunkActor
 from .gaussian_actor import GaussianActorConfig, GaussianChunkActor
 from .normalizer import Normalizer
 
@@ -56,8 +63,10 @@ __all__ = ["Policy", "PolicyConfig", "PrefixTokenizer"]
 
 CHECKPOINT_KIND = "sernf_policy"
 Selection = Literal["best_of_n", "most_likely", "single"]
-ActorKind = Literal["flow", "gaussian"]
-ACTOR_KINDS = ("flow", "gaussian")
+ActorKind = Literal["flow", "gaussian", "flow_matching", "act"]
+ACTOR_KINDS = ("flow", "gaussian", "flow_matching", "act")
+#: Actors without an exact likelihood (imitation-only baselines): they act by one sample.
+LIKELIHOOD_FREE_ACTORS = ("flow_matching", "act")
 
 
 def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
@@ -109,6 +118,10 @@ class PolicyConfig:
     actor: ActorKind = "flow"
     #: The Gaussian actor; set exactly when ``actor == "gaussian"`` (then ``flow`` is None).
     gaussian: GaussianActorConfig | None = None
+    #: The flow-matching baseline; set exactly when ``actor == "flow_matching"``.
+    flow_matching: FlowMatchingActorConfig | None = None
+    #: The ACT baseline; set exactly when ``actor == "act"``.
+    act: ACTActorConfig | None = None
 
     def __post_init__(self) -> None:
         self.observation_spec = parse_observation_spec(self.observation_spec)
@@ -130,18 +143,23 @@ class PolicyConfig:
             raise ValueError("PolicyConfig.encoder must be an EncoderConfig")
         if self.actor not in ACTOR_KINDS:
             raise ValueError(f"PolicyConfig.actor must be one of {ACTOR_KINDS}, got {self.actor!r}")
-        if self.actor == "flow":
-            if not isinstance(self.flow, ChunkFlowConfig):
-                raise ValueError("PolicyConfig.flow must be a ChunkFlowConfig")
-            if self.gaussian is not None:
-                raise ValueError('PolicyConfig.gaussian must be None with actor="flow"')
-            actor_cfg, actor_name = self.flow, "flow"
-        else:
-            if not isinstance(self.gaussian, GaussianActorConfig):
-                raise ValueError('PolicyConfig.gaussian must be a GaussianActorConfig with actor="gaussian"')
-            if self.flow is not None:
-                raise ValueError('PolicyConfig.flow must be None with actor="gaussian"')
-            actor_cfg, actor_name = self.gaussian, "gaussian"
+        # Exactly the chosen actor's sub-config is set (the field is named like the actor kind).
+        actor_types = {"flow": ChunkFlowConfig, "gaussian": GaussianActorConfig,
+                       "flow_matching": FlowMatchingActorConfig, "act": ACTActorConfig}
+        for kind, cls in actor_types.items():
+            value = getattr(self, kind)
+            if kind == self.actor and not isinstance(value, cls):
+                raise ValueError(f"PolicyConfig.{kind} must be a {cls.__name__} with actor={kind!r}")
+            if kind != self.actor and value is not None:
+                raise ValueError(f"PolicyConfig.{kind} must be None with actor={self.actor!r}")
+        actor_cfg, actor_name = getattr(self, self.actor), self.actor
+        if self.actor in LIKELIHOOD_FREE_ACTORS:
+            if self.selection != "single":
+                raise ValueError(f'PolicyConfig.selection must be "single" with actor={self.actor!r}: it has no '
+                                 "likelihood to pick the most likely candidate by, and acts by one sample")
+            if self.critic is not None:
+                raise ValueError(f"PolicyConfig.critic must be None with actor={self.actor!r} (an imitation-only "
+                                 "baseline: the RL stages need the actor's log-likelihood)")
         d = self.encoder.token_dim
         got = (actor_cfg.action_dim, actor_cfg.horizon, actor_cfg.context_dim)
         if got != (self.action_dim, self.horizon, d):
@@ -167,6 +185,16 @@ class PolicyConfig:
                 )
 
     @property
+    def imitation_horizon(self) -> int:
+        """Actions per imitation target chunk: ACT's own ``chunk_len``, else H."""
+        return self.act.chunk_len if self.act is not None else self.horizon
+
+    @property
+    def has_likelihood(self) -> bool:
+        """Whether the actor has an exact ``log pi`` (False for the imitation-only baselines)."""
+        return self.actor not in LIKELIHOOD_FREE_ACTORS
+
+    @property
     def critic_horizon(self) -> int:
         """Leading chunk actions the critic scores and its TD step (H = the chunked critic)."""
         return self.horizon if self.critic is None else self.critic.horizon
@@ -185,19 +213,29 @@ class PolicyConfig:
         critic: bool | Mapping[str, Any] = True,
         actor: ActorKind = "flow",
         gaussian: Mapping[str, Any] | None = None,
+        flow_matching: Mapping[str, Any] | None = None,
+        act: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> PolicyConfig:
-        """Build a consistent config: ``flow`` / ``gaussian`` / ``critic`` are keyword overrides
-        of the sub-configs (their shared dimensions are filled in; the critic's ``horizon`` may
-        be overridden for the per-step ablation); ``critic=False`` gives no critic; ``actor``
-        picks which actor sub-config is built."""
+        """Build a consistent config: ``flow`` / ``gaussian`` / ``flow_matching`` / ``act`` /
+        ``critic`` are keyword overrides of the sub-configs (their shared dimensions are filled
+        in; the critic's ``horizon`` may be overridden for the per-step ablation);
+        ``critic=False`` gives no critic; ``actor`` picks which actor sub-config is built."""
         encoder = encoder or EncoderConfig()
         d = encoder.token_dim
-        flow_cfg = gauss_cfg = None
+        flow_cfg = gauss_cfg = fm_cfg = act_cfg = None
+        dims = dict(action_dim=action_dim, horizon=horizon, context_dim=d)
         if actor == "gaussian":
-            gauss_cfg = GaussianActorConfig(action_dim=action_dim, horizon=horizon, context_dim=d, **dict(gaussian or {}))
+            gauss_cfg = GaussianActorConfig(**dims, **dict(gaussian or {}))
+        elif actor == "flow_matching":
+            fm_cfg = FlowMatchingActorConfig(**dims, **dict(flow_matching or {}))
+        elif actor == "act":
+            act_cfg = ACTActorConfig(**dims, **dict(act or {}))
         else:
-            flow_cfg = ChunkFlowConfig(action_dim=action_dim, horizon=horizon, context_dim=d, **dict(flow or {}))
+            flow_cfg = ChunkFlowConfig(**dims, **dict(flow or {}))
+        if actor in LIKELIHOOD_FREE_ACTORS:  # imitation-only: one sample, no critic
+            kwargs.setdefault("selection", "single")
+            critic = False
         critic_cfg = None
         if critic is not False:
             overrides = {"horizon": horizon, **({} if critic is True else dict(critic))}
@@ -205,7 +243,7 @@ class PolicyConfig:
         return cls(
             observation_spec=dict(observation_spec), action_dim=action_dim, obs_history=obs_history,
             prefix_len=prefix_len, horizon=horizon, flow=flow_cfg, critic=critic_cfg, encoder=encoder,
-            actor=actor, gaussian=gauss_cfg, **kwargs,
+            actor=actor, gaussian=gauss_cfg, flow_matching=fm_cfg, act=act_cfg, **kwargs,
         )
 
     @classmethod
@@ -223,6 +261,8 @@ class PolicyConfig:
                 "observation_spec": spec,
                 "flow": ChunkFlowConfig.from_dict,
                 "gaussian": GaussianActorConfig.from_dict,
+                "flow_matching": FlowMatchingActorConfig.from_dict,
+                "act": ACTActorConfig.from_dict,
                 "critic": ChunkCriticConfig.from_dict,
                 "encoder": EncoderConfig.from_dict,
             },
@@ -267,9 +307,15 @@ class Policy(nn.Module):
         self.prefix_tokenizer = PrefixTokenizer(config.action_dim, config.prefix_len, d)
         # The actor keeps the attribute name "flow" whatever its family: the stages call
         # policy.flow.{log_prob, sample, set_dropout} and flow checkpoints name it "flow.*".
-        self.flow: ChunkFlow | GaussianChunkActor = (
-            ChunkFlow(config.flow) if config.actor == "flow" else GaussianChunkActor(config.gaussian)
-        )
+        self.flow: ChunkFlow | GaussianChunkActor | FlowMatchingChunkActor | ACTChunkActor
+        if config.actor == "gaussian":
+            self.flow = GaussianChunkActor(config.gaussian)
+        elif config.actor == "flow_matching":
+            self.flow = FlowMatchingChunkActor(config.flow_matching)
+        elif config.actor == "act":
+            self.flow = ACTChunkActor(config.act)
+        else:
+            self.flow = ChunkFlow(config.flow)
         self.critic_encoder: ObservationEncoder | None = None
         self.critic: ChunkCritic | None = None
         if config.critic is not None:
@@ -326,12 +372,27 @@ class Policy(nn.Module):
 
     # -- learner-facing pieces --------------------------------------------------------------
     def actor_context(self, obs: Mapping[str, Any], prefix_norm: Tensor) -> Tensor:
-        """Flow context ``[B, L+P, D]``: actor-encoded observation tokens, then prefix tokens."""
+        """Flow context ``[B, L+P, D]``: actor-encoded observation tokens, then prefix tokens.
+
+        ACT conditions on no prefix (its temporal ensembling keeps consecutive queries
+        consistent instead): for ``actor="act"`` the prefix is checked and the context is the
+        ``L`` observation tokens alone."""
         tokens = self.actor_encoder(self.normalize_obs(obs))  # [B, L, D]
         prefix_tokens = self.prefix_tokenizer(prefix_norm.to(tokens.device))  # [B, P, D]
         if prefix_tokens.shape[0] != tokens.shape[0]:
             raise ValueError(f"batch mismatch: observation B={tokens.shape[0]}, prefix B={prefix_tokens.shape[0]}")
+        if self.config.actor == "act":
+            return tokens
         return torch.cat([tokens, prefix_tokens.to(tokens.dtype)], dim=1)
+
+    def state_tokens(self, context: Tensor) -> Tensor:
+        """The low-dim observation tokens ``[B, S, D]`` of an actor context (ACT's CVAE encoder
+        input): the encoder puts them right after the image tokens (S = 0 without low-dim keys)."""
+        lowdim = self.actor_encoder.lowdim
+        if lowdim is None:
+            return context[:, :0]
+        end = self.actor_encoder.num_tokens
+        return context[:, end - lowdim.num_tokens : end]
 
     def critic_tokens(self, obs: Mapping[str, Any]) -> Tensor:
         """Observation tokens ``[B, L, D]`` from the critic's own encoder."""
@@ -342,6 +403,7 @@ class Policy(nn.Module):
         self, obs: Mapping[str, Any], prefix_norm: Tensor, chunk_norm: Tensor, add_noise: bool = False
     ) -> Tensor:
         """``log pi(chunk | obs, prefix)`` ``[B]`` of a normalised chunk ``[B, H, A]``."""
+        self._require_likelihood("log_prob")
         return self.flow.log_prob(chunk_norm, self.actor_context(obs, prefix_norm), add_noise=add_noise)
 
     def sample(
@@ -352,8 +414,36 @@ class Policy(nn.Module):
         sigma: float,
         generator: torch.Generator | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Reparameterised samples: ``(chunks_norm [B, N, H, A], log_prob [B, N])`` (model density)."""
-        return self.flow.sample(self.actor_context(obs, prefix_norm), num_samples, sigma, generator=generator)
+        """Reparameterised samples: ``(chunks_norm [B, N, H, A], log_prob [B, N])`` (model density).
+
+        Actors without a likelihood (``flow_matching``, ``act``) report ``log_prob`` as NaN."""
+        context = self.actor_context(obs, prefix_norm)
+        if self.config.has_likelihood:
+            return self.flow.sample(context, num_samples, sigma, generator=generator)
+        chunks = self.flow.sample(context, num_samples, sigma, generator=generator)
+        return chunks, chunks.new_full(chunks.shape[:2], math.nan)
+
+    @torch.inference_mode()
+    def predict_full_chunk_batch(self, obs: Mapping[str, Any], prefix_raw: Any) -> np.ndarray:
+        """ACT's whole prediction in raw units, ``[B, K, A]`` (K = ``act.chunk_len``), in eval
+        mode at ``z = 0``: what temporal ensembling averages (``sernf_sim.temporal_ensembling``).
+        ``obs`` / ``prefix_raw`` as for :meth:`act_batch` (the prefix is checked, not used)."""
+        if self.config.actor != "act":
+            raise ValueError(f"predict_full_chunk_batch needs actor='act', this policy has {self.config.actor!r}")
+        checked, prefix = self._validate_batch(obs, prefix_raw)
+        was_training = self.training
+        self.eval()
+        try:
+            prefix_norm = self.action_normalizer.normalize(torch.as_tensor(prefix, device=self.device))
+            chunk = self.flow.predict(self.actor_context(checked, prefix_norm))
+            return self.action_normalizer.unnormalize(chunk).float().cpu().numpy()
+        finally:
+            self.train(was_training)
+
+    def _require_likelihood(self, what: str) -> None:
+        if not self.config.has_likelihood:
+            raise ValueError(f"{what} needs an exact likelihood, which actor={self.config.actor!r} does not have "
+                             "(an imitation-only baseline; it acts by one sample, selection='single')")
 
     def critic_actions(self, chunks_norm: Tensor) -> Tensor:
         """The part of chunks ``[..., H, A]`` the critic scores: their first ``critic.horizon``
@@ -452,6 +542,8 @@ class Policy(nn.Module):
         selection = cfg.selection if selection is None else selection
         if selection not in ("best_of_n", "most_likely", "single"):
             raise ValueError(f"selection must be best_of_n/most_likely/single, got {selection!r}")
+        if selection != "single" and not cfg.has_likelihood:
+            self._require_likelihood(f"selection={selection!r}")
         checked, prefix = self._validate_batch(obs, prefix_raw)
         n = 1 if selection == "single" else int(num_samples or cfg.num_samples)
         sigma = cfg.sigma_sample if sigma is None else float(sigma)
