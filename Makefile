@@ -7,7 +7,7 @@ IN_ENV := source env.sh &&
 export OMP_NUM_THREADS ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast lint demo sim-data bench bench-learning lock clean
+.PHONY: setup test test-fast lint demo sim-data scissors-sim-data bench bench-learning lock clean
 
 setup:
 	@bash tools/bootstrap.sh
@@ -32,6 +32,12 @@ demo: setup
 ## offline stages' policy under results/sim (~15 min on 2 cores).
 sim-data: setup
 	@$(IN_ENV) python -m sernf.demo --config config/demo_hand.yaml --out results/sim --offline-only
+
+## What the simulated scissors graph (python -m sernf.run_graph scissors sim:=true) needs: scripted
+## demonstrations in the graph's layout (three 64x64 views, 17 joints, base-frame EE pose) and the
+## offline stages' CPU-sized policy under results/scissors_sim (config/train_scissors_sim.yaml).
+scissors-sim-data: setup
+	@$(IN_ENV) python -m sernf.scissors_sim_data --out results/scissors_sim $(SCISSORS_SIM_DATA_ARGS)
 
 ## Speed / size figures (printed, never asserted; docs/performance.md). Each speed figure is
 ## printed beside the matmul rate measured in the same run, and the optimised model paths beside

@@ -32,6 +32,7 @@ from sernf.graph import (
     NodeSpec,
     build_graph,
     missing_inputs,
+    parse_bool,
 )
 
 #: Nodes stopped before the others: the lifecycle manager deactivates the drivers on its way out.
@@ -156,7 +157,15 @@ def parse_launch_arguments(items: Sequence[str]) -> dict[str, str]:
     return arguments
 
 
-def _missing_inputs_hint(graph: str) -> str:
+def _missing_inputs_hint(graph: str, arguments: dict[str, str] | None = None) -> str:
+    arguments = arguments or {}
+    if graph == "scissors" and parse_bool(arguments.get("sim", "false"), "sim"):
+        return ("Record the simulated demonstrations and train the CPU-sized checkpoint first "
+                "(about 20 min on 2 CPU cores):\n"
+                "  make scissors-sim-data    # = python -m sernf.scissors_sim_data --out results/scissors_sim\n"
+                "or bring your own (sernf-train on demonstrations in this graph's layout) with checkpoint:=DIR, "
+                "--set learner.initial_checkpoint=... --set learner.offline_store_uri=...; learner:=none "
+                "--set policy.checkpoint= starts the world and the drivers without a model.")
     if graph == "sim":
         return ("Record the demonstrations and run the offline stages first (about 15 min on 2 CPU cores):\n"
                 "  make sim-data    # = python -m sernf.demo --config config/demo_hand.yaml --out results/sim "
@@ -182,13 +191,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="override one parameter of one node (repeatable)")
     args = parser.parse_args(argv)
     try:
-        specs = build_graph(args.graph, parse_launch_arguments(args.arguments), parse_overrides(args.set))
+        arguments = parse_launch_arguments(args.arguments)
+        specs = build_graph(args.graph, arguments, parse_overrides(args.set))
     except ValueError as exc:
         parser.error(str(exc))
     missing = missing_inputs(specs, args.config_dir)
     if missing:
         print("error: the graph's inputs do not exist yet:\n  " + "\n  ".join(missing) + "\n"
-              + _missing_inputs_hint(args.graph), file=sys.stderr)
+              + _missing_inputs_hint(args.graph, arguments), file=sys.stderr)
         return 2
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
