@@ -47,6 +47,8 @@ def test_spec_reset_and_step_shapes_state_only():
     assert env.action_dim == ACTION_DIM == 7 + M.NUM_FINGER_JOINTS == len(action_names()) == 24
     spec = env.observation_spec
     assert set(spec) == {"hand_joints", "ee_pose", "object_state"}  # no images, privileged state
+    assert spec["hand_joints"].shape == (17,)  # the ORCA hand's joints, wrist included
+    assert action_names()[7:] == [s.name for s in M.FINGER_JOINTS]
     obs = env.reset(seed=1)
     check_observations(spec, obs, leading=1)
     obs, reward, term, trunc, info = env.step(env.hold_action(obs))
