@@ -494,3 +494,27 @@ def test_a_diverged_simulation_ends_the_episode_as_failure():
     _, reward, term, _, info = _hold(env)
     assert list(term) == [True, False] and reward[0] == 0.0
     assert info["termination_reason"][0] == "unstable" and info["failure"][0]
+
+
+def test_wrist_action_tilts_the_palm_while_the_flange_holds_the_ee_pose():
+    """The wrist belongs to the hand: commanding it turns the palm, not the end effector."""
+    env = HandPickPlace(num_envs=1)
+    obs = env.reset(seed=0)
+    wrist = [s.name for s in M.FINGER_JOINTS].index(M.WRIST_NAME)
+    palm = mujoco.mj_name2id(env.model, mujoco.mjtObj.mjOBJ_BODY, "palm")
+    ee0 = env.ee_pose()[0].copy()
+    action = env.hold_action(obs)
+    action[0, 7 + wrist] = 0.4  # flexion
+    for _ in range(5):
+        obs, *_ = env.step(action)
+    assert obs["hand_joints"][0, wrist] == pytest.approx(0.4, abs=0.05)
+    np.testing.assert_allclose(env.ee_pose()[0, :3], ee0[:3], atol=0.005)
+    assert R.angle(R.mul(R.conj(ee0[None, 3:]), env.ee_pose()[:, 3:]))[0] < 0.05
+    d = env.data(0)
+    flange_z = d.xmat[env.idx.hand_body].reshape(3, 3)[:, 2]
+    palm_z = d.xmat[palm].reshape(3, 3)[:, 2]
+    assert np.arccos(np.clip(flange_z @ palm_z, -1.0, 1.0)) == pytest.approx(0.4, abs=0.05)
+    # Out-of-range wrist commands are clipped to ORCA's range.
+    action[0, 7 + wrist] = 3.0
+    _, _, _, _, info = env.step(action)
+    assert info["executed_action"][0, 7 + wrist] == pytest.approx(JOINT_HIGH[wrist])
