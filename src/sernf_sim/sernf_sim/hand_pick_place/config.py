@@ -38,7 +38,8 @@ class DomainShift:
     """Multiplies the objects' mass and inertia (heavier = more slip and sag)."""
 
     finger_kp_scale: float = 1.0
-    """Multiplies the finger position-actuator gains (weaker = softer grip, more lag)."""
+    """Multiplies the hand's position-actuator gains, the wrist's included: all 17 are the same
+    kind of servo (weaker = softer grip, more lag)."""
 
     arm_stiffness_scale: float = 1.0
     """Multiplies the stiffness of the wrist "impedance" (the weld to the commanded pose)."""
