@@ -9,7 +9,8 @@ variant and a multimodal scripted expert with a quality knob.
 Entry points: :func:`make_env`, :class:`HandPickPlace`, :class:`HandPickPlaceConfig`,
 :class:`DomainShift`, :func:`test_configs`, :class:`HandExpert`, :func:`default_demo_quality`;
 ``hand_pick_place.demos.hand_demo_dataset`` records the default demonstration set and
-``python -m sernf_sim.hand_pick_place.bench`` measures throughput.
+``python -m sernf_sim.hand_pick_place.bench`` measures throughput (``--success``: the expert's
+success rates). The hand is the ORCA v1 hand's 17 joints (A = 7 + 17 = 24).
 Chunk timing of the task (docs/design.md §6, scissors): ``T=1, P=3, H=10`` at 10 Hz (:data:`HAND_TIMING`).
 """
 
