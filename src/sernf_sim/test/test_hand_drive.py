@@ -56,3 +56,16 @@ def test_finish_control_step_counts_steps_and_ends_at_the_time_limit(env):
         assert info["steps"][0] == k + 1
     assert truncated[0] and not terminated[0]
     assert info["termination_reason"][0] == "time_limit"
+
+
+def test_executed_form_is_what_step_reports_as_executed(env):
+    """Rollouts queue chunks in executed form; it must equal what step() executes."""
+    rng = np.random.default_rng(0)
+    raw = np.zeros((1, hand_env.ACTION_DIM))
+    raw[0, :3] = [0.5, 0.0, 0.0]  # far beyond max_pos_delta
+    raw[0, 3:7] = [0.2, 0.9, 0.1, 0.0]  # a large, unnormalised rotation
+    raw[0, 7:] = rng.uniform(-3.0, 3.0, hand_env.NUM_HAND)  # beyond the joint ranges
+    _, _, _, _, info = env.step(raw)
+    np.testing.assert_allclose(env.executed_form(raw), info["executed_action"], atol=1e-6)
+    # Executed commands are a fixed point: queuing them again changes nothing.
+    np.testing.assert_allclose(env.executed_form(info["executed_action"]), info["executed_action"], atol=1e-6)

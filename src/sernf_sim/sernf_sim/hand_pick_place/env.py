@@ -199,6 +199,13 @@ class HandPickPlace:
             out[i, HAND] = d.ctrl
         return out
 
+    def executed_form(self, actions: np.ndarray) -> np.ndarray:
+        """What the task's static limits make of commands ``[..., A]`` (float32, as recorded in
+        ``info["executed_action"]``): rollouts queue chunks in this form, so the prefix a policy
+        acts on is the one the replay stores."""
+        cfg = self.config
+        return clip_action(actions, cfg.max_pos_delta, cfg.max_rot_delta).astype(np.float32)
+
     @staticmethod
     def test_configs() -> list[HandEpisodeConfig]:
         """The 10 fixed evaluation layouts (see :func:`config.test_configs`)."""
