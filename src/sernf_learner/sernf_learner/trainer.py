@@ -607,7 +607,10 @@ class Trainer:
             result = evaluate_policy(policy, env, ev.episodes, num_samples=ev.num_samples, sigma=ev.sigma, seed=ev.seed)
         finally:
             policy.config.selection = original
-        return {**result.summary(), "selection": selection}
+        # Per-episode outcomes in episode order (the same fixed-seed episodes for every run), so
+        # benchmarks can pair methods episode by episode (bench/learning.py's McNemar tests).
+        episode_success = [int(bool(m["success"])) for m in result.metadata]
+        return {**result.summary(), "selection": selection, "episode_success": episode_success}
 
     # -- checkpoints ------------------------------------------------------------------------
     def latest_checkpoint(self) -> Path | None:
