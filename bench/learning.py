@@ -1,21 +1,44 @@
-"""Learning benchmark on the simulated point task (issue #4): methods x seeds -> JSON + plot.
+"""Learning benchmark (issue #4, protocol of issue #14): methods x seeds -> JSON, plot, tables.
 
-Each (method, seed) is one resumable ``Trainer`` run of ``config/point_full.yaml`` (or
-``--config``) in its own directory ``<out>/runs/<method>/seed<k>/``, started as a subprocess
-(``--jobs`` at a time, each with ``--threads`` torch threads). A finished run leaves
-``result.json`` and is skipped next time; an unfinished one resumes from its last trainer
-checkpoint, so a killed benchmark continues where it stopped. The success of a method is the
-evaluation after its last stage (``trainer.eval``: the same fixed-seed episodes for every
-method; imitation-only policies act by "most likely of N" (§IV-D a), the others by best-of-N
-with the critic, Alg. 2).
+Tasks: the simulated point task (``config/point_full.yaml``, generated mixed-quality demos) and
+the state-only hand pick-and-place task (``config/bench_hand.yaml``: scripted demonstrations
+recorded per its ``bench.hand_demos`` section). ``make bench-learning`` runs both.
+
+Each (method, seed) is one resumable ``Trainer`` run of the config in its own directory
+``<out>/runs/<method>/seed<k>/``, started as a subprocess (``--jobs`` at a time, each with
+``--threads`` torch threads). A finished run leaves ``result.json`` and is skipped next time; an
+unfinished one resumes from its last trainer checkpoint (and its finished evaluations), so a
+killed benchmark continues where it stopped.
+
+Protocol:
+
+* Five seeds by default (``--seeds 0 1 2 3 4``); one dataset for every method and seed
+  (``data.demo_seed``) unless ``--vary-demo-seed``.
+* Every evaluation uses the same fixed-seed episodes (``trainer.eval``: seed, envs, episode
+  count), for every method, seed and stage, and records each episode's success, so methods
+  are compared episode by episode.
+* A method's success is the evaluation after its last stage: imitation-only policies act by
+  "most likely of N" (§IV-D a), the others by best-of-N with the critic (Alg. 2), the
+  likelihood-free baselines by one sample.
+* The RL methods (critic warm-up among their stages) get four evaluations on the same
+  episodes, from their exported policies: IL most-likely (``policy_il``), IL + warmed-up critic
+  (``policy_critic_warmup``, best-of-N), the actor alone after RL (the final policy, most
+  likely of N) and best-of-N after RL (the final policy: the method's success). One that the
+  trainer already ran with the same policy and selection (after ``il``, after the last stage)
+  is taken from it; the others run after training, each saved to ``eval_variants/<name>.json``.
+* Statistics (``bench/learning_stats.py``): per method the mean over seeds with a 95 % Student
+  t interval over seeds; paired comparisons (each method vs ``nf_il``, full vs offline, each RL
+  method's best-of-N after RL vs its own IL policy) with McNemar's exact test on the
+  (seed, episode) pairs pooled over seeds and a paired bootstrap over seeds of the mean
+  success difference with its 95 % interval.
 
 Methods:
 
 * ``nf_il``: normalizing-flow imitation only (Stage I on the successful demos).
 * ``nf_il_more_demos``: the same, with an offline dataset larger by the interaction budget
   online RL gets (``online_rl.iterations x episodes_per_iteration`` more episodes from the same
-  mixed-quality scripted experts, ``sernf_sim.datasets.mixed_point_dataset``); imitation uses
-  its successful ones. Is online RL better than spending the episodes on demonstrations?
+  mixed-quality scripted experts); imitation uses its successful ones. Is online RL better than
+  spending the episodes on demonstrations?
 * ``sernf_offline``: il -> critic_warmup -> offline_rl.
 * ``sernf_full``: il -> critic_warmup -> offline_rl -> online_rl (the whole of Alg. 3).
 * ``ablation_per_step_critic``: full, with a per-step critic (``policy.critic_horizon: 1``):
@@ -35,18 +58,21 @@ Methods:
 The two baselines have no likelihood, no critic and no RL stages; both use the flow's width and
 heads (``policy.flow_hidden`` / ``flow_heads``) and the same encoders.
 
-Every method sees the same base demonstrations (``data.demo_seed``; ``--vary-demo-seed`` draws
-a dataset per seed instead). Outputs: ``<out>/learning.json`` (per method: per-seed success,
-subtask success, mean, sample std, eval episodes, wall time; the command line and config),
-``<out>/learning.png`` (mean +- std bars with the seeds as dots) and a markdown table on stdout.
+Outputs in ``--out`` (default ``results/bench_learning/<point|hand>``): ``learning.json`` (per
+method: per-seed success, interval, variants, per-episode outcomes, wall time; the paired
+comparisons; the command line and config), ``learning.png`` (means with 95 % intervals, the
+seeds as dots) and markdown tables on stdout.
 
-Run (the whole benchmark: 6 methods x 3 seeds of ~2.5 CPU minutes each at 1 thread):
+Run:
 
-    .venv/bin/python bench/learning.py --config config/point_full.yaml --seeds 0 1 2 \\
-        --methods all --out results/bench_learning --jobs 2 --threads 1
-    .venv/bin/python bench/learning.py --out results/bench_learning --report-only   # tables again
+    make bench-learning          # both tasks, 8 methods x 5 seeds each (hours of CPU)
+    .venv/bin/python bench/learning.py --config config/point_full.yaml --methods all --jobs 2
+    .venv/bin/python bench/learning.py --config config/point_full.yaml --report-only  # tables again
+    .venv/bin/python bench/learning.py --config config/bench_hand.yaml --quick         # CI form
 
-``--set KEY=VALUE`` overrides the base config like ``sernf-train --set`` (e.g. budgets).
+``--quick``: two seeds, tiny budgets, 20 evaluation episodes (a smoke test of the whole
+pipeline, no result). ``--set KEY=VALUE`` overrides the base config like ``sernf-train --set``
+(``bench.hand_demos.*`` keys set the hand dataset).
 """
 
 from __future__ import annotations
@@ -54,6 +80,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
@@ -77,12 +104,15 @@ for _pkg in ("sernf_policy", "sernf_learner", "sernf_sim"):
     except ImportError:  # running from a source checkout without the colcon overlay
         sys.path.insert(0, str(_ROOT / "src" / _pkg))
 
+sys.path.insert(0, str(_ROOT / "bench"))
+
+import learning_stats  # noqa: E402 - bench/learning_stats.py
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
-from sernf_learner.configs import SCHEDULES, RunConfig, load_config  # noqa: E402
+from sernf_learner.configs import SCHEDULES, RunConfig  # noqa: E402
 
-SCHEMA = "sernf-bench-learning/1"
+SCHEMA = "sernf-bench-learning/2"
 
 
 @dataclass(frozen=True)
@@ -136,6 +166,115 @@ class BenchError(RuntimeError):
     """A benchmark setup problem the user must resolve (message says how)."""
 
 
+@dataclass(frozen=True)
+class Variant:
+    """One evaluation of an RL method's exported policy on the benchmark's fixed episodes."""
+
+    stage: str | None
+    """Exported policy ``policy_<stage>``; None: the method's last stage."""
+    selection: str
+    """How it picks among the N candidates ("most_likely" or "best_of_n", Alg. 2)."""
+    label: str
+    """Column title in the report."""
+
+
+# Issue #14's four evaluations of an RL method: what the critic adds at each point of training.
+VARIANTS: dict[str, Variant] = {
+    "il_most_likely": Variant("il", "most_likely", "IL most-likely"),
+    "il_critic_best_of_n": Variant("critic_warmup", "best_of_n", "IL + warmed-up critic (best-of-N)"),
+    "rl_actor_most_likely": Variant(None, "most_likely", "actor alone after RL (most likely)"),
+    "rl_best_of_n": Variant(None, "best_of_n", "best-of-N after RL"),
+}
+
+
+def variant_plan(method: Method, actor: str) -> dict[str, tuple[str, str]]:
+    """``{variant: (stage, selection)}`` for an RL method (critic warm-up and a final RL stage,
+    an actor with a likelihood to rank candidates by); empty for the others."""
+    from sernf_policy.policy import LIKELIHOOD_FREE_ACTORS
+
+    stages = method.stages
+    if "critic_warmup" not in stages or method.final_stage not in ("offline_rl", "online_rl") \
+            or actor in LIKELIHOOD_FREE_ACTORS:
+        return {}
+    return {name: (v.stage or method.final_stage, v.selection) for name, v in VARIANTS.items()}
+
+
+# ------------------------------------------------------------------------------- configs
+
+
+@dataclass(frozen=True)
+class HandDemos:
+    """The hand task's offline dataset (``bench.hand_demos`` in the config): scripted
+    demonstrations (``sernf_sim.hand_pick_place.demos.hand_demo_dataset``) recorded with the
+    run's chunk timing and task overrides, seed ``data.demo_seed``."""
+
+    num: int = 120
+    """Demonstrations recorded (successes and failures)."""
+    expert_quality: float | None = None
+    """Scripted-expert quality in [0, 1]; None: the task's default demo quality (~60 % successes)."""
+    box_prob: float | None = None
+    """Probability that the expert picks the box, else the cylinder (None: the expert's 0.5,
+    both strategies in the data)."""
+    num_envs: int = 20
+    """Envs simulated in parallel while recording."""
+
+    def __post_init__(self) -> None:
+        for name, low in (("num", 1), ("num_envs", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"bench.hand_demos.{name} must be an int >= {low}, got {v!r}")
+        for name in ("expert_quality", "box_prob"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or not 0.0 <= v <= 1.0):
+                raise ValueError(f"bench.hand_demos.{name} must be in [0, 1] or null, got {v!r}")
+
+
+# Budgets of --quick (a smoke test of the whole protocol in minutes, no result): per task.
+_QUICK_COMMON: dict[str, Any] = {
+    "il.steps": 30, "critic_warmup.steps": 20, "offline_rl.steps": 10, "online_rl.iterations": 1,
+    "online_rl.updates_per_iteration": 10, "online_rl.eval_every": 0, "trainer.eval.episodes": 20,
+    "trainer.eval.num_envs": 20, "trainer.checkpoint_every": 1000,
+}
+QUICK: dict[str, dict[str, Any]] = {
+    "point": {**_QUICK_COMMON, "online_rl.episodes_per_iteration": 10, "env.num_envs": 10,
+              "data.generate_point_demos": 30},
+    "hand_pick_place": {**_QUICK_COMMON, "online_rl.episodes_per_iteration": 4, "env.num_envs": 4,
+                        "bench.hand_demos.num": 10, "bench.hand_demos.num_envs": 10},
+}
+QUICK_SEEDS = [0, 1]
+DEFAULT_SEEDS = [0, 1, 2, 3, 4]
+TASK_DIRS = {"point": "point", "hand_pick_place": "hand"}
+
+
+def load_bench_config(path: str | os.PathLike[str], overrides: list[tuple[str, Any]],
+                      quick: bool = False) -> tuple[RunConfig, HandDemos | None]:
+    """The base run config and the benchmark's own ``bench:`` section of a config file.
+
+    ``overrides`` (``--set``) apply after the ``--quick`` budgets; ``bench.*`` keys go to the
+    ``bench:`` section, the others to the run config (validated by ``RunConfig``)."""
+    with open(path, encoding="utf-8") as fh:
+        data = yaml.safe_load(fh) or {}
+    if not isinstance(data, dict):
+        raise BenchError(f"{path}: a config must be a YAML mapping")
+    section = data.pop("bench", None) or {}
+    if not isinstance(section, dict) or set(section) - {"hand_demos"}:
+        raise BenchError(f"{path}: the bench: section takes only hand_demos, got {section!r}")
+    section = {k: dict(v or {}) for k, v in section.items()}
+    task = (data.get("env") or {}).get("task", "point")
+    changes = list(QUICK.get(task, {}).items()) if quick else []
+    for key, value in changes + list(overrides):
+        if key.startswith("bench."):
+            _set_dotted(section, key.removeprefix("bench."), value)
+        else:
+            _set_dotted(data, key, value)
+    try:
+        config = RunConfig.from_dict(data)
+        hand = HandDemos(**section["hand_demos"]) if "hand_demos" in section else None
+    except (TypeError, ValueError) as exc:
+        raise BenchError(f"{path}: {exc}") from exc
+    return config, hand
+
+
 # ------------------------------------------------------------------------------ run specs
 
 
@@ -152,7 +291,8 @@ def extra_demo_count(config: RunConfig) -> int:
     return config.online_rl.iterations * config.online_rl.episodes_per_iteration
 
 
-def run_spec(base: RunConfig, name: str, seed: int, threads: int, vary_demo_seed: bool) -> dict[str, Any]:
+def run_spec(base: RunConfig, name: str, seed: int, threads: int, vary_demo_seed: bool,
+             hand_demos: HandDemos | None = None) -> dict[str, Any]:
     """Everything that defines run (``name``, ``seed``): written to ``run.json`` in its directory."""
     method = METHODS[name]
     cfg = base.to_dict()
@@ -167,9 +307,16 @@ def run_spec(base: RunConfig, name: str, seed: int, threads: int, vary_demo_seed
     config = RunConfig.from_dict(cfg)  # validates the overrides
     if config.trainer.eval.episodes == 0:
         raise BenchError("trainer.eval.episodes is 0: the benchmark needs evaluations")
-    if config.env.task != "point" or config.data.generate_point_demos < 1:
-        raise BenchError("the learning benchmark runs the point task with generated demos "
-                         "(env.task: point, data.generate_point_demos > 0)")
+    if config.env.task == "point":
+        if config.data.generate_point_demos < 1 or hand_demos is not None:
+            raise BenchError("the point task's benchmark generates its demos: data.generate_point_demos > 0 "
+                             "and no bench.hand_demos")
+    elif config.env.task == "hand_pick_place":
+        if hand_demos is None or config.data.generate_point_demos:
+            raise BenchError("the hand task's benchmark records its demos: a bench.hand_demos section "
+                             "(config/bench_hand.yaml) and data.generate_point_demos 0")
+    else:
+        raise BenchError(f"the learning benchmark runs the tasks {sorted(TASK_DIRS)}, not {config.env.task!r}")
     if "://" in config.data.offline_uri or os.path.isabs(config.data.offline_uri):
         raise BenchError("data.offline_uri must be a relative path: every run builds its own dataset")
     extra = extra_demo_count(base) if method.extra_demos else 0
@@ -182,6 +329,8 @@ def run_spec(base: RunConfig, name: str, seed: int, threads: int, vary_demo_seed
         "extra_demos": extra,
         # Its own stream of episodes, never the base dataset's (same generator, other seed).
         "extra_demo_seed": int(np.random.SeedSequence([demo_seed, 4]).generate_state(1)[0]) if extra else None,
+        "hand_demos": dataclasses.asdict(hand_demos) if hand_demos is not None else None,
+        "variants": variant_plan(method, config.policy.actor),
         "config": config.to_dict(),
     }
 
@@ -213,10 +362,34 @@ def prepare_run(directory: Path, spec: dict[str, Any]) -> bool:
 # --------------------------------------------------------------------------------- worker
 
 
+def _record_hand_demos(config: RunConfig, uri: Path, n: int, seed: int, demos: HandDemos) -> None:
+    """Append ``n`` scripted hand demonstrations (seed ``seed``) to the episode store at ``uri``,
+    recorded with the run's chunk timing and task overrides (as ``make demo`` records them)."""
+    from sernf_data.store import EpisodeStore, StoreSpec
+    from sernf_learner.trainer import make_env
+    from sernf_sim.hand_pick_place.demos import hand_demo_dataset
+    from sernf_sim.hand_pick_place.expert import DEFAULT_DEMO_QUALITY, HandExpertConfig
+
+    knobs = {} if demos.box_prob is None else {"box_prob": float(demos.box_prob)}
+    quality = DEFAULT_DEMO_QUALITY if demos.expert_quality is None else float(demos.expert_quality)
+    expert = None if not knobs and demos.expert_quality is None else HandExpertConfig.from_quality(quality, **knobs)
+    overrides = dict(config.env.task_overrides)
+    variant = overrides.pop("variant", "nominal")
+    p = config.policy
+    episodes = hand_demo_dataset(n=n, seed=seed, expert_config=expert, variant=variant, num_envs=demos.num_envs,
+                                 T=p.obs_history, P=p.prefix_len, H=p.horizon, **overrides)
+    env = make_env(config, 1, 0)
+    spec = StoreSpec(obs=env.observation_spec, action_dim=env.action_dim, control_rate_hz=env.control_hz)
+    store = EpisodeStore(str(uri), mode="a", spec=spec)
+    for steps, meta in episodes:
+        store.append_episode(steps, meta)
+
+
 def _build_offline_store(config: RunConfig, directory: Path, spec: dict[str, Any]) -> None:
-    """The run's offline dataset: the base demos (exactly what the trainer would generate) plus
-    ``extra_demos`` more episodes, written under a temporary name and renamed, so a kill while
-    generating never leaves a partial dataset that a resumed run would train on."""
+    """The run's offline dataset: the base demos (exactly what the trainer would generate on the
+    point task; ``bench.hand_demos`` on the hand task) plus ``extra_demos`` more episodes from the
+    same experts, written under a temporary name and renamed, so a kill while generating never
+    leaves a partial dataset that a resumed run would train on."""
     from sernf_learner.trainer import generate_point_demos
 
     uri = directory / config.data.offline_uri
@@ -227,14 +400,77 @@ def _build_offline_store(config: RunConfig, directory: Path, spec: dict[str, Any
     if uri.exists():  # no zarr.json: an incomplete store from another writer
         shutil.rmtree(uri)
     tmp = uri.with_name(f"{uri.name}.tmp-{uuid.uuid4().hex[:8]}")
-    generate_point_demos(config, str(tmp), config.data.generate_point_demos, config.data.demo_seed)
-    if spec["extra_demos"]:
-        generate_point_demos(config, str(tmp), spec["extra_demos"], spec["extra_demo_seed"])
+    if spec.get("hand_demos") is not None:
+        demos = HandDemos(**spec["hand_demos"])
+        _record_hand_demos(config, tmp, demos.num, config.data.demo_seed, demos)
+        if spec["extra_demos"]:
+            _record_hand_demos(config, tmp, spec["extra_demos"], spec["extra_demo_seed"], demos)
+    else:
+        generate_point_demos(config, str(tmp), config.data.generate_point_demos, config.data.demo_seed)
+        if spec["extra_demos"]:
+            generate_point_demos(config, str(tmp), spec["extra_demos"], spec["extra_demo_seed"])
     os.replace(tmp, uri)
 
 
+def _eval_setting(config: RunConfig) -> dict[str, Any]:
+    """What fixes the evaluation episodes: equal settings, equal episodes (paired tests need it)."""
+    ev = config.trainer.eval
+    return {"seed": ev.seed, "num_envs": ev.num_envs, "episodes": ev.episodes, "task": config.env.task,
+            "task_overrides": dict(config.env.task_overrides)}
+
+
+def evaluate_variants(directory: Path, spec: dict[str, Any], config: RunConfig,
+                      stage_results: dict[str, Any]) -> dict[str, Any]:
+    """The RL method's evaluation variants (``spec["variants"]``), each on the fixed episodes.
+
+    A variant the trainer already evaluated (same stage, same selection, per-episode outcomes
+    recorded) is taken from its result; the others load ``policy_<stage>`` and run
+    ``evaluate_policy`` with the trainer's evaluation settings. Each is saved to
+    ``eval_variants/<name>.json`` as soon as it is done, so a killed worker does not redo it.
+    """
+    if not spec.get("variants"):
+        return {}
+    import torch
+
+    from sernf_learner.online_rl import evaluate_policy
+    from sernf_learner.trainer import make_env, seed_everything
+    from sernf_policy.policy import Policy
+
+    ev = config.trainer.eval
+    folder = directory / "eval_variants"
+    folder.mkdir(exist_ok=True)
+    out: dict[str, Any] = {}
+    for index, (name, (stage, selection)) in enumerate(spec["variants"].items()):
+        path = folder / f"{name}.json"
+        if path.exists():
+            done = json.loads(path.read_text(encoding="utf-8"))
+            if (done["stage"], done["selection"]) == (stage, selection):
+                out[name] = done
+                continue
+        trained = stage_results.get(stage) or {}
+        if trained.get("selection") == selection and trained.get("episode_success") is not None:
+            result = {key: trained[key] for key in ("success_rate", "subtask_success_rates", "mean_return",
+                                                    "num_episodes", "episode_success")}
+            source = f"trainer evaluation after {stage}"
+        else:
+            policy = Policy.load(directory / f"policy_{stage}")
+            policy.config.selection = selection
+            # Its own sampling noise, the same on every rerun of this (run, variant).
+            seed_everything(int(np.random.SeedSequence([config.seed, 14, index]).generate_state(1)[0]))
+            with torch.no_grad():
+                rollout = evaluate_policy(policy, make_env(config, ev.num_envs, ev.seed), ev.episodes,
+                                          num_samples=ev.num_samples, sigma=ev.sigma, seed=ev.seed)
+            result = {**rollout.summary(), "episode_success": [int(bool(m["success"])) for m in rollout.metadata]}
+            result.pop("mean_length", None)
+            source = f"policy_{stage} evaluated after training"
+        out[name] = {"stage": stage, "selection": selection, "source": source, **result}
+        _write_json(path, out[name])
+    return out
+
+
 def worker(directory: Path) -> int:
-    """One run (in its own process): dataset, resumable trainer run, ``result.json``."""
+    """One run (in its own process): dataset, resumable trainer run, evaluation variants,
+    ``result.json``."""
     t0 = time.perf_counter()
     spec = json.loads((directory / "run.json").read_text(encoding="utf-8"))
     config = RunConfig.from_dict(spec["config"])
@@ -247,6 +483,8 @@ def worker(directory: Path) -> int:
     summary = Trainer(config, directory, spec["schedule"], resume=True).run()
     results = summary["results"]
     final = results[spec["final_stage"]]
+    t_variants = time.perf_counter()
+    variants = evaluate_variants(directory, spec, config, results)
     episodes = EpisodeStore(str(directory / config.data.offline_uri), mode="r").load_arrays().episodes
     result = {
         "method": spec["method"],
@@ -256,8 +494,14 @@ def worker(directory: Path) -> int:
         "n_eval_episodes": final["num_episodes"],
         "selection": final["selection"],
         "mean_return": final["mean_return"],
+        # 0/1 per fixed evaluation episode, in episode order (None: run evaluated before #14).
+        "episode_success": final.get("episode_success"),
+        "eval_setting": _eval_setting(config),
         "stage_success": {stage: r["success_rate"] for stage, r in results.items()},
+        "stage_episode_success": {stage: r.get("episode_success") for stage, r in results.items()},
+        "variants": variants,
         "stage_time_s": summary.get("stage_time_s", {}),
+        "variants_time_s": time.perf_counter() - t_variants,
         "wall_s": time.perf_counter() - t0,
         "resumed": resumed,
         "offline_episodes": len(episodes),
@@ -357,6 +601,10 @@ def _std(values: list[float]) -> float:
     return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
+def _interval(values: list[float]) -> dict[str, Any] | None:
+    return learning_stats.mean_interval(values).to_dict() if values else None
+
+
 def aggregate(out: Path, names: list[str], seeds: list[int]) -> tuple[dict[str, Any], list[str]]:
     """Per-method summaries of the finished runs, and the runs without a result."""
     methods: dict[str, Any] = {}
@@ -372,6 +620,14 @@ def aggregate(out: Path, names: list[str], seeds: list[int]) -> tuple[dict[str, 
                 missing.append(f"{name}/seed{seed}")
         success = [r["success"] for r in per_seed]
         subtasks = sorted({k for r in per_seed for k in r["subtask_success"]})
+        variants: dict[str, Any] = {}
+        for vname, variant in VARIANTS.items():
+            runs = [r for r in per_seed if vname in (r.get("variants") or {})]
+            if runs:
+                values = [r["variants"][vname]["success_rate"] for r in runs]
+                variants[vname] = {"label": variant.label, "seeds": [r["seed"] for r in runs], "success": values,
+                                   "mean": float(np.mean(values)), "std": _std(values), "interval": _interval(values),
+                                   "stage": runs[0]["variants"][vname]["stage"], "selection": variant.selection}
         entry: dict[str, Any] = {
             "description": method.description,
             "schedule": method.stages,
@@ -381,6 +637,8 @@ def aggregate(out: Path, names: list[str], seeds: list[int]) -> tuple[dict[str, 
             "success": success,
             "mean": float(np.mean(success)) if success else None,
             "std": _std(success) if success else None,
+            "interval": _interval(success),
+            "variants": variants,
             "subtask_success": {k: [r["subtask_success"].get(k) for r in per_seed] for k in subtasks},
             "subtask_mean": {k: float(np.mean([r["subtask_success"].get(k, 0.0) for r in per_seed]))
                              for k in subtasks},
@@ -399,35 +657,147 @@ def aggregate(out: Path, names: list[str], seeds: list[int]) -> tuple[dict[str, 
     return methods, missing
 
 
+def episode_outcomes(entry: dict[str, Any], variant: str | None = None) -> tuple[dict[int, list[int]], Any]:
+    """``({seed: per-episode 0/1}, eval setting)`` of a method's result or of one of its variants;
+    seeds without recorded outcomes are left out. ValueError if the seeds were evaluated on
+    different episodes."""
+    outcomes: dict[int, list[int]] = {}
+    settings = []
+    for r in entry["per_seed"]:
+        episodes = r.get("episode_success") if variant is None else (r.get("variants") or {}).get(variant, {}).get(
+            "episode_success")
+        if episodes is not None:
+            outcomes[int(r["seed"])] = list(episodes)
+            settings.append(r.get("eval_setting"))
+    if any(x != settings[0] for x in settings):
+        raise ValueError("runs evaluated on different episodes (trainer.eval or env settings differ)")
+    return outcomes, settings[0] if settings else None
+
+
+def comparison_plan(methods: dict[str, Any]) -> list[tuple[tuple[str, str | None], tuple[str, str | None]]]:
+    """The paired comparisons reported: every method vs ``nf_il`` (their results), SERNF full vs
+    offline, and each RL method's best-of-N after RL vs its own IL policy (same runs); for
+    SERNF full also the actor alone after RL and IL + warmed-up critic vs its IL policy."""
+    pairs: list[tuple[tuple[str, str | None], tuple[str, str | None]]] = []
+    if "nf_il" in methods:
+        pairs += [((name, None), ("nf_il", None)) for name in methods if name != "nf_il"]
+    if "sernf_full" in methods and "sernf_offline" in methods:
+        pairs.append((("sernf_full", None), ("sernf_offline", None)))
+    for name, m in methods.items():
+        if "rl_best_of_n" in m["variants"] and "il_most_likely" in m["variants"]:
+            pairs.append(((name, "rl_best_of_n"), (name, "il_most_likely")))
+            if name == "sernf_full":
+                pairs += [((name, v), (name, "il_most_likely")) for v in ("rl_actor_most_likely", "il_critic_best_of_n")
+                          if v in m["variants"]]
+    return pairs
+
+
+def _side_name(side: tuple[str, str | None]) -> str:
+    return side[0] if side[1] is None else f"{side[0]}:{side[1]}"
+
+
+def paired_comparisons(methods: dict[str, Any]) -> list[dict[str, Any]]:
+    """:func:`comparison_plan`'s pairs with their statistics (``learning_stats.compare_paired``);
+    a pair that cannot be computed carries the reason in ``"error"``."""
+    rows = []
+    for a, b in comparison_plan(methods):
+        row: dict[str, Any] = {"a": _side_name(a), "b": _side_name(b)}
+        try:
+            out_a, setting_a = episode_outcomes(methods[a[0]], a[1])
+            out_b, setting_b = episode_outcomes(methods[b[0]], b[1])
+            if setting_a != setting_b:
+                raise ValueError("the two methods were evaluated on different episodes")
+            row.update(learning_stats.compare_paired(out_a, out_b))
+        except ValueError as exc:
+            row["error"] = str(exc)
+        rows.append(row)
+    return rows
+
+
+def _fmt_interval(interval: dict[str, Any] | None) -> str:
+    if interval is None:
+        return ""
+    if interval["low"] is None:
+        return f"{interval['mean']:.3f}"
+    return f"{interval['mean']:.3f} [{interval['low']:.3f}, {interval['high']:.3f}]"
+
+
 def markdown_table(methods: dict[str, Any]) -> str:
-    rows = ["| method | stages | success (mean ± std) | per seed | subtasks | eval episodes | offline episodes (successful) | wall time / run |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = ["| method | stages | success (mean ± std) | per seed | 95 % CI (t over seeds) | subtasks | eval episodes "
+            "| offline episodes (successful) | wall time / run |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for name, m in methods.items():
         if not m["success"]:
-            rows.append(f"| {name} | {' → '.join(m['schedule'])} | (no finished run) | | | | | |")
+            rows.append(f"| {name} | {' → '.join(m['schedule'])} | (no finished run) | | | | | | |")
             continue
         seeds = ", ".join(f"{s:.3f}" for s in m["success"])
+        interval = m["interval"]
+        ci = f"[{interval['low']:.3f}, {interval['high']:.3f}]" if interval["low"] is not None else "(one seed)"
         subtasks = ", ".join(f"{k} {v:.3f}" for k, v in m["subtask_mean"].items())
         episodes = "/".join(str(n) for n in sorted(set(m["n_eval_episodes"])))
         offline = "/".join(f"{e} ({s})" for e, s in sorted(set(zip(m["offline_episodes"],
                                                                     m["offline_successful_episodes"], strict=True))))
-        rows.append(f"| {name} | {' → '.join(m['schedule'])} | {m['mean']:.3f} ± {m['std']:.3f} | {seeds} | "
+        rows.append(f"| {name} | {' → '.join(m['schedule'])} | {m['mean']:.3f} ± {m['std']:.3f} | {seeds} | {ci} | "
                     f"{subtasks} | {episodes} | {offline} | {m['wall_s_mean']:.0f} s |")
     return "\n".join(rows)
 
 
+def variants_table(methods: dict[str, Any]) -> str:
+    """The RL methods' four evaluations: mean over seeds [95 % t interval]; empty without any."""
+    with_variants = {n: m for n, m in methods.items() if m["variants"]}
+    if not with_variants:
+        return ""
+    rows = ["| method | " + " | ".join(v.label for v in VARIANTS.values()) + " |",
+            "|---|" + "---|" * len(VARIANTS)]
+    for name, m in with_variants.items():
+        cells = [_fmt_interval(m["variants"][v]["interval"]) if v in m["variants"] else "" for v in VARIANTS]
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def comparisons_table(comparisons: list[dict[str, Any]]) -> str:
+    rows = ["| A vs B | seeds | A − B (mean over seeds) | 95 % CI (paired bootstrap over seeds) | A − B per seed (± SE) "
+            "| episodes A only / B only | McNemar exact p |",
+            "|---|---|---|---|---|---|---|"]
+    for c in comparisons:
+        if "error" in c:
+            rows.append(f"| {c['a']} vs {c['b']} | | ({c['error']}) | | | | |")
+            continue
+        d, mc = c["difference"], c["mcnemar"]
+        ci = f"[{d['low']:+.3f}, {d['high']:+.3f}]" if d["low"] is not None else "(one seed)"
+        per_seed = ", ".join(f"{s['difference']:+.3f} ± {s['se']:.3f}" for s in c["per_seed"])
+        rows.append(f"| {c['a']} vs {c['b']} | {len(c['seeds'])} | {d['mean']:+.3f} | {ci} | {per_seed} | "
+                    f"{mc['a_only']} / {mc['b_only']} | {mc['p_value']:.2g} |")
+    return "\n".join(rows)
+
+
+def _ci_errors(entries: list[dict[str, Any] | None]) -> np.ndarray:
+    """Matplotlib's asymmetric ``yerr`` ``[2, n]`` from intervals (0 where undefined)."""
+    err = np.zeros((2, len(entries)))
+    for i, interval in enumerate(entries):
+        if interval is not None and interval["low"] is not None:
+            err[:, i] = [interval["mean"] - interval["low"], interval["high"] - interval["mean"]]
+    return err
+
+
 def plot(methods: dict[str, Any], path: Path, title: str) -> None:
+    """Left: each method's success, mean over seeds with its 95 % t interval, seeds as dots.
+    Right (when there are RL methods): their four evaluation variants, likewise."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = list(methods)
-    fig, ax = plt.subplots(figsize=(1.5 * len(names) + 2.5, 4.8))
+    rl = [n for n in names if methods[n]["variants"]]
+    widths = [1.3 * len(names) + 1.5] + ([1.6 * len(rl) + 2.0] if rl else [])
+    fig, axes = plt.subplots(1, len(widths), figsize=(sum(widths) + 1.0, 5.0), squeeze=False,
+                             gridspec_kw={"width_ratios": widths})
+    ax = axes[0][0]
     x = np.arange(len(names))
     means = [methods[n]["mean"] if methods[n]["mean"] is not None else 0.0 for n in names]
-    stds = [methods[n]["std"] or 0.0 for n in names]
-    ax.bar(x, means, yerr=stds, capsize=6, color="#8fb3d9", edgecolor="#2f5d8a", zorder=1,
+    err = _ci_errors([methods[n]["interval"] for n in names])
+    ax.bar(x, means, yerr=err, capsize=6, color="#8fb3d9", edgecolor="#2f5d8a", zorder=1,
            error_kw={"elinewidth": 1.5, "ecolor": "#1b3550"})
     rng = np.random.default_rng(0)  # fixed jitter: the same plot every time
     for i, name in enumerate(names):
@@ -435,15 +805,30 @@ def plot(methods: dict[str, Any], path: Path, title: str) -> None:
         if ys:
             ax.scatter(i + rng.uniform(-0.15, 0.15, len(ys)), ys, color="black", s=18, zorder=3,
                        label="seeds" if i == 0 else None)
-            ax.annotate(f"{methods[name]['mean']:.2f}", (i, min(methods[name]['mean'] + stds[i], 1.0)),
+            ax.annotate(f"{methods[name]['mean']:.2f}", (i, min(means[i] + err[1, i], 1.0)),
                         textcoords="offset points", xytext=(0, 6), ha="center", fontsize=9)
     ax.set_xticks(x, names, rotation=20, ha="right")
     ax.set_ylim(0.0, 1.08)
-    ax.set_ylabel("success rate (evaluation after the last stage)")
+    ax.set_ylabel("success rate (mean over seeds, 95 % t interval)")
     ax.set_title(title, fontsize=10)
     ax.grid(axis="y", alpha=0.3, zorder=0)
     if any(methods[n]["success"] for n in names):
         ax.legend(loc="upper left", fontsize=8)
+    if rl:
+        ax = axes[0][1]
+        colors = ["#c9d9a3", "#f2c48d", "#b7a6d9", "#8fb3d9"]
+        width = 0.8 / len(VARIANTS)
+        for k, (vname, variant) in enumerate(VARIANTS.items()):
+            entries = [methods[n]["variants"].get(vname) for n in rl]
+            xs = np.arange(len(rl)) + (k - (len(VARIANTS) - 1) / 2) * width
+            ax.bar(xs, [e["mean"] if e else 0.0 for e in entries], width,
+                   yerr=_ci_errors([e["interval"] if e else None for e in entries]), capsize=3,
+                   color=colors[k % len(colors)], edgecolor="#444444", label=variant.label, zorder=1)
+        ax.set_xticks(np.arange(len(rl)), rl, rotation=20, ha="right")
+        ax.set_ylim(0.0, 1.08)
+        ax.set_title("RL methods: four evaluations on the same episodes", fontsize=10)
+        ax.grid(axis="y", alpha=0.3, zorder=0)
+        ax.legend(loc="upper left", fontsize=7)
     fig.tight_layout()
     tmp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}.png")
     fig.savefig(tmp, dpi=130)
@@ -467,13 +852,21 @@ def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Learning benchmark on the point task: methods x seeds of resumable trainer runs.",
+        description="Learning benchmark (point or hand task): methods x seeds of resumable trainer runs, "
+                    "paired on fixed evaluation episodes.",
         epilog="methods: " + "; ".join(f"{k}: {m.description}" for k, m in METHODS.items()),
     )
-    parser.add_argument("--config", default=str(_ROOT / "config" / "point_full.yaml"), help="base run config")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
+    parser.add_argument("--config", default=str(_ROOT / "config" / "point_full.yaml"),
+                        help="base run config (config/point_full.yaml or config/bench_hand.yaml)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help=f"seeds (default {' '.join(map(str, DEFAULT_SEEDS))}; "
+                             f"{' '.join(map(str, QUICK_SEEDS))} with --quick)")
     parser.add_argument("--methods", nargs="+", default=["all"], help=f"'all' or some of {list(METHODS)}")
-    parser.add_argument("--out", default=str(_ROOT / "results" / "bench_learning"), help="output directory")
+    parser.add_argument("--out", default=None,
+                        help="output directory (default results/bench_learning/<point|hand>, "
+                             "results/bench_learning_quick/<point|hand> with --quick)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke test of the protocol: 2 seeds, tiny budgets, 20 evaluation episodes")
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (subprocesses)")
     parser.add_argument("--threads", type=int, default=1, help="torch / OpenMP threads per run")
     parser.add_argument("--set", dest="overrides", action="append", default=[], type=_parse_override,
@@ -494,35 +887,40 @@ def main(argv: list[str] | None = None) -> int:
     if bad or not names:
         print(f"bench/learning.py: unknown method(s) {bad}; methods are {list(METHODS)}", file=sys.stderr)
         return 2
-    if args.jobs < 1 or args.threads < 1 or len(set(args.seeds)) != len(args.seeds):
+    seeds = args.seeds if args.seeds is not None else (QUICK_SEEDS if args.quick else DEFAULT_SEEDS)
+    if args.jobs < 1 or args.threads < 1 or len(set(seeds)) != len(seeds):
         print("bench/learning.py: --jobs and --threads must be >= 1 and --seeds distinct", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    # SIGTERM (e.g. `kill PID`) stops like Ctrl-C: the running workers are terminated too.
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    base = load_config(args.config, dict(args.overrides))
     pending = []
     try:
+        base, hand_demos = load_bench_config(args.config, args.overrides, quick=args.quick)
+        task_dir = TASK_DIRS.get(base.env.task, base.env.task)
+        out = Path(args.out) if args.out else _ROOT / "results" / (
+            "bench_learning_quick" if args.quick else "bench_learning") / task_dir
+        out.mkdir(parents=True, exist_ok=True)
         for name in names:
-            for seed in args.seeds:
-                spec = run_spec(base, name, seed, args.threads, args.vary_demo_seed)
+            for seed in seeds:
+                spec = run_spec(base, name, seed, args.threads, args.vary_demo_seed, hand_demos)
                 if not prepare_run(run_dir(out, name, seed), spec):
                     pending.append((name, seed))
     except BenchError as exc:
         print(f"bench/learning.py: {exc}", file=sys.stderr)
         return 2
-    total = len(names) * len(args.seeds)
+    # SIGTERM (e.g. `kill PID`) stops like Ctrl-C: the running workers are terminated too.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    total = len(names) * len(seeds)
     runner = _Runner(out, args.jobs, args.threads, len(pending))
-    runner.log(f"{total} runs ({len(names)} methods x {len(args.seeds)} seeds), {total - len(pending)} already "
-               f"done, {len(pending)} to run, {args.jobs} at a time with {args.threads} thread(s) each; out {out}")
+    runner.log(f"{total} runs ({len(names)} methods x {len(seeds)} seeds) of the {base.env.task} task, "
+               f"{total - len(pending)} already done, {len(pending)} to run, {args.jobs} at a time with "
+               f"{args.threads} thread(s) each; out {out}")
     if pending and not args.report_only:
         try:
             runner.run_all(pending)
         except KeyboardInterrupt:
             return 130
 
-    methods, missing = aggregate(out, names, args.seeds)
+    methods, missing = aggregate(out, names, seeds)
+    comparisons = paired_comparisons(methods)
     n_eval = base.trainer.eval.episodes
     report = {
         "schema": SCHEMA,
@@ -530,26 +928,42 @@ def main(argv: list[str] | None = None) -> int:
         "command": shlex.join([sys.executable, *sys.argv]),
         "config_path": str(args.config),
         "overrides": {k: v for k, v in args.overrides},
+        "quick": bool(args.quick),
         "config": base.to_dict(),
-        "seeds": list(args.seeds),
+        "hand_demos": dataclasses.asdict(hand_demos) if hand_demos is not None else None,
+        "seeds": list(seeds),
         "methods_run": names,
         "jobs": args.jobs,
         "threads": args.threads,
         "vary_demo_seed": bool(args.vary_demo_seed),
         "extra_demos": extra_demo_count(base),
-        "metric": f"success rate over {n_eval} fixed-seed evaluation episodes after each method's last stage; "
-                  "std = sample standard deviation over seeds (ddof 1)",
+        "metric": f"success rate over {n_eval} fixed-seed evaluation episodes (the same for every method, seed "
+                  "and stage) after each method's last stage; std = sample standard deviation over seeds "
+                  "(ddof 1); interval = 95 % Student t interval over seeds",
+        "comparisons_method": "paired over the fixed episodes: difference = mean over common seeds of the per-seed "
+                              "success difference A - B, 95 % percentile bootstrap over seeds; McNemar = exact "
+                              "two-sided binomial test on the discordant (seed, episode) pairs pooled over seeds; "
+                              "per-seed SE = std(a - b, ddof 1) / sqrt(episodes)",
         "host": {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count()},
         "missing": missing,
         "results": methods,
+        "comparisons": comparisons,
     }
     _write_json(out / "learning.json", report)
     done = sum(len(m["success"]) for m in methods.values())
     plot(methods, out / "learning.png",
-         f"Point task ({n_eval} eval episodes per run): mean ± std over seeds {', '.join(map(str, args.seeds))}")
+         f"{task_dir} task{' (--quick)' if args.quick else ''}, {n_eval} eval episodes per run: "
+         f"mean [95 % CI] over seeds {', '.join(map(str, seeds))}")
     runner.log(f"wrote {out / 'learning.json'} and {out / 'learning.png'} ({done}/{total} runs)")
     print()
     print(markdown_table(methods))
+    table = variants_table(methods)
+    if table:
+        print("\nEvaluation variants of the RL methods (mean over seeds [95 % t interval]):\n")
+        print(table)
+    if comparisons:
+        print("\nPaired comparisons (same seeds, same evaluation episodes):\n")
+        print(comparisons_table(comparisons))
     if missing:
         print(f"\nmissing runs: {', '.join(missing)}")
     return 1 if (runner.failed or (missing and not args.report_only)) else 0
