@@ -37,6 +37,12 @@ imitation target) are as above.
 Batches are gathered with vectorized numpy indexing from the store's in-memory snapshot and
 returned as torch tensors (images stay uint8). Sampler state (RNG, visible episode count)
 exports to a JSON-serializable dict for exact resume. No rclpy.
+
+Frozen-backbone features: given ``feature_caches`` (:mod:`sernf_learner.feature_cache`), the
+observations of a batch carry ``"<key>:features"`` ``[B, T, n_tok, C]`` for every rgb key a
+cache covers *instead of* the images (no pixels are gathered). The rows, and so the RNG stream,
+are exactly those of the same sampler without caches. The caches are brought up to date with
+the sampler's snapshot at construction, ``refresh()`` and ``load_state_dict()``.
 """
 
 from __future__ import annotations
@@ -45,12 +51,16 @@ import copy
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from sernf_data.spec import CACHED_FEATURES_SUFFIX
 from sernf_data.store import EPISODE_SOURCES, EpisodeStore, ReplaySnapshot
+
+if TYPE_CHECKING:  # the cache imports the encoders (timm); samplers without one do not need them
+    from sernf_learner.feature_cache import FeatureCache
 
 __all__ = [
     "ChunkTiming",
@@ -187,7 +197,10 @@ class TransitionSampler:
         *,
         sources: Sequence[str] | None = None,
         is_offline: bool = True,
+        feature_caches: Sequence[FeatureCache] | None = None,
     ) -> None:
+        """``feature_caches``: caches of this store's rgb keys; their keys' batches carry cached
+        features instead of images (module doc)."""
         if not isinstance(timing, ChunkTiming):
             raise TypeError(f"timing must be a ChunkTiming, got {type(timing).__name__}")
         self.store = store
@@ -200,8 +213,38 @@ class TransitionSampler:
             is_offline=is_offline,
         )
         self._rng = np.random.default_rng(self.config.seed)
+        self._caches = self._check_caches(feature_caches or ())
         self._snapshot = store.load_arrays()
+        self._sync_caches()
         self._rebuild_index(self._snapshot.num_episodes)
+
+    @property
+    def cached_keys(self) -> tuple[str, ...]:
+        """rgb keys whose batches carry cached features instead of images."""
+        return tuple(self._caches)
+
+    def _check_caches(self, caches: Sequence[FeatureCache]) -> dict[str, FeatureCache]:
+        by_key: dict[str, FeatureCache] = {}
+        if not caches:
+            return by_key
+        from sernf_learner.feature_cache import FeatureCache, store_fingerprint
+
+        mine = store_fingerprint(self.store)
+        for cache in caches:
+            if not isinstance(cache, FeatureCache):
+                raise TypeError(f"feature_caches must hold FeatureCache objects, got {type(cache).__name__}")
+            if cache.store_hash != mine:
+                raise ValueError(f"a feature cache of store {cache.store.uri!r} cannot serve store {self.store.uri!r}")
+            for key in cache.keys:
+                if key in by_key:
+                    raise ValueError(f"two feature caches cover rgb key {key!r}")
+                by_key[key] = cache
+        return by_key
+
+    def _sync_caches(self) -> None:
+        """Compute the features of episodes the caches lack (each cache once)."""
+        for cache in {id(c): c for c in self._caches.values()}.values():
+            cache.sync(self._snapshot)
 
     @property
     def batch_size(self) -> int:
@@ -227,6 +270,7 @@ class TransitionSampler:
         before = self._num_visible
         self.store.refresh()
         self._snapshot = self.store.load_arrays()
+        self._sync_caches()
         self._rebuild_index(self._snapshot.num_episodes)
         return self._num_visible - before
 
@@ -298,19 +342,31 @@ class TransitionSampler:
         action, reward = arrays["action"], arrays["reward"]
         rewards = (reward[reward_idx].astype(np.float64) * weights).sum(axis=1)  # [B]
         done = self._terminated[episode] & (last[:, 0] <= t + R + K - 1)  # [B] ended within the reward window
-        obs_keys = list(self.store.spec.obs)
         return {
-            "obs": {k: arrays[k][obs_idx] for k in obs_keys},  # [B, T, ...]
+            "obs": self._observations(obs_idx),  # [B, T, ...]
             "prefix": action[prefix_idx],  # [B, P, A]
             "chunk": action[chunk_idx],  # [B, H, A]
             "chunk_mask": chunk_mask.astype(np.float32),  # [B, H]
-            "next_obs": {k: arrays[k][next_obs_idx] for k in obs_keys},  # [B, T, ...]
+            "next_obs": self._observations(next_obs_idx),  # [B, T, ...]
             "next_prefix": action[next_prefix_idx],  # [B, P, A]
             "reward": rewards.astype(np.float32),  # [B]
             "discount": np.full(t.shape, self.timing.discount, dtype=np.float32),  # [B]
             "done": done.astype(np.float32),  # [B]
             "is_offline": np.full(t.shape, self.config.is_offline, dtype=bool),  # [B]
         }
+
+    def _observations(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Observations ``{key: [B, T, ...]}`` at snapshot rows ``rows [B, T]``; cached rgb keys as
+        ``"<key>:features"`` ``[B, T, n_tok, C]`` instead of their images."""
+        arrays = self._snapshot.arrays
+        out = {}
+        for key in self.store.spec.obs:
+            cache = self._caches.get(key)
+            if cache is None:
+                out[key] = arrays[key][rows]
+            else:
+                out[f"{key}{CACHED_FEATURES_SUFFIX}"] = cache.gather(key, rows)
+        return out
 
     # ----------------------------------------------------------------- checkpointing
 
@@ -344,6 +400,7 @@ class TransitionSampler:
         if n > self._snapshot.num_episodes:
             self.store.refresh()
             self._snapshot = self.store.load_arrays()
+            self._sync_caches()
         if n > self._snapshot.num_episodes:
             raise ValueError(
                 f"sampler state saw {n} episodes but store {self.store.uri!r} has {self._snapshot.num_episodes}"
@@ -420,6 +477,12 @@ class MixedSampler:
         if offline_sampler.store.spec != online_sampler.store.spec:
             raise ValueError(
                 f"stores {offline_sampler.store.uri!r} and {online_sampler.store.uri!r} have different specs"
+            )
+        if set(offline_sampler.cached_keys) != set(online_sampler.cached_keys):
+            # One batch holds both samplers' rows: a key must be features in both or images in both.
+            raise ValueError(
+                f"offline and online samplers cache different rgb keys: {sorted(offline_sampler.cached_keys)} vs "
+                f"{sorted(online_sampler.cached_keys)}"
             )
         self.offline = offline_sampler
         self.online = online_sampler

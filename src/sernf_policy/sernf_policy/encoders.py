@@ -22,6 +22,9 @@ once (:meth:`ObservationEncoder.backbone_features`) and passed back in the obser
 under ``f"{key}{CACHED_FEATURES_SUFFIX}"`` (``"front:features"``, shape ``[B, T, n_tok, C]``);
 the raw images may then be omitted. Using cached features while the backbone is trainable and
 the module is in training mode raises, because it would silently cut the backbone's gradient.
+A frozen backbone stays in eval mode whatever the module's mode (BatchNorm keeps its stored
+statistics), so its output does not depend on the batch; ``sernf_learner.feature_cache``
+stores it on disk once per episode store.
 
 ``pretrained``: ``False`` (random init; what tests use), ``True`` (timm hub download) or a local
 file path (``.safetensors`` / ``.pth`` of the timm model, loaded through timm's own filter so
@@ -233,6 +236,15 @@ class ResNetEncoder(nn.Module):
         self.backbone = _create_timm(config.model_name, config.pretrained, num_classes=0, global_pool="")
         _apply_finetune(self.backbone, config.finetune, (nn.BatchNorm2d,))
 
+    def train(self, mode: bool = True) -> ResNetEncoder:
+        super().train(mode)
+        if self.config.finetune == "frozen":
+            # A frozen backbone is a fixed function: in train mode BatchNorm would normalise by
+            # the batch and overwrite its running statistics, so its features would depend on
+            # the batch and drift (and could not be cached, sernf_learner.feature_cache).
+            self.backbone.eval()
+        return self
+
     @property
     def trainable_backbone(self) -> bool:
         return any(p.requires_grad for p in self.backbone.parameters())
@@ -276,6 +288,12 @@ class DinoV2Encoder(nn.Module):
             raise ValueError(f"blocks_from_end={config.blocks_from_end} but the backbone has {depth} blocks")
         self._block_index = depth - 1 - config.blocks_from_end
         _apply_finetune(self.backbone, config.finetune, (nn.LayerNorm,))
+
+    def train(self, mode: bool = True) -> DinoV2Encoder:
+        super().train(mode)
+        if self.config.finetune == "frozen":
+            self.backbone.eval()  # a fixed function (no dropout / drop-path), as ResNetEncoder.train
+        return self
 
     @property
     def trainable_backbone(self) -> bool:
