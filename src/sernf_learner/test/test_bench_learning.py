@@ -38,17 +38,19 @@ def test_run_specs_apply_each_methods_changes(bench):
     base = load_config(CONFIG)
     specs = {name: bench.run_spec(base, name, seed=2, threads=1, vary_demo_seed=False) for name in bench.METHODS}
     assert set(specs) == {"nf_il", "nf_il_more_demos", "sernf_offline", "sernf_full",
-                          "ablation_per_step_critic", "ablation_gaussian_actor"}
+                          "ablation_per_step_critic", "ablation_gaussian_actor", "fm_il", "act_il"}
+    actors = {"ablation_gaussian_actor": "gaussian", "fm_il": "flow_matching", "act_il": "act"}
     for name, spec in specs.items():
         cfg = spec["config"]
         assert cfg["seed"] == 2 and cfg["trainer"]["torch_num_threads"] == 1 and not cfg["trainer"]["progress"]
         assert spec["final_stage"] in cfg["trainer"]["eval"]["stages"]
         assert cfg["data"]["demo_seed"] == base.data.demo_seed  # one dataset for every method by default
         assert cfg["policy"]["critic_horizon"] == (1 if name == "ablation_per_step_critic" else None)
-        assert cfg["policy"]["actor"] == ("gaussian" if name == "ablation_gaussian_actor" else "flow")
+        assert cfg["policy"]["actor"] == actors.get(name, "flow")
         budget = base.online_rl.iterations * base.online_rl.episodes_per_iteration
         assert spec["extra_demos"] == (budget if name == "nf_il_more_demos" else 0)
     assert [specs[n]["final_stage"] for n in ("nf_il", "sernf_offline", "sernf_full")] == ["il", "offline_rl", "online_rl"]
+    assert specs["fm_il"]["schedule"] == specs["act_il"]["schedule"] == "il"  # imitation-only baselines
     assert specs["nf_il_more_demos"]["extra_demo_seed"] != base.data.demo_seed
     assert bench.run_spec(base, "nf_il", 2, 1, vary_demo_seed=True)["config"]["data"]["demo_seed"] == 2
 
@@ -120,3 +122,27 @@ def test_benchmark_end_to_end_with_tiny_budgets(tmp_path):
     # Another config in the same directory is refused rather than mixed in.
     changed = _run(out, methods, {"il.steps": 5})
     assert changed.returncode == 2 and "another config" in changed.stderr
+
+
+def test_benchmark_runs_the_imitation_baselines(tmp_path):
+    """fm_il and act_il: IL only, one sample per decision, no critic, exported policies that load."""
+    from sernf_policy.policy import Policy
+
+    out = tmp_path / "bench"
+    methods = ["fm_il", "act_il"]
+    proc = _run(out, methods, {"il.steps": 10, "trainer.log_every": 5})  # two logged IL updates
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads((out / "learning.json").read_text())
+    assert report["missing"] == []
+    for name, actor in (("fm_il", "flow_matching"), ("act_il", "act")):
+        r = report["results"][name]
+        assert r["schedule"] == ["il"] and r["selection"] == ["single"] and r["n_eval_episodes"] == [10]
+        assert r["per_seed"][0]["stage_success"].keys() == {"il"} and 0.0 <= r["mean"] <= 1.0
+        directory = out / "runs" / name / "seed0"
+        policy = Policy.load(directory / "policy_il")
+        assert policy.config.actor == actor and policy.config.critic is None and policy.config.selection == "single"
+        logged = [json.loads(line) for line in (directory / "metrics.jsonl").read_text().splitlines()]
+        keys = set().union(*(entry.keys() for entry in logged))
+        assert ("il/act_l1" in keys and "il/act_kl" in keys) if actor == "act" else "il/fm_mse" in keys
+        assert "il/nll" not in keys  # no likelihood to report
+    assert Policy.load(out / "runs" / "act_il" / "seed0" / "policy_il").config.act.chunk_len == 20
