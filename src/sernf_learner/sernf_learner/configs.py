@@ -290,7 +290,18 @@ class TrainerConfig:
     dropout masks over fewer rows, so only this setting reproduces, bit for bit, runs made
     before the optimisation (e.g. the figures of docs/results.md)."""
 
+    feature_cache_dir: str = ""
+    """Directory of the on-disk cache of frozen image-backbone features ("" = off; relative paths
+    are relative to the run directory; a local path). When set, a stage reads cached features
+    instead of running the backbone for every sample wherever that gives the same result: every
+    encoder the stage runs must have a fully frozen backbone (finetune "frozen", or the actor
+    during critic_warmup) and, for each camera, the actor's and the critic's backbones the same
+    weights. DINOv2 "norm" (the paper's mode) trains its LayerNorms, so its stages compute the
+    features as before. ``sernf_learner.feature_cache`` has the layout and the checks."""
+
     def __post_init__(self) -> None:
+        if not isinstance(self.feature_cache_dir, str) or "://" in self.feature_cache_dir:
+            raise ValueError(f"TrainerConfig.feature_cache_dir must be a local path or '', got {self.feature_cache_dir!r}")
         if not isinstance(self.reference_model_paths, bool):
             raise ValueError(f"TrainerConfig.reference_model_paths must be a bool, got {self.reference_model_paths!r}")
         check_int(self, "checkpoint_every")

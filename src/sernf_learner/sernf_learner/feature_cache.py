@@ -134,7 +134,7 @@ def backbone_fingerprint(image_encoder: ResNetEncoder | DinoV2Encoder) -> str:
               "model_name": image_encoder.config.model_name, **geometry}
     h.update(json.dumps(header, sort_keys=True).encode())
     for name, tensor in sorted(image_encoder.backbone.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
+        t = tensor.detach().cpu().contiguous().reshape(-1)
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
@@ -423,7 +423,7 @@ class FeatureCache:
                 with torch.inference_mode():
                     for a in range(lo, hi, self.config.batch_size):
                         b = min(a + self.config.batch_size, hi)
-                        x = torch.from_numpy(np.ascontiguousarray(images[a:b])).to(device)
+                        x = torch.from_numpy(np.array(images[a:b])).to(device)  # a writable copy of read-only rows
                         feats = self.encoder.backbone_features(x).float().cpu().numpy()
                         if feats.shape[1:] != kc.feature_shape:
                             raise FeatureCacheError(f"backbone gave {feats.shape[1:]}, expected {kc.feature_shape}")

@@ -41,6 +41,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import logging
 import os
 import random
 import shutil
@@ -60,6 +61,7 @@ from sernf_learner import distributed
 from sernf_learner.configs import SCHEDULES, STAGES, RunConfig
 from sernf_learner.critic_warmup import CriticWarmup, train_critic_warmup
 from sernf_learner.distill import Distillation, train_distill
+from sernf_learner.feature_cache import FeatureCacheConfig, feature_caches_for, shared_backbones
 from sernf_learner.il import ImitationLearning, train_il
 from sernf_learner.metrics import MetricsLogger
 from sernf_learner.offline_rl import OfflineRL, train_offline_rl
@@ -78,6 +80,7 @@ from sernf_policy.gaussian_actor import GaussianActorConfig
 from sernf_policy.policy import LIKELIHOOD_FREE_ACTORS, Policy, PolicyConfig
 
 CHECKPOINT_FORMAT = 1
+_log = logging.getLogger(__name__)
 _STAGES_WITH_CRITIC = ("critic_warmup", "offline_rl", "online_rl")
 #: Stages whose unit (progress, checkpoints) is an iteration of collect + updates, not an update.
 _ITERATION_STAGES = ("online_rl", "distill")
@@ -376,6 +379,8 @@ class Trainer:
         self.timings: dict[str, dict[str, float]] = {}
         self._stage: _Stage | None = None
         self._pending: dict[str, Any] | None = None
+        #: Per stage built: whether its samplers read cached backbone features, and why (not).
+        self.feature_cache_status: dict[str, str] = {}
         if checkpoint is not None:
             self._load_checkpoint(checkpoint)
         self.logger: MetricsLogger | _NullLogger = _NullLogger()
@@ -425,11 +430,38 @@ class Trainer:
         return int(np.random.SeedSequence([self.config.seed, index]).generate_state(1)[0])
 
     def _sampler(self, store: EpisodeStore, batch_size: int, seed: int, timing: ChunkTiming | None = None,
-                 **kwargs) -> TransitionSampler:
+                 *, stage: str, **kwargs) -> TransitionSampler:
         if self.world_size > 1:  # this rank's shard of every batch, from its own stream
             batch_size = distributed.shard_batch_size(batch_size)
             seed = int(np.random.SeedSequence([seed, self.rank]).generate_state(1)[0])
-        return TransitionSampler(store, timing or self.timing, batch_size, seed, **kwargs)
+        caches = self._feature_caches(stage, store)
+        return TransitionSampler(store, timing or self.timing, batch_size, seed, feature_caches=caches, **kwargs)
+
+    def _feature_caches(self, stage: str, store: EpisodeStore) -> list | None:
+        """Feature caches for ``stage``'s batches from ``store``, or None (cache off or not valid).
+
+        One batch feeds every encoder the stage runs: the actor's (IL; â' in the TD target), the
+        critic's and the target critic's (critic stages). Cached features stand in for the images
+        only if each of them has a fully frozen backbone computing the same function, so the
+        decision is made here, after the stage froze what it freezes (critic warm-up: the actor),
+        and a trainable backbone never gets a cache built (the encoder would refuse it anyway).
+        """
+        cache_dir = self.config.trainer.feature_cache_dir
+        if not cache_dir:
+            return None
+        encoders = [self.policy.actor_encoder]
+        if stage != "il":
+            encoders += [self.policy.critic_encoder, self.target.encoder]
+        backbones, reason = shared_backbones(encoders)
+        if backbones is None:
+            self.feature_cache_status[stage] = f"off: {reason}"
+            _log.warning("feature cache not used in stage %s: %s", stage, reason)
+            return None
+        config = FeatureCacheConfig(progress=self.config.trainer.progress and self.rank == 0)
+        caches = feature_caches_for(backbones, store, _resolve(self.out, cache_dir), config)
+        self.feature_cache_status[stage] = f"on: {sorted(backbones)} from {[c.root for c in caches]}"
+        _log.info("stage %s reads cached backbone features of %s", stage, sorted(backbones))
+        return caches
 
     def _imitation_timing(self) -> ChunkTiming:
         """The IL sampler's timing: the run's, with chunks of the actor's imitation length (ACT
@@ -450,24 +482,24 @@ class Trainer:
         if name == "il":
             return _Stage(name, ImitationLearning(self.policy, cfg.il),
                           self._sampler(self.offline_store, cfg.il.batch_size, seed, timing=self._imitation_timing(),
-                                        success_only=cfg.il.success_only))
+                                        success_only=cfg.il.success_only, stage=name))
         if name in _STAGES_WITH_CRITIC and not self.policy.config.has_likelihood:
             raise ValueError(f"stage {name} needs the actor's log-likelihood; actor {self.policy.config.actor!r} is an "
                              "imitation-only baseline (run the 'il' stage only)")
         if name in _STAGES_WITH_CRITIC and self.target is None:
             raise ValueError(f"stage {name} needs a policy with a critic")
-        if name == "critic_warmup":
-            return _Stage(name, CriticWarmup(self.policy, self.target, cfg.critic_warmup),
-                          self._sampler(self.offline_store, cfg.critic_warmup.batch_size, seed))
+        if name == "critic_warmup":  # the learner first: it freezes the actor (which makes it cacheable)
+            learner = CriticWarmup(self.policy, self.target, cfg.critic_warmup)
+            return _Stage(name, learner, self._sampler(self.offline_store, cfg.critic_warmup.batch_size, seed, stage=name))
         if name == "offline_rl":
-            return _Stage(name, OfflineRL(self.policy, self.target, cfg.offline_rl),
-                          self._sampler(self.offline_store, cfg.offline_rl.batch_size, seed))
+            learner = OfflineRL(self.policy, self.target, cfg.offline_rl)
+            return _Stage(name, learner, self._sampler(self.offline_store, cfg.offline_rl.batch_size, seed, stage=name))
         if name == "online_rl":
             o = cfg.online_rl
             online_store = EpisodeStore(_resolve(self.out, cfg.data.online_uri), mode="a", spec=self.offline_store.spec)
             sampler = MixedSampler(
-                self._sampler(self.offline_store, o.batch_size, seed + 1),
-                self._sampler(online_store, o.batch_size, seed + 2, is_offline=False),
+                self._sampler(self.offline_store, o.batch_size, seed + 1, stage=name),
+                self._sampler(online_store, o.batch_size, seed + 2, is_offline=False, stage=name),
                 rho=o.rho, seed=seed + 3, batch_size=o.batch_size,
             )
             stage = _Stage(name, OnlineRL(self.policy, self.target, o), sampler)
