@@ -50,10 +50,16 @@ bench: setup
 	@$(IN_ENV) python bench/chunk_latency.py --threads 2 --scissors-chunks 3 --cube-chunks 100
 	@$(IN_ENV) python bench/learner_throughput.py --reference
 
-## The learning benchmark of docs/results.md: 6 methods x 3 seeds on the point task (~40 CPU min).
+## The learning benchmark of docs/results.md: 8 methods x 5 seeds on the point task, then on the
+## hand task (results/bench_learning/{point,hand}/; hours of CPU, resumable: run it again to
+## continue). BENCH_LEARNING_ARGS=--quick: the CI smoke form (2 seeds, tiny budgets, 20 eval
+## episodes; results/bench_learning_quick/{point,hand}/).
+BENCH_LEARNING_ARGS ?=
 bench-learning: setup
-	@$(IN_ENV) python bench/learning.py --config config/point_full.yaml --seeds 0 1 2 --methods all \
-		--out results/bench_learning --jobs 2 --threads 1
+	@$(IN_ENV) python bench/learning.py --config config/point_full.yaml --methods all --jobs 2 --threads 1 \
+		$(BENCH_LEARNING_ARGS)
+	@$(IN_ENV) python bench/learning.py --config config/bench_hand.yaml --methods all --jobs 2 --threads 1 \
+		$(BENCH_LEARNING_ARGS)
 
 ## Regenerate the lock file from the current .venv.
 lock:

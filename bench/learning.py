@@ -257,9 +257,9 @@ def load_bench_config(path: str | os.PathLike[str], overrides: list[tuple[str, A
     if not isinstance(data, dict):
         raise BenchError(f"{path}: a config must be a YAML mapping")
     section = data.pop("bench", None) or {}
-    if not isinstance(section, dict) or set(section) - {"hand_demos"}:
-        raise BenchError(f"{path}: the bench: section takes only hand_demos, got {section!r}")
-    section = {k: dict(v or {}) for k, v in section.items()}
+    if not isinstance(section, dict) or not all(isinstance(v, dict) for v in section.values()):
+        raise BenchError(f"{path}: the bench: section must map hand_demos to its fields, got {section!r}")
+    section = {k: dict(v) for k, v in section.items()}
     task = (data.get("env") or {}).get("task", "point")
     changes = list(QUICK.get(task, {}).items()) if quick else []
     for key, value in changes + list(overrides):
@@ -267,6 +267,8 @@ def load_bench_config(path: str | os.PathLike[str], overrides: list[tuple[str, A
             _set_dotted(section, key.removeprefix("bench."), value)
         else:
             _set_dotted(data, key, value)
+    if set(section) - {"hand_demos"}:
+        raise BenchError(f"{path}: the bench: section takes only hand_demos, got {sorted(section)}")
     try:
         config = RunConfig.from_dict(data)
         hand = HandDemos(**section["hand_demos"]) if "hand_demos" in section else None
