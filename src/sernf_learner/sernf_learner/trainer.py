@@ -483,7 +483,7 @@ class Trainer:
             return _Stage(name, ImitationLearning(self.policy, cfg.il),
                           self._sampler(self.offline_store, cfg.il.batch_size, seed, timing=self._imitation_timing(),
                                         success_only=cfg.il.success_only, stage=name))
-        if name in _STAGES_WITH_CRITIC and not self.policy.config.has_likelihood:
+        if name in (*_STAGES_WITH_CRITIC, "distill") and not self.policy.config.has_likelihood:
             raise ValueError(f"stage {name} needs the actor's log-likelihood; actor {self.policy.config.actor!r} is an "
                              "imitation-only baseline (run the 'il' stage only)")
         if name in _STAGES_WITH_CRITIC and self.target is None:

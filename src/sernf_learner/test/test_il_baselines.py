@@ -101,9 +101,10 @@ def test_imitation_loss_goes_down_and_only_the_actor_learns(tmp_path, actor):
         imitation_loss(trainer.policy, wrong)
 
 
+@pytest.mark.parametrize("stage", ["critic_warmup", "offline_rl", "online_rl", "distill"])
 @pytest.mark.parametrize("actor", ["flow_matching", "act"])
-def test_rl_stages_refuse_the_imitation_only_baselines(tmp_path, actor):
-    trainer = Trainer(tiny_run_config(actor), tmp_path, ["critic_warmup"])
+def test_stages_that_need_a_likelihood_refuse_the_imitation_only_baselines(tmp_path, actor, stage):
+    trainer = Trainer(tiny_run_config(actor), tmp_path, [stage])
     with pytest.raises(ValueError, match="imitation-only"):
         trainer.run()
 

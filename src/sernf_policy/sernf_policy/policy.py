@@ -90,7 +90,7 @@ class PolicyConfig:
     #: H: actions per predicted chunk (scissors 10, cube 6).
     horizon: int
     #: The flow actor; its action_dim / horizon / context_dim must equal A / H / token_dim.
-    #: None exactly when ``actor == "gaussian"``.
+    #: Set exactly when ``actor == "flow"`` (each actor kind has its own sub-config field).
     flow: ChunkFlowConfig | None
     #: The critic ensemble, or None for an imitation-only policy. Its horizon is the number of
     #: leading chunk actions it scores: H (the paper's chunked critic) or 1 (ablation: a
