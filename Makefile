@@ -49,6 +49,7 @@ bench: setup
 	@$(IN_ENV) python bench/inference_latency.py --reference
 	@$(IN_ENV) python bench/chunk_latency.py --threads 2 --scissors-chunks 3 --cube-chunks 100
 	@$(IN_ENV) python bench/learner_throughput.py --reference
+	@$(IN_ENV) python bench/feature_cache.py --threads 1 --updates 6 --episodes 10 --length 30
 
 ## The learning benchmark of docs/results.md: 8 methods x 5 seeds on the point task, then on the
 ## hand task (results/bench_learning/{point,hand}/; hours of CPU, resumable: run it again to

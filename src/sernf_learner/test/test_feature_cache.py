@@ -6,6 +6,11 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -213,8 +218,6 @@ def test_a_store_rewritten_in_place_is_detected(tmp_path):
     path = tmp_path / "demos.zarr"
     resnet = frozen_encoder().image_encoders["front"]
     FeatureCache(resnet, make_store(path, seed=0), ["front"], tmp_path / "cache", QUIET).sync()
-    import shutil
-
     shutil.rmtree(path)
     other = make_store(path, seed=1)  # same place, same spec, same episode ids, other images
     with pytest.raises(FeatureCacheError, match="images of episode 'ep0' differ"):
@@ -350,3 +353,17 @@ def test_trainer_caches_only_where_every_encoder_agrees(store, tmp_path, weights
     assert stage.sampler.cached_keys == ("front",)
     metrics = stage.learner.update(stage.sampler.sample())
     assert np.isfinite(metrics["critic/loss"])
+
+
+def test_bench_prints_both_rates_and_the_load():
+    bench = Path(__file__).resolve().parents[3] / "bench" / "feature_cache.py"
+    result = subprocess.run(
+        [sys.executable, str(bench), "--image", "32", "--batch", "4", "--updates", "2", "--episodes", "2",
+         "--length", "6", "--threads", "1"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert re.search(r"load average before: [0-9.]+", out) and re.search(r"load average after: [0-9.]+", out)
+    assert re.search(r"cache built in [0-9.]+ s", out)
+    assert re.search(r"images [0-9.]+ updates/s .* cached features [0-9.]+ updates/s", out)
