@@ -99,8 +99,9 @@ class FeatureCacheConfig:
     segment_bytes: int = 1 << 30
     """Largest segment file; a long computation commits a segment at a time (resumable)."""
     verify: bool = True
-    """Check the sha256 of every segment file when it is first used (reads the whole cache
-    once per process; off: header, shape and size checks only)."""
+    """Check the sha256 of every segment file when a FeatureCache first opens it (reads the
+    whole cache once per cache object, i.e. once per training stage, at ~1 GB/s; off: header,
+    shape and size checks only)."""
     progress: bool = True
     """Show a tqdm bar while computing."""
 
