@@ -534,7 +534,8 @@ class Policy(nn.Module):
 
         ``obs``: dict of ``[B, T, ...]`` arrays / tensors (raw units; images uint8);
         ``prefix_raw [B, P, A]``. Returns ``chunks_raw`` float32 ``[B, H, A]`` and ``info`` with
-        ``"log_prob" [B]`` (model log-density of the chosen normalised chunk), ``"q" [B]`` (its
+        ``"log_prob" [B]`` (model log-density of the chosen normalised chunk; NaN for the
+        imitation-only baselines, which have none and act by ``"single"`` only), ``"q" [B]`` (its
         min-over-critics value, or None without critic scoring) and ``"index" [B]`` (which of
         the N candidates was chosen).
         """
