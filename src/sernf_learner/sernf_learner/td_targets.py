@@ -102,7 +102,10 @@ class TargetCritic(nn.Module):
     Buffers (BatchNorm running statistics of a ResNet encoder trained end to end) follow the
     online critic too: floating-point ones are Polyak-averaged at the same rate as the
     parameters, counters copied. Without that the target critic would normalise with the
-    statistics of the initial weights forever while its weights move on.
+    statistics of the initial weights forever while its weights move on. Buffers of modules
+    whose parameters are all frozen (a frozen backbone's BatchNorm statistics) are shared like
+    the frozen parameters: averaging equal values would only add rounding drift, and the
+    on-disk feature cache relies on them staying exactly the online ones.
     """
 
     def __init__(self, policy: nn.Module) -> None:
@@ -110,6 +113,11 @@ class TargetCritic(nn.Module):
         if policy.critic is None:
             raise ValueError("the policy has no critic (PolicyConfig.critic is None)")
         frozen = {id(p): p for p in policy.critic_parameters() if not p.requires_grad}
+        for module in [*policy.critic_encoder.modules(), *policy.critic.modules()]:
+            params = list(module.parameters(recurse=False))
+            if params and not any(p.requires_grad for p in params):
+                frozen.update({id(b): b for b in module.buffers(recurse=False)})
+        self._shared_buffers = {k for k, v in frozen.items() if not isinstance(v, nn.Parameter)}
         self.encoder = copy.deepcopy(policy.critic_encoder, memo=dict(frozen))
         self.critic = copy.deepcopy(policy.critic, memo=dict(frozen))
         self._trainable = [i for i, p in enumerate(policy.critic_parameters()) if p.requires_grad]
@@ -125,6 +133,7 @@ class TargetCritic(nn.Module):
         return [params[i] for i in self._trainable]
 
     def _own_buffers(self) -> list[tuple[str, torch.Tensor]]:
+        """Every buffer of the copy (shared ones included, aligned with the online critic's)."""
         return [*(("encoder." + n, b) for n, b in self.encoder.named_buffers()),
                 *(("critic." + n, b) for n, b in self.critic.named_buffers())]
 
@@ -141,10 +150,11 @@ class TargetCritic(nn.Module):
         online_buffers = self._online_buffers(policy)
         if len(own_buffers) != len(online_buffers):
             raise ValueError(f"target critic has {len(own_buffers)} buffers, the online critic {len(online_buffers)}")
-        floating = [(b, o) for (_, b), o in zip(own_buffers, online_buffers, strict=True) if b.is_floating_point()]
+        pairs = [(b, o) for (_, b), o in zip(own_buffers, online_buffers, strict=True) if b is not o]
+        floating = [(b, o) for b, o in pairs if b.is_floating_point()]
         if floating:
             polyak_update([b for b, _ in floating], [o for _, o in floating], tau)
-        for (_, b), o in zip(own_buffers, online_buffers, strict=True):
+        for b, o in pairs:
             if not b.is_floating_point():
                 b.copy_(o)
 
@@ -161,7 +171,7 @@ class TargetCritic(nn.Module):
         named = [*(("encoder." + n, p) for n, p in self.encoder.named_parameters()),
                  *(("critic." + n, p) for n, p in self.critic.named_parameters())]
         out = {named[i][0]: named[i][1].detach() for i in self._trainable}
-        out.update({"buffer:" + n: b for n, b in self._own_buffers()})
+        out.update({"buffer:" + n: b for n, b in self._own_buffers() if id(b) not in self._shared_buffers})
         return out
 
     @torch.no_grad()
@@ -172,6 +182,8 @@ class TargetCritic(nn.Module):
         required = {k for k in own if not k.startswith("buffer:")}
         has_buffers = any(k.startswith("buffer:") for k in tensors)
         expected = set(own) if has_buffers else required
+        shared = {"buffer:" + n for n, b in self._own_buffers() if id(b) in self._shared_buffers}
+        tensors = {k: v for k, v in tensors.items() if k not in shared}  # the online critic's own
         if expected != set(tensors):
             raise ValueError(f"target critic tensors differ: missing {sorted(expected - set(tensors))[:4]}, "
                              f"unexpected {sorted(set(tensors) - expected)[:4]}")

@@ -61,3 +61,26 @@ def test_checkpoints_without_buffers_still_load():
     target = TargetCritic(policy)
     params_only = {k: v.clone() for k, v in target.tensors().items() if not k.startswith("buffer:")}
     TargetCritic(policy).load_tensors(params_only)
+
+
+def test_a_frozen_backbones_statistics_are_shared_not_averaged():
+    torch.manual_seed(0)
+    spec = {"cam": {"kind": "rgb", "shape": [32, 32, 3]}, "joints": {"kind": "lowdim", "shape": [3]}}
+    cfg = PolicyConfig.create(
+        spec, 2, 1, 1, 2,
+        encoder=EncoderConfig(token_dim=16, image_backbone="resnet18", resnet=ResNetEncoderConfig(finetune="frozen")),
+        flow={"num_layers": 2, "hidden_dim": 16, "num_heads": 2},
+        critic={"d_model": 16, "num_heads": 2, "num_layers": 1, "ff_dim": 16},
+        num_samples=2,
+    )
+    policy = Policy(cfg)
+    target = TargetCritic(policy)
+    online_bn = [m for m in policy.critic_encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    target_bn = [m for m in target.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert online_bn and all(t.running_mean is o.running_mean for t, o in zip(target_bn, online_bn, strict=True))
+    before = online_bn[0].running_mean.clone()
+    for _ in range(3):
+        target.update(policy, tau=0.3)
+    assert torch.equal(target_bn[0].running_mean, before)  # no rounding drift
+    assert not any(k.startswith("buffer:encoder.") and "bn" in k for k in target.tensors())
+    TargetCritic(policy).load_tensors(target.tensors())
