@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config_io import build_dataclass
+from .dropout_rate import set_dropout_rate
 
 __all__ = ["FlowMatchingActorConfig", "FlowMatchingChunkActor"]
 
@@ -262,14 +263,7 @@ class FlowMatchingChunkActor(nn.Module):
     # -- helpers ------------------------------------------------------------------------------
     def set_dropout(self, p: float) -> None:
         """Change the dropout rate in place (the IL stage's rate, as ChunkFlow.set_dropout)."""
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {p}")
-        self.config.dropout = float(p)
-        for module in self.modules():
-            if isinstance(module, nn.Dropout):
-                module.p = float(p)
-            if isinstance(module, nn.MultiheadAttention):
-                module.dropout = float(p)  # attention-weight dropout is a float, not a module
+        self.config.dropout = set_dropout_rate(self, p)
 
     def _check_context(self, context: Tensor) -> None:
         if context.ndim != 3 or context.shape[-1] != self.config.context_dim or context.shape[1] < 1:
