@@ -10,12 +10,12 @@ from sernf_policy.encoders import EncoderConfig, ResNetEncoderConfig
 from sernf_policy.policy import Policy, PolicyConfig
 
 
-def _image_policy() -> Policy:
+def _image_policy(finetune: str = "full") -> Policy:
     torch.manual_seed(0)
     spec = {"cam": {"kind": "rgb", "shape": [32, 32, 3]}, "joints": {"kind": "lowdim", "shape": [3]}}
     cfg = PolicyConfig.create(
         spec, 2, 1, 1, 2,
-        encoder=EncoderConfig(token_dim=16, image_backbone="resnet18", resnet=ResNetEncoderConfig(finetune="full")),
+        encoder=EncoderConfig(token_dim=16, image_backbone="resnet18", resnet=ResNetEncoderConfig(finetune=finetune)),
         flow={"num_layers": 2, "hidden_dim": 16, "num_heads": 2},
         critic={"d_model": 16, "num_heads": 2, "num_layers": 1, "ff_dim": 16},
         num_samples=2,
@@ -64,16 +64,7 @@ def test_checkpoints_without_buffers_still_load():
 
 
 def test_a_frozen_backbones_statistics_are_shared_not_averaged():
-    torch.manual_seed(0)
-    spec = {"cam": {"kind": "rgb", "shape": [32, 32, 3]}, "joints": {"kind": "lowdim", "shape": [3]}}
-    cfg = PolicyConfig.create(
-        spec, 2, 1, 1, 2,
-        encoder=EncoderConfig(token_dim=16, image_backbone="resnet18", resnet=ResNetEncoderConfig(finetune="frozen")),
-        flow={"num_layers": 2, "hidden_dim": 16, "num_heads": 2},
-        critic={"d_model": 16, "num_heads": 2, "num_layers": 1, "ff_dim": 16},
-        num_samples=2,
-    )
-    policy = Policy(cfg)
+    policy = _image_policy(finetune="frozen")
     target = TargetCritic(policy)
     online_bn = [m for m in policy.critic_encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     target_bn = [m for m in target.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
