@@ -30,6 +30,7 @@ from sernf_data.record import RecordConfig, demonstration_topics
 from sernf_data.recorder_node import _MESSAGE_CLASSES, RELIABLE_QOS, SENSOR_QOS
 from sernf_data.ros.diagnostics import diagnostic_array
 from sernf_data.ros.parameters import declare_config
+from sernf_data.ros.sender_identity import SenderGate
 from sernf_data.ros.spin import spin_node
 from sernf_interfaces.msg import EpisodeEvent
 
@@ -54,12 +55,15 @@ class EpisodeBagRecorderConfig:
     forever); bag2zarr then reports the episode as incomplete."""
     diagnostics_period_s: float = 1.0
     """Period of the /diagnostics status."""
+    sender_discovery_timeout_s: float = 5.0
+    """An episode event whose sending node DDS discovery has not named yet waits this long (in
+    order, with later events) before it is refused as from an unknown publisher."""
 
     def __post_init__(self) -> None:
         RecordConfig(out_dir=Path(self.out_dir), cameras=tuple(self.cameras))  # validates the camera names
         if not self.out_dir:
             raise ValueError("out_dir must not be empty")
-        for name in ("max_episode_s", "diagnostics_period_s"):
+        for name in ("max_episode_s", "diagnostics_period_s", "sender_discovery_timeout_s"):
             if not float(getattr(self, name)) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
@@ -91,6 +95,8 @@ class EpisodeBagRecorderNode(Node):
         self.last_refusal = ""
         self._episode_topic = "/sernf/episode"
         self._event_pub = self.create_publisher(EpisodeEvent, self._episode_topic, RELIABLE_QOS)
+        self._episode_gate = SenderGate(self, self._episode_topic, self._on_episode_event,
+                                        timeout_s=self.cfg.sender_discovery_timeout_s)
         for topic, (msgtype, sensor) in self._topics.items():
             self.create_subscription(_MESSAGE_CLASSES[msgtype], topic,
                                      lambda raw, info, topic=topic: self._on_message(topic, raw, info),
@@ -99,22 +105,16 @@ class EpisodeBagRecorderNode(Node):
         self.create_service(Trigger, "~/end_episode", self._end_service)
         self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_timer(self.cfg.diagnostics_period_s, self._on_timer)
+        self.create_timer(0.05, self._episode_gate.retry)  # one thread: never at once with admit
         self.get_logger().info(f"recording episodes into {self.out_dir} (one bag per START..END)")
 
     # -- recording --------------------------------------------------------------------------
-    def _sender(self, topic: str, info: Any) -> str:
-        gid = info.get("publisher_gid") if isinstance(info, dict) else None
-        if not gid:
-            return ""
-        data = bytes(gid.get("data", b"")) if isinstance(gid, dict) else bytes(gid)
-        for endpoint in self.get_publishers_info_by_topic(topic):
-            if bytes(endpoint.endpoint_gid) == data:
-                return f"{endpoint.node_namespace.rstrip('/')}/{endpoint.node_name}"
-        return ""
-
     def _on_message(self, topic: str, raw: bytes, info: Any) -> None:
         if topic == self._episode_topic:
-            self._on_episode_event(raw, info)
+            if self.cfg.episode_authorities:
+                self._episode_gate.admit(raw, info)
+            else:
+                self._on_episode_event(raw, "")
         elif self._writer is not None:
             self._write(topic, raw)
 
@@ -125,7 +125,7 @@ class EpisodeBagRecorderNode(Node):
                 topic, self._topics[topic][0], typestore=self._store)
         self._writer.write(conn, time.time_ns(), raw)
 
-    def _on_episode_event(self, raw: bytes, info: Any) -> None:
+    def _on_episode_event(self, raw: bytes, sender: str) -> None:
         try:
             event = deserialize_message(raw, EpisodeEvent)
         except (RuntimeError, ValueError, TypeError) as exc:  # rclpy: RCLError (a RuntimeError)
@@ -135,12 +135,11 @@ class EpisodeBagRecorderNode(Node):
         if kind is None:
             self._refuse(f"episode event of unknown kind {event.event} for {event.episode_id!r}")
             return
-        if self.cfg.episode_authorities:
-            sender = self._sender(self._episode_topic, info)
-            if sender != self.get_fully_qualified_name() and sender not in self.cfg.episode_authorities:
-                self._refuse(f"{kind} for {event.episode_id!r} from {sender or 'an unknown publisher'}, "
-                             f"not among episode_authorities {list(self.cfg.episode_authorities)}")
-                return
+        if (self.cfg.episode_authorities and sender != self.get_fully_qualified_name()
+                and sender not in self.cfg.episode_authorities):
+            self._refuse(f"{kind} for {event.episode_id!r} from {sender or 'an unknown publisher'}, "
+                         f"not among episode_authorities {list(self.cfg.episode_authorities)}")
+            return
         if kind == "START":
             if self._writer is not None:
                 self.get_logger().warning(f"START of {event.episode_id!r} while {self._episode_id!r} is recording: "

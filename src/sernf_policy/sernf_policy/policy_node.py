@@ -91,6 +91,7 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from sernf_data.ros.parameters import declare_config
+from sernf_data.ros.sender_identity import SenderGate
 from sernf_data.ros.spin import spin_node
 from sernf_data.store import EpisodeStore, StoreSpec
 from sernf_interfaces.msg import CheckpointAvailable, EpisodeEvent, ReplayEpisode
@@ -317,6 +318,10 @@ class PolicyNodeConfig:
     the running episode ends, is committed with ``extra.device_fault`` = the reason, and
     learners leave it out of training until a person labels it. These nodes may only abort."""
 
+    sender_discovery_timeout_s: float = 5.0
+    """A reward or episode event whose sending node DDS discovery has not named yet waits this
+    long (in order, with later ones) before it is refused as from an unknown publisher."""
+
     checkpoint_roots: tuple[str, ...] = ()
     """Directories announced checkpoints must lie in (after resolving '..' and symlinks), e.g.
     the learner's checkpoint directory. Empty: every announced checkpoint is refused (only the
@@ -393,6 +398,8 @@ class PolicyNodeConfig:
         bad_kinds = sorted(set(self.reward_source_kinds) - set(_REWARD_SOURCE_KINDS.values()))
         if bad_kinds:
             raise ValueError(f"reward_source_kinds {bad_kinds} are not among {sorted(_REWARD_SOURCE_KINDS.values())}")
+        if not self.sender_discovery_timeout_s >= 0:
+            raise ValueError(f"sender_discovery_timeout_s must be >= 0, got {self.sender_discovery_timeout_s}")
         for name in ("reward_sources", "episode_authorities", "device_fault_sources"):
             object.__setattr__(self, name, tuple(_node_fqn(n) for n in getattr(self, name)))
         self.reward_spec()  # validates the reward bounds
@@ -540,11 +547,18 @@ class PolicyNode(Node):
                 JointState, self.cfg.hand_command_topic, self._on_hand_command, 10,
                 callback_group=self._sensor_group,
             )
-        # Callbacks with the message info: its publisher gid names the sending node.
-        self._reward_sub = self.create_subscription(RewardEventMsg, self.cfg.reward_topic, self._on_reward, 100,
+        # Callbacks with the message info: its publisher gid names the sending node. The gates
+        # hold messages whose sender discovery has not named yet; their retry timer shares the
+        # mutually exclusive event group with the subscriptions.
+        self._reward_sub = self.create_subscription(RewardEventMsg, self.cfg.reward_topic, self._admit_reward, 100,
                                                     callback_group=self._event_group)
-        self._episode_sub = self.create_subscription(EpisodeEvent, self.cfg.episode_topic, self._on_episode_event,
+        self._episode_sub = self.create_subscription(EpisodeEvent, self.cfg.episode_topic, self._admit_episode_event,
                                                      10, callback_group=self._event_group)
+        self._reward_gate = SenderGate(self, self._reward_sub.topic_name, self._on_reward,
+                                       timeout_s=self.cfg.sender_discovery_timeout_s)
+        self._episode_gate = SenderGate(self, self._episode_sub.topic_name, self._on_episode_event,
+                                        timeout_s=self.cfg.sender_discovery_timeout_s)
+        self.create_timer(0.05, self._retry_gates, callback_group=self._event_group)
         # Transient local: the learner's latest announcement reaches a policy node started later.
         self.create_subscription(CheckpointAvailable, self.cfg.checkpoint_topic, self._on_checkpoint,
                                  CHECKPOINT_QOS, callback_group=self._event_group)
@@ -625,23 +639,21 @@ class PolicyNode(Node):
             with self._lock:
                 self._hand_target = target.astype(np.float32)
 
-    def _sender(self, topic: str, info: Any) -> str:
-        """Fully qualified name of the node that published a message, from the DDS graph
-        (its publisher gid in the message info <-> the topic's endpoint gids); '' if unknown.
+    def _admit_reward(self, msg: RewardEventMsg, info: Any) -> None:
+        if self.cfg.reward_sources:
+            self._reward_gate.admit(msg, info)
+        else:
+            self._on_reward(msg, "")
 
-        Without DDS-Security this only names the sender as it declared itself: any process can
-        call its node /sim_robot. It keeps honest mistakes (a test tool, a second operator
-        console, a stale labeler) out; SROS2 permissions make the name an identity.
-        """
-        gid = (info or {}).get("publisher_gid") if isinstance(info, dict) else None
-        if not gid:
-            return ""
-        data = bytes(gid.get("data", b"")) if isinstance(gid, dict) else bytes(gid)
-        for endpoint in self.get_publishers_info_by_topic(topic):
-            if bytes(endpoint.endpoint_gid) == data:
-                namespace = endpoint.node_namespace.rstrip("/")
-                return f"{namespace}/{endpoint.node_name}"
-        return ""
+    def _admit_episode_event(self, msg: EpisodeEvent, info: Any) -> None:
+        if self.cfg.device_fault_sources or self.cfg.episode_authorities:
+            self._episode_gate.admit(msg, info)
+        else:
+            self._on_episode_event(msg, "")
+
+    def _retry_gates(self) -> None:
+        self._reward_gate.retry()
+        self._episode_gate.retry()
 
     def _refuse_reward(self, why: str) -> None:
         with self._lock:
@@ -651,16 +663,14 @@ class PolicyNode(Node):
         self.get_logger().warning(f"reward refused, not recorded: {why} [{count} refused so far]",
                                   throttle_duration_sec=_LOG_THROTTLE_S)
 
-    def _on_reward(self, msg: RewardEventMsg, info: Any) -> None:
+    def _on_reward(self, msg: RewardEventMsg, sender: str) -> None:
         event = RewardEvent(stamp=time_to_seconds(msg.header.stamp), value=float(msg.value),
                             subtask=str(msg.subtask))
         kind = _REWARD_SOURCE_KINDS.get(int(msg.source), f"unknown({int(msg.source)})")
-        if self.cfg.reward_sources:
-            sender = self._sender(self._reward_sub.topic_name, info)
-            if sender not in self.cfg.reward_sources:
-                self._refuse_reward(f"from {sender or 'an unknown publisher'}, not among reward_sources "
-                                    f"{list(self.cfg.reward_sources)} (value {event.value:g}, {event.subtask!r})")
-                return
+        if self.cfg.reward_sources and sender not in self.cfg.reward_sources:
+            self._refuse_reward(f"from {sender or 'an unknown publisher'}, not among reward_sources "
+                                f"{list(self.cfg.reward_sources)} (value {event.value:g}, {event.subtask!r})")
+            return
         if self.cfg.reward_source_kinds and kind not in self.cfg.reward_source_kinds:
             self._refuse_reward(f"source {kind} is not among reward_source_kinds {list(self.cfg.reward_source_kinds)}")
             return
@@ -681,10 +691,9 @@ class PolicyNode(Node):
             self.get_logger().warning(f"reward {event.value:g} at {event.stamp:.3f} not recorded: "
                                       f"{reasons[-1]}", throttle_duration_sec=_LOG_THROTTLE_S)
 
-    def _on_episode_event(self, msg: EpisodeEvent, info: Any) -> None:
+    def _on_episode_event(self, msg: EpisodeEvent, sender: str) -> None:
         episode_id = str(msg.episode_id)
         if self.cfg.device_fault_sources or self.cfg.episode_authorities:
-            sender = self._sender(self._episode_sub.topic_name, info)
             if sender == self.get_fully_qualified_name():
                 return  # our own announcement coming back
             if sender and sender in self.cfg.device_fault_sources and msg.event == EpisodeEvent.ABORT:
