@@ -148,10 +148,10 @@ def test_quick_benchmark_pairs_every_run_on_the_same_episodes(tmp_path):
     """`--quick` on the point task (IL vs full) and the hand task (offline): per-episode
     outcomes everywhere, the four variants, paired comparisons, resumable variants."""
     out = tmp_path / "point"
-    proc = _quick(POINT, out, ["nf_il", "sernf_full"])
+    proc = _quick(POINT, out, ["nf_il", "sernf_full"], "--seeds", "0")  # one seed: the suite's time budget
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads((out / "learning.json").read_text())
-    assert report["quick"] and report["seeds"] == [0, 1] and report["missing"] == []
+    assert report["quick"] and report["seeds"] == [0] and report["missing"] == []
     il, full = report["results"]["nf_il"], report["results"]["sernf_full"]
     runs = il["per_seed"] + full["per_seed"]
     assert all(len(r["episode_success"]) == 20 for r in runs)
@@ -166,10 +166,10 @@ def test_quick_benchmark_pairs_every_run_on_the_same_episodes(tmp_path):
     row = next(c for c in report["comparisons"] if (c["a"], c["b"]) == ("sernf_full", "nf_il"))
     pairs = [(a, b) for ra, rb in zip(full["per_seed"], il["per_seed"], strict=True)
              for a, b in zip(ra["episode_success"], rb["episode_success"], strict=True)]
-    assert row["mcnemar"]["pairs"] == 40
+    assert row["mcnemar"]["pairs"] == 20
     assert row["mcnemar"]["a_only"] == sum(a and not b for a, b in pairs)
     assert row["difference"]["mean"] == pytest.approx(full["mean"] - il["mean"])
-    assert "Paired comparisons" in proc.stdout and "| sernf_full vs nf_il | 2 |" in proc.stdout
+    assert "Paired comparisons" in proc.stdout and "| sernf_full vs nf_il | 1 |" in proc.stdout
 
     # A killed worker: its result and one variant gone -> only that variant is evaluated again.
     run = out / "runs" / "sernf_full" / "seed0"
@@ -177,9 +177,9 @@ def test_quick_benchmark_pairs_every_run_on_the_same_episodes(tmp_path):
     stamp = kept.stat().st_mtime_ns
     (run / "result.json").unlink()
     (run / "eval_variants" / "rl_actor_most_likely.json").unlink()
-    again = _quick(POINT, out, ["nf_il", "sernf_full"])
+    again = _quick(POINT, out, ["nf_il", "sernf_full"], "--seeds", "0")
     assert again.returncode == 0, again.stdout + again.stderr
-    assert "3 already done, 1 to run" in again.stdout
+    assert "1 already done, 1 to run" in again.stdout
     assert kept.stat().st_mtime_ns == stamp and (run / "eval_variants" / "rl_actor_most_likely.json").exists()
     assert json.loads((run / "result.json").read_text())["variants"].keys() == full["per_seed"][0]["variants"].keys()
 
