@@ -183,6 +183,21 @@ def test_quick_benchmark_pairs_every_run_on_the_same_episodes(tmp_path):
     assert kept.stat().st_mtime_ns == stamp and (run / "eval_variants" / "rl_actor_most_likely.json").exists()
     assert json.loads((run / "result.json").read_text())["variants"].keys() == full["per_seed"][0]["variants"].keys()
 
+    # The selection guards on the same runs: every setting on the same fixed episodes, compared
+    # with the run's own IL policy; cached per setting.
+    guards = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "selection_guards.py"), "--out", str(out), "--methods", "sernf_full",
+         "--stages", "final", "--top-k", "4", "--max-disagreement", "0.1"],
+        cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
+    assert guards.returncode == 0, guards.stdout + guards.stderr
+    rows = {r["setting"]: r for r in json.loads((out / "selection_guards.json").read_text())["rows"]}
+    assert set(rows) == {"best_of_n", "most_likely", "top_k=4", "max_disagreement=0.1"}
+    for r in rows.values():
+        assert r["stage"] == "online_rl" and r["seeds"] == [0] and r["vs_il"]["mcnemar"]["pairs"] == 20
+    assert rows["best_of_n"]["vs_best_of_n"]["mcnemar"]["a_only"] == 0  # itself
+    assert len(list((run / "eval_guards").glob("online_rl__*.json"))) == 4
+    assert "| sernf_full | online_rl | top_k=4 |" in guards.stdout
+
     hand = tmp_path / "hand"
     proc = _quick(HAND, hand, ["sernf_offline"], "--seeds", "0")  # one seed: the suite's time budget
     assert proc.returncode == 0, proc.stdout + proc.stderr
