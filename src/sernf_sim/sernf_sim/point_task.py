@@ -26,7 +26,8 @@ command in units per step. Commands longer than ``max_step`` are scaled down to 
 as ``info["executed_action"]``, so replaying recorded actions reproduces an episode bit for bit.
 
 Observation ``"state"`` (float32, 6): ``[x, y, goal_x, goal_y, dx, dy]`` where ``(dx, dy)`` is the
-displacement actually made in the previous step (zeros after reset).
+displacement actually made in the previous step (zeros after reset); with
+``time_in_observation`` also ``"time_left"`` (float32, 1), the fraction of the time limit left.
 
 All envs step together as numpy arrays (no Python loop over envs). The env does not auto-reset:
 once an env's episode has ended it is frozen (actions ignored, reward 0, its ``terminated`` /
@@ -103,7 +104,16 @@ class PointTaskConfig:
     seed: int = 0
     """Seed of the start/goal randomization (``reset(seed=...)`` re-seeds)."""
 
+    time_in_observation: bool = False
+    """Add the observation key ``"time_left"`` (float32, 1): the fraction of ``time_limit``
+    still to go, 1 at reset and 0 at the limit. Timeouts are truncations and the critic
+    bootstraps through them; without the time it cannot tell a state with 5 steps left from
+    the same state with 50, so slow chunks look as good as fast ones under the limit (issue
+    #14). Off by default: the recorded datasets and the paper's observations have no time."""
+
     def __post_init__(self) -> None:
+        if not isinstance(self.time_in_observation, bool):
+            raise ValueError(f"time_in_observation must be true or false, got {self.time_in_observation!r}")
         a = self.arena_half_size
         if not a > 0:
             raise ValueError(f"arena_half_size must be > 0, got {a}")
@@ -290,7 +300,10 @@ class PointTask:
 
     @property
     def observation_spec(self) -> dict[str, ObsKeySpec]:
-        return {"state": ObsKeySpec(shape=(STATE_DIM,), kind="lowdim")}
+        spec = {"state": ObsKeySpec(shape=(STATE_DIM,), kind="lowdim")}
+        if self.config.time_in_observation:
+            spec["time_left"] = ObsKeySpec(shape=(1,), kind="lowdim")
+        return spec
 
     @property
     def action_dim(self) -> int:
@@ -459,7 +472,11 @@ class PointTask:
 
     def _obs(self) -> dict[str, np.ndarray]:
         state = np.concatenate([self._pos, self._goal, self._last_delta], axis=-1)
-        return {"state": state.astype(np.float32)}
+        obs = {"state": state.astype(np.float32)}
+        if self.config.time_in_observation:
+            left = 1.0 - np.minimum(self._steps, self.config.time_limit) / self.config.time_limit
+            obs["time_left"] = left[:, None].astype(np.float32)
+        return obs
 
     def _check_placement(self, starts: np.ndarray, goals: np.ndarray) -> None:
         cfg = self.config

@@ -267,3 +267,25 @@ def test_render_shapes():
     frames = env.render(size=32)
     assert frames.shape == (2, 32, 32, 3) and frames.dtype == np.uint8
     assert (frames == [90, 90, 90]).all(-1).any()  # the obstacle is drawn
+
+
+def test_time_in_observation_counts_down_and_reaches_the_recorded_demos():
+    from sernf_sim.datasets import mixed_point_dataset
+
+    config = PointTaskConfig(time_limit=10, time_in_observation=True)
+    env = PointTask(num_envs=2, config=config)
+    assert set(env.observation_spec) == {"state", "time_left"}
+    obs = env.reset(seed=0)
+    check_observations(env.observation_spec, obs, leading=1)
+    seen = [obs["time_left"][:, 0].copy()]
+    for _ in range(12):  # past the limit: frozen at 0, never negative
+        obs, *_ = env.step(np.zeros((2, 2)))
+        seen.append(obs["time_left"][:, 0].copy())
+    assert np.allclose(np.array(seen)[:, 0], [max(0.0, 1 - k / 10) for k in range(13)], atol=1e-6)
+    assert "time_left" not in PointTask(num_envs=1).reset(seed=0)  # off by default
+    with pytest.raises(ValueError, match="time_in_observation"):
+        PointTaskConfig(time_in_observation="yes")
+    episodes = mixed_point_dataset(n=2, seed=0, task_config=config, num_envs=2)
+    steps, _ = episodes[0]
+    assert steps["time_left"].shape[1:] == (1,) and steps["time_left"][0, 0] == pytest.approx(1.0)
+    assert np.all(np.diff(steps["time_left"][:, 0]) < 0)
