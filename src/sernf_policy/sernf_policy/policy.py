@@ -592,6 +592,24 @@ class Policy(nn.Module):
             raise ValueError("compile_for_acting needs the flow actor")
         self.flow.compile_for_acting(**compile_kwargs)
 
+    def warm_up(self, batch_size: int = 1, num_samples: int | None = None,
+                sigma: float | None = None) -> np.ndarray:
+        """One :meth:`act_batch` on zero observations and a zero prefix at these shapes: a
+        dry run before a checkpoint goes live, and, after :meth:`compile_for_acting`, the
+        compilation for exactly the shapes the robot will act with (compiled graphs are
+        shape-specialised). Returns the chunks ``[batch_size, H, A]``; ValueError if any is
+        not finite."""
+        cfg = self.config
+        obs = {
+            key: np.zeros((batch_size, cfg.obs_history, *spec.shape), np.uint8 if spec.kind == "rgb" else np.float32)
+            for key, spec in cfg.observation_spec.items()
+        }
+        prefix = np.zeros((batch_size, cfg.prefix_len, cfg.action_dim), np.float32)
+        chunks, _ = self.act_batch(obs, prefix, num_samples=num_samples, sigma=sigma)
+        if chunks.shape != (batch_size, cfg.horizon, cfg.action_dim) or not np.isfinite(chunks).all():
+            raise ValueError(f"warm-up inference gave shape {chunks.shape} or non-finite actions")
+        return chunks
+
     def act(
         self,
         observation: Mapping[str, Any],

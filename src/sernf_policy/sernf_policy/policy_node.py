@@ -347,6 +347,13 @@ class PolicyNodeConfig:
     torch_num_threads: int = 0
     """Torch intra-op threads for inference; 0: torch's default."""
 
+    compile_for_acting: bool = False
+    """``torch.compile`` the flow's sampling of every checkpoint this node loads, and run one
+    warm-up chunk at the acting batch and N, before it is swapped in. Compiling happens in the
+    checkpoint thread: the running policy keeps commanding meanwhile, and the first chunk of
+    an episode does not pay for it. Costs 1-2 CPU minutes per checkpoint on a 2-core machine;
+    chunks are 1.2-1.25x faster there (docs/performance.md). Flow actors only."""
+
     def __post_init__(self) -> None:
         for name in ("observation_keys", "observation_types", "observation_topics",
                      "joint_state_names", "subtasks", "hand_joint_names", "reward_sources",
@@ -1131,6 +1138,8 @@ class PolicyNode(Node):
             if self.cfg.selection:
                 policy.config.selection = self.cfg.selection
             self._dry_run(policy)
+            if self.cfg.compile_for_acting:
+                self._compile(policy)
             if step is None:
                 step = self._step_from_metadata(directory)
         except (CheckpointError, OSError, ValueError, RuntimeError) as exc:
@@ -1192,15 +1201,18 @@ class PolicyNode(Node):
 
     def _dry_run(self, policy: Any) -> None:
         """One inference on placeholder inputs: a policy that cannot act is not swapped in."""
-        cfg = policy.config
-        obs = {
-            key: np.zeros((1, cfg.obs_history, *spec.shape), np.uint8 if spec.kind == "rgb" else np.float32)
-            for key, spec in cfg.observation_spec.items()
-        }
-        chunks, _ = policy.act_batch(obs, np.zeros((1, cfg.prefix_len, cfg.action_dim), np.float32),
-                                     num_samples=1)
-        if chunks.shape != (1, cfg.horizon, cfg.action_dim) or not np.isfinite(chunks).all():
-            raise ValueError(f"dry-run inference gave shape {chunks.shape} or non-finite actions")
+        policy.warm_up(batch_size=1, num_samples=1)
+
+    def _compile(self, policy: Any) -> None:
+        """``Policy.compile_for_acting``, then warm-up chunks at the shapes the node acts with
+        (the dry run's N = 1 would not compile the real path)."""
+        if policy.config.actor != "flow":
+            raise ValueError(f"compile_for_acting needs a flow actor, the checkpoint has {policy.config.actor!r}")
+        started = time.monotonic()
+        policy.compile_for_acting()
+        for _ in range(2):  # the first call compiles; the second runs the compiled path
+            policy.warm_up(batch_size=1, num_samples=self.cfg.num_samples or None, sigma=self.cfg.sigma_sample or None)
+        self.get_logger().info(f"compiled the flow for acting in {time.monotonic() - started:.1f} s")
 
     @staticmethod
     def _step_from_metadata(directory: Path) -> int:

@@ -225,6 +225,8 @@ def test_compiled_acting_matches_eager():
     np.testing.assert_array_equal(info["index"], eager_info["index"])
     np.testing.assert_allclose(chunks, eager_chunks, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(info["log_prob"], eager_info["log_prob"], rtol=1e-4, atol=1e-3)
+    # The policy node's warm-up before a compiled checkpoint goes live: same shapes, no recompile.
+    assert policy.warm_up(batch_size=2).shape == chunks.shape
     # Training after compiled acting still runs eagerly with gradients.
     policy.train()
     prefix_norm = policy.action_normalizer.normalize(torch.as_tensor(prefix))
