@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -26,13 +27,17 @@ CONFIG = REPO / "config" / "point_full.yaml"
 def _stats():
     spec = importlib.util.spec_from_file_location("bench_learning_stats", REPO / "bench" / "learning_stats.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
 
 @pytest.mark.slow
 def test_online_rl_beats_imitation_on_the_point_task(tmp_path):
-    config = load_config(CONFIG, {"trainer.progress": False, "trainer.tensorboard": False})
+    # The shipped config, but 3 of its 5 online iterations and no offline-RL evaluation: the
+    # suite's 25-minute budget (the 5-seed figures in docs/results.md use the whole config).
+    config = load_config(CONFIG, {"trainer.progress": False, "trainer.tensorboard": False,
+                                  "online_rl.iterations": 3, "trainer.eval.stages": ["il", "online_rl"]})
     assert config.trainer.eval.episodes >= 200
     t0 = time.perf_counter()
     summary = Trainer(config, tmp_path / "run", "full").run()
@@ -47,5 +52,6 @@ def test_online_rl_beats_imitation_on_the_point_task(tmp_path):
     # episodes cannot pass it.
     test = _stats().mcnemar_exact(results["online_rl"]["episode_success"], results["il"]["episode_success"])
     print(json.dumps({"mcnemar": test.to_dict()}))
-    assert online >= il + 0.1, report
+    # The actor alone after RL gains about +0.1 over IL; the margin needs the critic's selection.
+    assert online >= il + 0.25, report
     assert test.a_only > test.b_only and test.p_value < 0.01, (report, test)
