@@ -421,6 +421,32 @@ def _eval_setting(config: RunConfig) -> dict[str, Any]:
             "task_overrides": dict(config.env.task_overrides)}
 
 
+def evaluate_exported_policy(policy_dir: Path, config: RunConfig, selection: str, noise_seed: list[int],
+                             top_k: int | None = None, max_disagreement: float | None = None) -> dict[str, Any]:
+    """An exported policy on the benchmark's fixed episodes (``config.trainer.eval``), acting by
+    ``selection`` (best-of-N's guards ``top_k`` / ``max_disagreement`` replaced when given,
+    else the policy's own), its sampling noise seeded from ``noise_seed``: the rollout summary
+    plus per-episode ``episode_success``."""
+    import torch
+
+    from sernf_learner.online_rl import evaluate_policy
+    from sernf_learner.trainer import make_env, seed_everything
+    from sernf_policy.policy import Policy
+
+    ev = config.trainer.eval
+    policy = Policy.load(policy_dir)
+    policy.config.selection = selection
+    if top_k is not None:
+        policy.config.selection_top_k = top_k
+    if max_disagreement is not None:
+        policy.config.selection_max_disagreement = max_disagreement
+    seed_everything(int(np.random.SeedSequence(noise_seed).generate_state(1)[0]))
+    with torch.no_grad():
+        rollout = evaluate_policy(policy, make_env(config, ev.num_envs, ev.seed), ev.episodes,
+                                  num_samples=ev.num_samples, sigma=ev.sigma, seed=ev.seed)
+    return {**rollout.summary(), "episode_success": [int(bool(m["success"])) for m in rollout.metadata]}
+
+
 def evaluate_variants(directory: Path, spec: dict[str, Any], config: RunConfig,
                       stage_results: dict[str, Any]) -> dict[str, Any]:
     """The RL method's evaluation variants (``spec["variants"]``), each on the fixed episodes.
@@ -432,13 +458,6 @@ def evaluate_variants(directory: Path, spec: dict[str, Any], config: RunConfig,
     """
     if not spec.get("variants"):
         return {}
-    import torch
-
-    from sernf_learner.online_rl import evaluate_policy
-    from sernf_learner.trainer import make_env, seed_everything
-    from sernf_policy.policy import Policy
-
-    ev = config.trainer.eval
     folder = directory / "eval_variants"
     folder.mkdir(exist_ok=True)
     out: dict[str, Any] = {}
@@ -455,14 +474,9 @@ def evaluate_variants(directory: Path, spec: dict[str, Any], config: RunConfig,
                                                     "num_episodes", "episode_success")}
             source = f"trainer evaluation after {stage}"
         else:
-            policy = Policy.load(directory / f"policy_{stage}")
-            policy.config.selection = selection
             # Its own sampling noise, the same on every rerun of this (run, variant).
-            seed_everything(int(np.random.SeedSequence([config.seed, 14, index]).generate_state(1)[0]))
-            with torch.no_grad():
-                rollout = evaluate_policy(policy, make_env(config, ev.num_envs, ev.seed), ev.episodes,
-                                          num_samples=ev.num_samples, sigma=ev.sigma, seed=ev.seed)
-            result = {**rollout.summary(), "episode_success": [int(bool(m["success"])) for m in rollout.metadata]}
+            result = evaluate_exported_policy(directory / f"policy_{stage}", config, selection,
+                                              noise_seed=[config.seed, 14, index])
             result.pop("mean_length", None)
             source = f"policy_{stage} evaluated after training"
         out[name] = {"stage": stage, "selection": selection, "source": source, **result}

@@ -74,27 +74,15 @@ def evaluate_setting(learning, directory: Path, spec: dict[str, Any], stage: str
     path = directory / "eval_guards" / f"{stage}__{setting.name}.json"
     if path.exists():
         return json.loads(path.read_text(encoding="utf-8"))
-    import torch
-
-    from sernf_learner.online_rl import evaluate_policy
-    from sernf_learner.trainer import make_env, seed_everything
-    from sernf_policy.policy import Policy
-
     config = learning.RunConfig.from_dict(spec["config"])
-    ev = config.trainer.eval
-    policy = Policy.load(directory / f"policy_{stage}")
-    policy.config.selection = setting.selection
-    policy.config.selection_top_k = setting.top_k
-    policy.config.selection_max_disagreement = setting.max_disagreement
-    # The same noise for every setting of this (run, stage): common random numbers.
-    seed_everything(int(np.random.SeedSequence([config.seed, 1414, stage_index]).generate_state(1)[0]))
     t0 = time.perf_counter()
-    with torch.no_grad():
-        rollout = evaluate_policy(policy, make_env(config, ev.num_envs, ev.seed), ev.episodes,
-                                  num_samples=ev.num_samples, sigma=ev.sigma, seed=ev.seed)
+    # The same noise for every setting of this (run, stage): common random numbers.
+    rollout = learning.evaluate_exported_policy(
+        directory / f"policy_{stage}", config, setting.selection, noise_seed=[config.seed, 1414, stage_index],
+        top_k=setting.top_k, max_disagreement=setting.max_disagreement)
     result = {"stage": stage, "setting": setting.name, "selection": setting.selection, "top_k": setting.top_k,
-              "max_disagreement": setting.max_disagreement, "success_rate": float(rollout.summary()["success_rate"]),
-              "episode_success": [int(bool(m["success"])) for m in rollout.metadata],
+              "max_disagreement": setting.max_disagreement, "success_rate": float(rollout["success_rate"]),
+              "episode_success": rollout["episode_success"],
               "eval_s": round(time.perf_counter() - t0, 2)}
     path.parent.mkdir(exist_ok=True)
     learning._write_json(path, result)
