@@ -76,5 +76,9 @@ def test_a_flood_from_unknown_senders_is_bounded(graph):
     for i in range(5):
         gate.admit(String(data=str(i)), {"publisher_gid": {"data": bytes([i]) * 16}})
     assert gate.pending == 3 and handled == ["", ""]
+    # No allow-list configured: nothing is held, every message goes on at once as from nobody.
+    unchecked = SenderGate(listener, "/chatter", lambda msg, sender: handled.append(sender), check=False)
+    unchecked.admit(String(data="x"), {"publisher_gid": {"data": bytes(16)}})
+    assert unchecked.pending == 0 and handled == ["", "", ""]
     with pytest.raises(ValueError, match="max_pending"):
         SenderGate(listener, "/chatter", print, max_pending=0)

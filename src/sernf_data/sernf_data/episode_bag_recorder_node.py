@@ -96,7 +96,8 @@ class EpisodeBagRecorderNode(Node):
         self._episode_topic = "/sernf/episode"
         self._event_pub = self.create_publisher(EpisodeEvent, self._episode_topic, RELIABLE_QOS)
         self._episode_gate = SenderGate(self, self._episode_topic, self._on_episode_event,
-                                        timeout_s=self.cfg.sender_discovery_timeout_s)
+                                        timeout_s=self.cfg.sender_discovery_timeout_s,
+                                        check=bool(self.cfg.episode_authorities))
         for topic, (msgtype, sensor) in self._topics.items():
             self.create_subscription(_MESSAGE_CLASSES[msgtype], topic,
                                      lambda raw, info, topic=topic: self._on_message(topic, raw, info),
@@ -111,10 +112,7 @@ class EpisodeBagRecorderNode(Node):
     # -- recording --------------------------------------------------------------------------
     def _on_message(self, topic: str, raw: bytes, info: Any) -> None:
         if topic == self._episode_topic:
-            if self.cfg.episode_authorities:
-                self._episode_gate.admit(raw, info)
-            else:
-                self._on_episode_event(raw, "")
+            self._episode_gate.admit(raw, info)
         elif self._writer is not None:
             self._write(topic, raw)
 

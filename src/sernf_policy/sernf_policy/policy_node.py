@@ -557,14 +557,17 @@ class PolicyNode(Node):
         # Callbacks with the message info: its publisher gid names the sending node. The gates
         # hold messages whose sender discovery has not named yet; their retry timer shares the
         # mutually exclusive event group with the subscriptions.
-        self._reward_sub = self.create_subscription(RewardEventMsg, self.cfg.reward_topic, self._admit_reward, 100,
-                                                    callback_group=self._event_group)
-        self._episode_sub = self.create_subscription(EpisodeEvent, self.cfg.episode_topic, self._admit_episode_event,
-                                                     10, callback_group=self._event_group)
-        self._reward_gate = SenderGate(self, self._reward_sub.topic_name, self._on_reward,
-                                       timeout_s=self.cfg.sender_discovery_timeout_s)
-        self._episode_gate = SenderGate(self, self._episode_sub.topic_name, self._on_episode_event,
-                                        timeout_s=self.cfg.sender_discovery_timeout_s)
+        self._reward_gate = SenderGate(self, self.resolve_topic_name(self.cfg.reward_topic), self._on_reward,
+                                       timeout_s=self.cfg.sender_discovery_timeout_s,
+                                       check=bool(self.cfg.reward_sources))
+        self._episode_gate = SenderGate(
+            self, self.resolve_topic_name(self.cfg.episode_topic), self._on_episode_event,
+            timeout_s=self.cfg.sender_discovery_timeout_s,
+            check=bool(self.cfg.device_fault_sources or self.cfg.episode_authorities))
+        self.create_subscription(RewardEventMsg, self.cfg.reward_topic, self._reward_gate.admit, 100,
+                                 callback_group=self._event_group)
+        self.create_subscription(EpisodeEvent, self.cfg.episode_topic, self._episode_gate.admit, 10,
+                                 callback_group=self._event_group)
         self.create_timer(0.05, self._retry_gates, callback_group=self._event_group)
         # Transient local: the learner's latest announcement reaches a policy node started later.
         self.create_subscription(CheckpointAvailable, self.cfg.checkpoint_topic, self._on_checkpoint,
@@ -645,18 +648,6 @@ class PolicyNode(Node):
         if np.isfinite(target).all():
             with self._lock:
                 self._hand_target = target.astype(np.float32)
-
-    def _admit_reward(self, msg: RewardEventMsg, info: Any) -> None:
-        if self.cfg.reward_sources:
-            self._reward_gate.admit(msg, info)
-        else:
-            self._on_reward(msg, "")
-
-    def _admit_episode_event(self, msg: EpisodeEvent, info: Any) -> None:
-        if self.cfg.device_fault_sources or self.cfg.episode_authorities:
-            self._episode_gate.admit(msg, info)
-        else:
-            self._on_episode_event(msg, "")
 
     def _retry_gates(self) -> None:
         self._reward_gate.retry()

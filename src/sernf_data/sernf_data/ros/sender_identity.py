@@ -51,16 +51,18 @@ class SenderGate:
     its sender is known (or after ``timeout_s``, with sender '').
 
     ``retry`` must run periodically (a timer) in the same mutually exclusive callback group
-    as the subscription that calls ``admit``, so the two never run at once.
+    as the subscription that calls ``admit``, so the two never run at once. With ``check``
+    false (no allow-list configured) every message is handed on at once, with sender ''.
     """
 
     def __init__(self, node: Node, topic: str, handler: Callable[[Any, str], None],
-                 timeout_s: float = 5.0, max_pending: int = 256) -> None:
+                 timeout_s: float = 5.0, max_pending: int = 256, check: bool = True) -> None:
         if timeout_s < 0 or max_pending < 1:
             raise ValueError(f"timeout_s must be >= 0 and max_pending >= 1, got {timeout_s}, {max_pending}")
         self._node = node
         self.topic = topic
         self._handler = handler
+        self.check = check
         self.timeout_s = timeout_s
         self.max_pending = max_pending
         self._pending: deque[tuple[float, Any, Any]] = deque()
@@ -71,6 +73,9 @@ class SenderGate:
         return len(self._pending)
 
     def admit(self, message: Any, info: Any) -> None:
+        if not self.check:
+            self._handler(message, "")
+            return
         if not self._pending:
             sender = publisher_node_name(self._node, self.topic, info)
             if sender is not None:
