@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -41,6 +42,13 @@ class Operator:
         self.joints = self.nodes["policy"][0].create_publisher(JointState, "/orca_hand/joint_states", sensor)
         self.start = self.nodes["policy"][0].create_client(Trigger, "/recorder/start_episode")
         self.end = self.nodes["policy"][0].create_client(Trigger, "/recorder/end_episode")
+        self.recorder_status: dict[str, str] = {}
+        self.nodes["policy"][0].create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
+
+    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            if status.name.endswith(": recorder"):
+                self.recorder_status = {kv.key: kv.value for kv in status.values}
 
     def event(self, sender: str, episode_id: str, kind: int, reason: str = "") -> None:
         self.nodes[sender][1].publish(EpisodeEvent(episode_id=episode_id, event=kind, reason=reason))
@@ -94,6 +102,10 @@ def test_recorder_writes_one_bag_per_authorised_episode(processes, tmp_path):
         assert topics["/sernf/episode"] == 2 and topics.get("/orca_hand/joint_states", 0) >= 1, topics
         assert not (out / "forged").exists()
         assert "not among episode_authorities" in processes.log(recorder)
+        # /diagnostics counts the refusal and says how many events waited for discovery.
+        assert op.spin_until(lambda: op.recorder_status.get("events_refused") == "1", 10.0), op.recorder_status
+        assert op.recorder_status["events_awaiting_sender_discovery"] == "0", op.recorder_status
+        assert int(op.recorder_status["events_held_for_sender_discovery"]) >= 0
         # The operator's services (teleoperated demonstrations) go through the same path.
         started = op.call(op.start)
         assert started.success, started.message
@@ -105,3 +117,13 @@ def test_recorder_writes_one_bag_per_authorised_episode(processes, tmp_path):
         assert not op.call(op.end).success  # nothing recording
     finally:
         op.close()
+
+
+def test_recorder_config_sender_discovery_timeout() -> None:
+    from sernf_data.episode_bag_recorder_node import EpisodeBagRecorderConfig
+
+    assert EpisodeBagRecorderConfig(out_dir="/tmp/x", sender_discovery_timeout_s=0.0).sender_discovery_timeout_s == 0
+    with pytest.raises(ValueError, match="sender_discovery_timeout_s"):
+        EpisodeBagRecorderConfig(out_dir="/tmp/x", sender_discovery_timeout_s=-1.0)
+    with pytest.raises(ValueError, match="sender_discovery_timeout_s"):
+        EpisodeBagRecorderConfig(out_dir="/tmp/x", sender_discovery_timeout_s=float("nan"))

@@ -146,6 +146,7 @@ def test_stale_or_invalid_observations_stop_commands_and_recover(start_node, che
         diag = harness.diag()
         assert diag["holding"] == "true" and diag["safety_hold"] == "true", diag
         assert reason in diag["hold_reason"], diag
+        assert diag["messages_awaiting_sender_discovery"] == "0", diag  # nothing stuck behind discovery
         harness.mode = "good"
         t_good = time.monotonic()
         harness.wait_for(lambda: len(harness.arm.times(t_good)) >= 5, 5.0,

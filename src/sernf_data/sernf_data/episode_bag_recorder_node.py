@@ -63,9 +63,12 @@ class EpisodeBagRecorderConfig:
         RecordConfig(out_dir=Path(self.out_dir), cameras=tuple(self.cameras))  # validates the camera names
         if not self.out_dir:
             raise ValueError("out_dir must not be empty")
-        for name in ("max_episode_s", "diagnostics_period_s", "sender_discovery_timeout_s"):
+        for name in ("max_episode_s", "diagnostics_period_s"):
             if not float(getattr(self, name)) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        # 0 is allowed (as in the policy node): refuse at once whatever discovery has not named.
+        if not float(self.sender_discovery_timeout_s) >= 0:
+            raise ValueError(f"sender_discovery_timeout_s must be >= 0, got {self.sender_discovery_timeout_s}")
 
 
 PARAMETERS = EpisodeBagRecorderConfig
@@ -188,7 +191,10 @@ class EpisodeBagRecorderNode(Node):
         self._diagnostics.publish(diagnostic_array(
             self.get_clock().now().to_msg(), f"{self.get_name()}: recorder", str(self.out_dir), level, message,
             {"recording": self._writer is not None, "episode_id": self._episode_id, "bags_saved": len(self.saved),
-             "events_refused": self.refused}))
+             "events_refused": self.refused,
+             # events that had to wait for DDS discovery to name their sender, and those waiting now
+             "events_held_for_sender_discovery": self._episode_gate.held,
+             "events_awaiting_sender_discovery": self._episode_gate.pending}))
 
     # -- the operator's services (teleoperated demonstrations) --------------------------------
     def _publish_event(self, episode_id: str, kind: int, reason: str = "") -> None:

@@ -1309,6 +1309,9 @@ class PolicyNode(Node):
             "episode_steps": episode.recorder.num_steps if episode and episode.recorder else 0,
             "episodes_committed": stats.episodes_committed,
             "last_replay_error": stats.last_replay_error,
+            # rewards and episode events that waited for DDS discovery to name their sender
+            "messages_held_for_sender_discovery": self._reward_gate.held + self._episode_gate.held,
+            "messages_awaiting_sender_discovery": self._reward_gate.pending + self._episode_gate.pending,
         }
         if not self.context.ok():
             return
