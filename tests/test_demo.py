@@ -33,6 +33,16 @@ def test_both_demo_configs_load():
         assert cfg.dataset.num_demos >= 1
 
 
+def test_policy_node_parameters_are_checked():
+    base = demo.load_demo_config(TINY)[2]["demo"]
+    assert demo.DemoConfig(policy_node_parameters={"stale_after_s": 1.0}).policy_node_parameters
+    with pytest.raises(ValueError, match="not declared"):
+        demo.DemoConfig(policy_node_parameters={"stale_after": 1.0})
+    with pytest.raises(ValueError, match="set by the online stage"):
+        demo.DemoConfig(policy_node_parameters={"replay_uri": "/tmp/elsewhere"})
+    assert base["policy_node_parameters"]["workspace_high"] == [0.03, 0.03, 0.25]
+
+
 def test_two_proportion_test_matches_a_hand_computation():
     # 0.30 vs 0.45 over 200 + 200: pooled p = 0.375, se0 = sqrt(.375*.625*(2/200)) = 0.04841
     t = demo.two_proportion_test(0.30, 200, 0.45, 200)
@@ -77,7 +87,12 @@ def test_demo_runs_end_to_end_and_writes_its_outputs(tmp_path, ros_env):
     assert Path(iterations[0]["checkpoint"]).is_relative_to(graph / "learner")
     from sernf_data.store import EpisodeStore
 
-    assert EpisodeStore(str(graph / "replay" / "online.zarr"), mode="r").num_episodes == 2
+    replay = EpisodeStore(str(graph / "replay" / "online.zarr"), mode="r")
+    assert replay.num_episodes == 2
+    # demo_tiny.yaml's small pose box: the iteration's last episode ended in a safety hold, and
+    # the online stage still went on to the learner's checkpoint and its evaluation.
+    last = replay.read_episode(list(replay.episode_ids())[-1])[1]
+    assert last["extra"]["end_reason"].startswith("safety hold: ee_pose"), last["extra"]
     png = (out / "learning_curve.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 1000
     assert "HAND PICK-AND-PLACE SUCCESS RATES" in proc.stdout

@@ -125,8 +125,14 @@ class DemoConfig:
     sim_speed: float = 1.0
     """Speed of the simulated robot in Stage IV through ROS (x real time). The graph runs on the
     simulator's /clock, so the recorded episodes keep the task's 10 Hz at any speed."""
+    policy_node_parameters: dict[str, Any] = field(default_factory=dict)
+    """Stage IV policy node parameters set over config/sim.yaml's, e.g. ``{stale_after_s: 1.0}``
+    on a slower machine (names the node does not declare are refused)."""
 
     def __post_init__(self) -> None:
+        from sernf.online_graph import check_policy_parameters
+
+        check_policy_parameters(self.policy_node_parameters)
         if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:
             raise ValueError(f"demo.threads must be an int >= 1, got {self.threads!r}")
         if not (isinstance(self.sim_speed, int | float) and math.isfinite(self.sim_speed) and 0 < self.sim_speed <= 20):
@@ -502,6 +508,7 @@ def run_online_graph(run: RunConfig, demo: DemoConfig, raw: Mapping[str, Any], o
         updates_per_iteration=o.updates_per_iteration, batch_size=o.batch_size, rho=o.rho,
         num_samples=o.num_samples, sigma_sample=o.sigma, max_steps=int(make_env(run, 1, 0).time_limit),
         learner_threads=demo.threads, seed=run.seed + len(records) * 1000, speed=float(demo.sim_speed),
+        policy_parameters=dict(demo.policy_node_parameters),
     )
     remaining = o.iterations - len(records)
     print(f"[demo] Stage IV online_rl through the ROS graph: {remaining} iteration(s) of "

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,10 @@ class GraphStageConfig:
     """Longest wait (wall clock) for one episode to end."""
     training_timeout_s: float = 1800.0
     """Longest wait for the learner's checkpoint after an iteration's last episode."""
+    policy_parameters: dict[str, Any] = field(default_factory=dict)
+    """Policy node parameters set over config/sim.yaml's and the run's own (e.g. a longer
+    ``stale_after_s`` on a slow machine); the run's paths (checkpoint, replay store, checkpoint
+    roots) cannot be overridden."""
 
     def __post_init__(self) -> None:
         for name in ("episodes_per_iteration", "updates_per_iteration", "batch_size", "num_samples",
@@ -98,6 +102,30 @@ class GraphStageConfig:
         for name in ("run_config", "initial_checkpoint", "offline_store"):
             if not Path(getattr(self, name)).exists():
                 raise FileNotFoundError(f"GraphStageConfig.{name}: {getattr(self, name)} does not exist")
+        check_policy_parameters(self.policy_parameters)
+
+
+_RUN_OWNED_POLICY_PARAMETERS = ("checkpoint", "replay_uri", "checkpoint_roots", "use_sim_time")
+
+
+def check_policy_parameters(overrides: dict[str, Any]) -> None:
+    """Refuse overrides the policy node does not declare or that the online stage owns (the
+    node itself validates the values when it starts)."""
+    if not isinstance(overrides, dict):
+        raise ValueError(f"policy node parameters must be a mapping, got {overrides!r}")
+    if not overrides:
+        return  # without overrides the policy node's module (rclpy) is not needed here
+    from dataclasses import fields
+
+    from sernf_policy.policy_node import PolicyNodeConfig
+
+    declared = {f.name for f in fields(PolicyNodeConfig)}
+    unknown = sorted(set(overrides) - declared)
+    if unknown:
+        raise ValueError(f"policy node parameters {unknown} are not declared by the policy node")
+    owned = sorted(set(overrides) & set(_RUN_OWNED_POLICY_PARAMETERS))
+    if owned:
+        raise ValueError(f"policy node parameters {owned} are set by the online stage itself")
 
 
 def write_graph_parameters(config: GraphStageConfig) -> Path:
@@ -119,6 +147,7 @@ def write_graph_parameters(config: GraphStageConfig) -> Path:
                   max_episode_steps=config.max_steps + 20,
                   # Announced checkpoints are loaded only from these (the learner's own and the start).
                   checkpoint_roots=[str(run / "learner"), str(Path(config.initial_checkpoint).resolve().parent)])
+    policy.update(config.policy_parameters)
     learner.update(
         output_dir=str(run / "learner"), initial_checkpoint=str(Path(config.initial_checkpoint).resolve()),
         offline_store_uri=str(Path(config.offline_store).resolve()), replay_root=str(run / "replay"),

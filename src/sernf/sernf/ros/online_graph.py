@@ -104,10 +104,10 @@ class OnlineGraph:
         if msg.event == self._episode_end:
             self.episode_ends.append(msg)
 
-    def _policy_ready(self, step: int) -> bool:
-        """The policy runs checkpoint ``step`` and has good inputs (no safety hold)."""
+    def _policy_ready(self, step: int, good_inputs: bool = True) -> bool:
+        """The policy runs checkpoint ``step`` and (with ``good_inputs``) has no safety hold."""
         s = self.policy_status
-        return s.get("checkpoint_step") == str(step) and s.get("safety_hold") == "false"
+        return s.get("checkpoint_step") == str(step) and (not good_inputs or s.get("safety_hold") == "false")
 
     def _spin_until(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
@@ -187,7 +187,11 @@ class OnlineGraph:
                              self.config.training_timeout_s, "the learner's checkpoint after the iteration")
             newest = max(self.checkpoints, key=lambda c: int(c.step))
             step = int(newest.step)
-            self._spin_until(lambda: self._policy_ready(step), 120.0,  # noqa: B023
+            # The checkpoint step only: an episode that ended in a safety hold (e.g. a finger
+            # pushed past its range) leaves the robot where it stopped, and only the next
+            # episode's reset clears that; run_episode runs again an episode the policy did
+            # not record. Waiting for good inputs here waited forever.
+            self._spin_until(lambda: self._policy_ready(step, good_inputs=False), 120.0,  # noqa: B023
                              f"the policy to hot-reload checkpoint step {step}")
             current = step
             yield GraphIteration(iteration=index, episodes=episodes, checkpoint_uri=str(newest.uri),
