@@ -1,7 +1,7 @@
 """The main job end to end (`python -m sernf.demo`) with tiny budgets.
 
 Runs the real command in a subprocess with ``config/demo_tiny.yaml`` (a handful of demos, a few
-updates per stage, one online iteration of two rollouts through the ROS graph, four evaluation
+updates per stage, one online iteration of one rollout through the ROS graph, four evaluation
 episodes per stage) and checks what it writes: ``summary.json`` with the required keys, the
 learning-curve PNG, and that Stage IV really went through the sim robot, policy and learner
 nodes (their logs, the policy's replay store, the learner's checkpoint). Whether the method
@@ -74,7 +74,7 @@ def test_demo_runs_end_to_end_and_writes_its_outputs(tmp_path, ros_env):
         assert s["episodes"] == 4
     assert "online_rl_vs_il" in summary["significance"]
     assert summary["data"]["offline"]["episodes"] == 8
-    assert summary["data"]["online"]["episodes"] == 2
+    assert summary["data"]["online"]["episodes"] == 1
     # Stage IV ran through the ROS graph: the policy node recorded the rollouts into its store,
     # the learner node ingested them, trained and announced a checkpoint the policy reloaded.
     assert "ROS graph" in summary["online_stage"]
@@ -82,13 +82,13 @@ def test_demo_runs_end_to_end_and_writes_its_outputs(tmp_path, ros_env):
     for node in ("sim_robot", "policy", "learner"):
         assert (graph / "logs" / f"{node}.log").stat().st_size > 0, node
     iterations = [json.loads(line) for line in (graph / "iterations.jsonl").read_text().splitlines()]
-    assert len(iterations) == 1 and len(iterations[0]["episodes"]) == 2
+    assert len(iterations) == 1 and len(iterations[0]["episodes"]) == 1
     assert iterations[0]["checkpoint_step"] > 0
     assert Path(iterations[0]["checkpoint"]).is_relative_to(graph / "learner")
     from sernf_data.store import EpisodeStore
 
     replay = EpisodeStore(str(graph / "replay" / "online.zarr"), mode="r")
-    assert replay.num_episodes == 2
+    assert replay.num_episodes == 1
     # demo_tiny.yaml's small pose box: the iteration's last episode ended in a safety hold, and
     # the online stage still went on to the learner's checkpoint and its evaluation.
     last = replay.read_episode(list(replay.episode_ids())[-1])[1]
