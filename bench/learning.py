@@ -443,7 +443,8 @@ def evaluate_exported_policy(policy_dir: Path, config: RunConfig, selection: str
     seed_everything(int(np.random.SeedSequence(noise_seed).generate_state(1)[0]))
     with torch.no_grad():
         rollout = evaluate_policy(policy, make_env(config, ev.num_envs, ev.seed), ev.episodes,
-                                  num_samples=ev.num_samples, sigma=ev.sigma, seed=ev.seed)
+                                  num_samples=ev.num_samples, sigma=ev.sigma, seed=ev.seed,
+                                  threads=ev.torch_threads)
     return {**rollout.summary(), "episode_success": [int(bool(m["success"])) for m in rollout.metadata]}
 
 

@@ -93,22 +93,35 @@ def policy_act_fn(policy, num_samples: int, sigma: float) -> Callable:
 
 
 def evaluate_policy(
-    policy, env, num_episodes: int, *, num_samples: int, sigma: float, seed: int = 0
+    policy, env, num_episodes: int, *, num_samples: int, sigma: float, seed: int = 0, threads: int = 0
 ) -> RolloutResult:
     """Success rate etc. of ``policy`` (Alg. 2 selection) over ``num_episodes`` on ``env``.
+
+    ``threads`` > 0 runs the policy on that many torch intra-op threads during the evaluation
+    (restored afterwards); 0 keeps the caller's setting.
 
     An ACT policy with ``act.temporal_ensembling`` is queried every step instead (ACT's own
     execution, ``sernf_sim.temporal_ensembling``): ``rollout_chunked`` with ``H = 1`` and the
     same T and P, so each query's ensembled action is executed P steps after its observation."""
+    import torch
+
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+        raise ValueError(f"evaluate_policy: threads must be an int >= 0, got {threads!r}")
     cfg = policy.config
-    if cfg.actor == "act" and cfg.act.temporal_ensembling:
-        ensemble = TemporalEnsemble(policy.predict_full_chunk_batch, cfg.act.chunk_len, cfg.act.ensemble_m)
-        return rollout_chunked(env, ensemble, cfg.obs_history, cfg.prefix_len, 1, num_episodes, seed=seed,
-                               record=False)
-    return rollout_chunked(
-        env, policy_act_fn(policy, num_samples, sigma), cfg.obs_history, cfg.prefix_len, cfg.horizon,
-        num_episodes, seed=seed, record=False,
-    )
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        if cfg.actor == "act" and cfg.act.temporal_ensembling:
+            ensemble = TemporalEnsemble(policy.predict_full_chunk_batch, cfg.act.chunk_len, cfg.act.ensemble_m)
+            return rollout_chunked(env, ensemble, cfg.obs_history, cfg.prefix_len, 1, num_episodes, seed=seed,
+                                   record=False)
+        return rollout_chunked(
+            env, policy_act_fn(policy, num_samples, sigma), cfg.obs_history, cfg.prefix_len, cfg.horizon,
+            num_episodes, seed=seed, record=False,
+        )
+    finally:
+        torch.set_num_threads(before)
 
 
 def collect_episodes(

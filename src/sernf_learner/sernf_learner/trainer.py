@@ -636,7 +636,8 @@ class Trainer:
         policy.config.selection = selection
         try:
             env = self.make_env(ev.num_envs, ev.seed)
-            result = evaluate_policy(policy, env, ev.episodes, num_samples=ev.num_samples, sigma=ev.sigma, seed=ev.seed)
+            result = evaluate_policy(policy, env, ev.episodes, num_samples=ev.num_samples, sigma=ev.sigma,
+                                     seed=ev.seed, threads=ev.torch_threads)
         finally:
             policy.config.selection = original
         # Per-episode outcomes in episode order (the same fixed-seed episodes for every run), so

@@ -346,3 +346,43 @@ def test_distillation_noise_offset_is_constant_within_an_episode(point_store):
     ctrl2 = _MixedController(policy, teacher=None, config=cfg2, p_teacher=1.0, rng=np.random.default_rng(0))
     ctrl2.reset(obs)
     assert not np.array_equal(ctrl2.student_view(hist)["state"], ctrl2.student_view(hist)["state"])
+
+
+def test_evaluation_runs_on_its_own_thread_count_and_restores_the_run_s(point_store):
+    """``evaluate_policy(threads=k)`` acts on k torch threads and gives the run its own back,
+    also when the rollout fails; a bad count is refused before anything runs."""
+    from sernf_learner.online_rl import evaluate_policy
+
+    seen: list[int] = []
+
+    class ThreadRecordingTask(PointTask):
+        fail = False
+
+        def step(self, actions):
+            seen.append(torch.get_num_threads())
+            if self.fail:
+                raise RuntimeError("simulator stopped")
+            return super().step(actions)
+
+    policy = tiny_policy(point_store)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = evaluate_policy(policy, ThreadRecordingTask(num_envs=2, seed=0), 2, num_samples=4, sigma=0.5,
+                                 seed=1, threads=2)
+        assert result.num_episodes == 2 and seen and set(seen) == {2}
+        assert torch.get_num_threads() == 1
+        failing = ThreadRecordingTask(num_envs=2, seed=0)
+        failing.fail = True
+        with pytest.raises(RuntimeError, match="simulator stopped"):
+            evaluate_policy(policy, failing, 2, num_samples=4, sigma=0.5, seed=1, threads=2)
+        assert torch.get_num_threads() == 1
+        seen.clear()
+        evaluate_policy(policy, ThreadRecordingTask(num_envs=2, seed=0), 2, num_samples=4, sigma=0.5, seed=1)
+        assert set(seen) == {1}  # threads=0: the caller's setting
+        for bad in (-1, 1.5, True):
+            with pytest.raises(ValueError, match="threads"):
+                evaluate_policy(policy, ThreadRecordingTask(num_envs=2, seed=0), 2, num_samples=4, sigma=0.5,
+                                threads=bad)
+    finally:
+        torch.set_num_threads(before)

@@ -97,6 +97,7 @@ def test_bad_actions_and_step_before_reset_are_rejected():
         {"physics_dt": 0.003},  # does not divide the 0.1 s control period
         {"workspace_low": (0.0, 0.0, 1.0)},  # low > high
         {"render_images": False, "include_object_state": False},
+        {"physics_threads": 0},
     ],
 )
 def test_config_validation(kwargs):
@@ -483,6 +484,38 @@ def test_action_latency_delays_execution():
     assert abs(delayed.ee_pose()[0, 2] - z0) < 0.003
     delayed.step(delayed.hold_action())
     assert delayed.ee_pose()[0, 2] - z0 > 0.02
+
+
+def test_physics_threads_give_the_same_episodes():
+    """Stepping the envs' physics on several threads changes nothing but the speed: the same
+    observations, rewards and ends, step for step, as one thread (each env owns its MjData)."""
+
+    def run(threads: int) -> list:
+        env = HandPickPlace(num_envs=5, physics_threads=threads)
+        obs = env.reset(seed=4)
+        expert = HandExpert(env, seed=0)
+        expert.reset(obs)
+        trace = []
+        for _ in range(40):
+            obs, reward, term, trunc, info = env.step(expert.act(obs))
+            trace.append((obs, reward.copy(), term.copy(), trunc.copy(), info["executed_action"].copy()))
+        return trace
+
+    one, three = run(1), run(3)
+    assert any(r.any() for _, r, _, _, _ in one)  # the expert grasped something: contacts happened
+    for (o1, r1, t1, u1, a1), (o3, r3, t3, u3, a3) in zip(one, three, strict=True):
+        assert set(o1) == set(o3) and all(np.array_equal(o1[k], o3[k]) for k in o1)
+        assert np.array_equal(r1, r3) and np.array_equal(t1, t3) and np.array_equal(u1, u3)
+        assert np.array_equal(a1, a3)
+
+
+def test_a_diverged_simulation_is_noticed_on_a_physics_thread():
+    env = HandPickPlace(num_envs=3, physics_threads=2)
+    env.reset(seed=0)
+    v = env.idx.object_qvel[1]
+    env.data(1).qvel[v : v + 3] = 1e12
+    _, _, term, _, info = _hold(env)
+    assert list(term) == [False, True, False] and info["termination_reason"][1] == "unstable"
 
 
 def test_a_diverged_simulation_ends_the_episode_as_failure():

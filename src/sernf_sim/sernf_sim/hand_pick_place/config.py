@@ -224,6 +224,12 @@ class HandPickPlaceConfig:
     seed: int | None = 0
     """Seed of layout sampling and observation noise (``None`` = fresh entropy)."""
 
+    physics_threads: int = 1
+    """Threads that step the envs' physics in parallel (each env has its own ``MjData``, and
+    MuJoCo releases the GIL inside ``mj_step``, so the results are the same for any number).
+    Measured on a 2-core machine: 2 threads step the physics ~1.8x faster than 1 (evaluation of
+    50 envs); more threads than cores only add switching."""
+
     def __post_init__(self) -> None:
         def pos_int(name: str) -> None:
             v = getattr(self, name)
@@ -234,6 +240,7 @@ class HandPickPlaceConfig:
         pos_int("num_envs")
         pos_int("image_size")
         pos_int("max_steps")
+        pos_int("physics_threads")
         if self.image_size > M.MAX_IMAGE_SIZE:
             raise ValueError(
                 f"HandPickPlaceConfig.image_size must be <= {M.MAX_IMAGE_SIZE}, got {self.image_size}"

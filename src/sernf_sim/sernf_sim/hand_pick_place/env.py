@@ -48,8 +48,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 from collections import deque
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import mujoco
@@ -109,6 +111,20 @@ def clip_action(actions: np.ndarray, max_pos: float, max_rot: float) -> np.ndarr
     a[..., QUAT] = R.from_rotvec(rv)
     a[..., HAND] = np.clip(a[..., HAND], JOINT_LOW, JOINT_HIGH)
     return a
+
+
+_PHYSICS_POOLS: dict[int, ThreadPoolExecutor] = {}
+_PHYSICS_POOLS_LOCK = threading.Lock()
+
+
+def _physics_pool(threads: int) -> ThreadPoolExecutor:
+    """The process's pool of ``threads`` physics workers, shared by every env that asks for
+    that many (envs have no ``close``; idle workers cost nothing and end with the process)."""
+    with _PHYSICS_POOLS_LOCK:
+        pool = _PHYSICS_POOLS.get(threads)
+        if pool is None:
+            pool = _PHYSICS_POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="hand-physics")
+        return pool
 
 
 def _object_half_extents() -> list[tuple[float, float]]:
@@ -568,7 +584,8 @@ class HandPickPlace:
             mujoco.mjtWarning.mjWARN_BADQVEL,
             mujoco.mjtWarning.mjWARN_BADQACC,
         )
-        for i in np.flatnonzero(active):
+
+        def step_env(i: int) -> None:
             d = self._data[i]
             warnings_before = sum(d.warning[w].number for w in bad)
             c0 = d.ctrl.copy()
@@ -586,6 +603,16 @@ class HandPickPlace:
             self._unstable[i] = sum(d.warning[w].number for w in bad) > warnings_before
             self._cmd[i, :3] = target_p[i]
             self._cmd[i, 3:] = target_q[i]
+
+        envs = np.flatnonzero(active)
+        if cfg.physics_threads > 1 and len(envs) > 1:
+            # Each env touches only its own MjData and row i of the arrays above; mj_step
+            # releases the GIL, so the physics of several envs runs on several cores.
+            for _ in _physics_pool(cfg.physics_threads).map(step_env, envs):
+                pass  # consume the iterator: a worker's exception is raised here
+        else:
+            for i in envs:
+                step_env(i)
 
     def _command_targets(self, applied: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """New commanded EE poses ``base ∘ delta``, positions clipped to the workspace.
