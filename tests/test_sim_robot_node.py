@@ -194,6 +194,45 @@ def test_publish_clock_at_speed_advances_simulated_time_one_period_per_step(proc
     assert clocks[0] <= end_ns
 
 
+def test_lockstep_does_not_wait_for_a_silent_commander(processes, driver):
+    """A policy in a safety hold sends nothing: after one timed-out wait the robot holds at the
+    simulator's speed (not one timeout per remaining step), and the next episode waits again."""
+    from rosgraph_msgs.msg import Clock
+
+    clocks: list[int] = []
+    driver.node.create_subscription(Clock, "/clock", lambda m: clocks.append(
+        m.clock.sec * 1_000_000_000 + m.clock.nanosec), 50)
+    stamps: list[Any] = []
+    driver.node.create_subscription(PoseStamped, "/franka/ee_pose", lambda m: stamps.append(m.header.stamp), 50)
+    sim = _start_sim(processes, "publish_clock:=true", "lockstep_timeout_s:=2.0", "max_steps:=40", "speed:=5.0")
+    assert driver.spin_until(lambda: len(driver.ee) > 0 and len(clocks) > 0, 60), processes.log(sim)
+    assert driver.call(driver.reset_client, Trigger.Request()).success
+    assert driver.spin_until(lambda: any(e.event == EpisodeEvent.START for e in driver.events), 10)
+    driver.spin_until(lambda: False, 0.3)  # the new episode's first state
+    home = np.array(driver.joints[-1].position)
+    for _ in range(2):  # two steps in lockstep
+        current = stamps[-1]
+        driver.command(np.array([0.01, 0, 0, 1.0, 0, 0, 0]), home, stamp=current)
+        now_ns = current.sec * 1_000_000_000 + current.nanosec
+        assert driver.spin_until(lambda now_ns=now_ns: clocks[-1] > now_ns, 5.0), processes.log(sim)
+    # Silence: one 2 s wait, then the other 37 steps at 5x (0.02 s each), not 37 x 2 s.
+    t0 = time.monotonic()
+    assert driver.spin_until(lambda: any(e.event == EpisodeEvent.END for e in driver.events), 30.0), processes.log(sim)
+    assert time.monotonic() - t0 < 15.0, f"the silent episode took {time.monotonic() - t0:.1f} s"
+    import re
+
+    assert driver.spin_until(lambda: "ended: time_limit after 40 steps" in processes.log(sim), 5.0), processes.log(sim)
+    held = int(re.search(r"after 40 steps \((\d+) without a fresh command", processes.log(sim)).group(1))
+    assert held >= 37, processes.log(sim)  # the two commanded steps (maybe one late) and the silent rest
+    # A new episode: the commander is presumed alive again, simulated time stands still for it.
+    assert driver.call(driver.reset_client, Trigger.Request()).success
+    assert driver.spin_until(lambda: sum(e.event == EpisodeEvent.START for e in driver.events) == 2, 10)
+    driver.spin_until(lambda: False, 0.3)
+    paused_at = clocks[-1]
+    driver.spin_until(lambda: False, 1.0)
+    assert clocks[-1] == paused_at, "the new episode did not wait for its first command"
+
+
 def test_lockstep_waits_for_the_command_stamped_with_the_current_state(processes, driver):
     from builtin_interfaces.msg import Time as TimeMsg
     from rosgraph_msgs.msg import Clock

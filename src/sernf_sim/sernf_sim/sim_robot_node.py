@@ -97,8 +97,11 @@ class SimRobotConfig:
     lockstep_timeout_s: float = 0.0
     """With publish_clock, during an episode: wait up to this long (wall clock) for the command
     stamped with the current step before holding, so simulated time slows down instead of the
-    robot holding when the policy's process falls behind (a loaded machine, speed > 1). 0: never
-    wait (physics runs on, as on the real robot)."""
+    robot holding when the policy's process falls behind (a loaded machine, speed > 1). A
+    commander that has sent nothing for longer than this (a policy in a safety hold) is not
+    waited for: the robot holds at the simulator's speed until a command comes again, instead of
+    every remaining step of the episode costing this long; each episode starts waiting again.
+    0: never wait (physics runs on, as on the real robot)."""
     frame_id: str = "world"
     """Frame of the published end-effector pose."""
     arm_command_topic: str = "/franka/relative_pose_command"
@@ -153,6 +156,7 @@ class SimRobotNode(Node):
         self._commands: deque[tuple[int, np.ndarray]] = deque(maxlen=3)  # (stamp ns, action)
         self._missed_commands = 0
         self._waiting_since: float | None = None
+        self._last_command_wall = time.monotonic()  # when the last whole command arrived (wall clock)
         self._dropped_commands = 0
         self._book = EpisodeBook(seed=self.cfg.seed)
         self._obs = self.env.reset()
@@ -233,6 +237,7 @@ class SimRobotNode(Node):
                     self._dropped_commands += 1
                 stamp_ns = stamp[0] * 1_000_000_000 + stamp[1]
                 self._commands.append((stamp_ns, np.concatenate([self._arm.pop(stamp), self._hand.pop(stamp)])))
+                self._last_command_wall = time.monotonic()
             for table in (self._arm, self._hand):  # forget unpaired halves that never complete
                 while len(table) > 4:
                     table.pop(next(iter(table)))
@@ -256,6 +261,7 @@ class SimRobotNode(Node):
             self._obs = self.env.reset(configs=configs)
             self._missed_commands = 0
             self._waiting_since = None
+            self._last_command_wall = time.monotonic()  # a new episode: the commander is presumed alive
             if self.clock_pub is not None:
                 # A new step of simulated time for the first state, published after it: a policy
                 # on simulated time ticks on it and commands the first step at once.
@@ -279,8 +285,11 @@ class SimRobotNode(Node):
             return
         with self._lock:
             action = self._take_command()
-        if action is None and self.clock_pub is not None and self.cfg.lockstep_timeout_s > 0:
-            # Lockstep: simulated time stands still until the command for this step arrives.
+        if action is None and self.clock_pub is not None and self.cfg.lockstep_timeout_s > 0 and (
+                self._waiting_since is not None
+                or time.monotonic() - self._last_command_wall < self.cfg.lockstep_timeout_s):
+            # Lockstep: simulated time stands still until the command for this step arrives (not
+            # for a commander that fell silent: nothing came for a whole timeout).
             if self._waiting_since is None:
                 self._waiting_since = time.monotonic()
             if time.monotonic() - self._waiting_since < self.cfg.lockstep_timeout_s:
