@@ -52,6 +52,26 @@ def test_two_proportion_test_matches_a_hand_computation():
     assert lo == 0.0 and 0.0 < hi < 0.1
 
 
+def test_learning_curve_starts_stage_iv_on_its_own_layouts(tmp_path):
+    """Stage IV's line starts from the offline policy evaluated on the per-iteration layouts
+    (iteration 0), not from the stage evaluation over all layouts."""
+    records = [
+        demo.start_record({"success_rate": 0.5, "mean_return": 1.0, "num_episodes": 50}),
+        {"stage": "online_rl", "iteration": 1, "online/episodes": 10.0, "online/success": 0.2,
+         "eval/success": 0.54},
+    ]
+    results = {s: {"success_rate": 0.35, "num_episodes": 300} for s in STAGES}
+    curve = demo.learning_curve(records, results, episodes_per_iteration=10)
+    evals = sorted((p for p in curve if p["kind"] == "eval"), key=lambda p: p["online_rollouts"])
+    assert [(p["online_rollouts"], p["success"]) for p in evals] == [(0, 0.5), (10, 0.54)]
+    # One collected-rollouts point (iteration 1 only) and the four stage evaluations.
+    assert [p["online_rollouts"] for p in curve if p["kind"] == "collected"] == [10]
+    assert sum(p["kind"] == "stage_eval" for p in curve) == 4
+    png = tmp_path / "curve.png"
+    demo.plot_learning_curve(curve, 300, 50, png, "t")
+    assert png.read_bytes().startswith(b"\x89PNG")
+
+
 @pytest.mark.slow
 @pytest.mark.ros
 def test_demo_runs_end_to_end_and_writes_its_outputs(tmp_path, ros_env):
@@ -93,6 +113,12 @@ def test_demo_runs_end_to_end_and_writes_its_outputs(tmp_path, ros_env):
     # the online stage still went on to the learner's checkpoint and its evaluation.
     last = replay.read_episode(list(replay.episode_ids())[-1])[1]
     assert last["extra"]["end_reason"].startswith("safety hold: ee_pose"), last["extra"]
+    # The learning curve's Stage IV line starts from the offline policy on the per-iteration
+    # evaluation's own episodes.
+    start = json.loads((graph / "start_evaluation.json").read_text())
+    assert start["num_episodes"] == 4
+    starts = [p for p in summary["learning_curve"] if p["kind"] == "eval" and p["online_rollouts"] == 0]
+    assert [p["success"] for p in starts] == [start["success_rate"]]
     png = (out / "learning_curve.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 1000
     assert "HAND PICK-AND-PLACE SUCCESS RATES" in proc.stdout
@@ -103,6 +129,7 @@ def test_demo_runs_end_to_end_and_writes_its_outputs(tmp_path, ros_env):
     assert again.returncode == 0, again.stderr[-3000:]
     resumed = json.loads((out / "summary.json").read_text())
     assert {k: v["success"] for k, v in resumed["stages"].items()} == {k: v["success"] for k, v in summary["stages"].items()}
+    assert resumed["learning_curve"] == summary["learning_curve"]
     # A second fresh run into the same directory is refused (it would mix two runs' data).
     refused = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60, check=False)
     assert refused.returncode == 2 and "--resume" in refused.stderr

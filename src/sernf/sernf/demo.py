@@ -261,6 +261,10 @@ def learning_curve(records: Sequence[Mapping[str, Any]], results: Mapping[str, A
     points: list[dict[str, Any]] = []
     iteration = 0
     for r in records:
+        if r.get("stage") == "online_rl" and r.get("iteration") == 0 and r.get("eval/success") is not None:
+            # Stage IV's starting policy on the per-iteration evaluation's own layouts.
+            points.append({"online_rollouts": 0, "success": r["eval/success"], "kind": "eval", "stage": "online_rl"})
+            continue
         if r.get("stage") != "online_rl" or "online/episodes" not in r:
             continue
         iteration += 1
@@ -302,7 +306,10 @@ def plot_learning_curve(points: Sequence[Mapping[str, Any]], eval_episodes: int,
     il = next((p for p in stage_pts if p["stage"] == "il"), None)
     evals = sorted((p for p in points if p["kind"] == "eval"), key=lambda p: p["online_rollouts"])
     if evals:
-        start = [p for p in stage_pts if p["stage"] == "offline_rl"]
+        # The line starts from the offline policy on the same layouts when that was measured: the
+        # per-iteration evaluations use the first layouts of the stage evaluations' fixed seed,
+        # which need not be as hard as all of them.
+        start = [] if evals[0]["online_rollouts"] == 0 else [p for p in stage_pts if p["stage"] == "offline_rl"]
         xs = [0.0] * len(start) + [p["online_rollouts"] for p in evals]
         ys = [p["success"] for p in start] + [p["success"] for p in evals]
         ax.plot(xs, ys, "-", color="tab:green", lw=2,
@@ -475,8 +482,15 @@ def evaluate_checkpoint(run: RunConfig, policy_dir: str | os.PathLike[str], epis
     policy = Policy.load(policy_dir)
     policy.config.selection = "best_of_n"
     env = make_env(run, min(ev.num_envs, episodes), ev.seed)
-    result = evaluate_policy(policy, env, episodes, num_samples=ev.num_samples, sigma=ev.sigma, seed=ev.seed)
+    result = evaluate_policy(policy, env, episodes, num_samples=ev.num_samples, sigma=ev.sigma, seed=ev.seed,
+                             threads=ev.torch_threads)
     return {**result.summary(), "selection": "best_of_n"}
+
+
+def start_record(evaluation: Mapping[str, Any]) -> dict[str, Any]:
+    """Learning-curve record of Stage IV's starting policy (iteration 0) from its evaluation."""
+    return {"stage": "online_rl", "iteration": 0, "eval/success": evaluation["success_rate"],
+            "eval/return": evaluation["mean_return"], "eval/episodes": evaluation["num_episodes"]}
 
 
 def run_online_graph(run: RunConfig, demo: DemoConfig, raw: Mapping[str, Any], out: Path,
@@ -497,6 +511,10 @@ def run_online_graph(run: RunConfig, demo: DemoConfig, raw: Mapping[str, Any], o
     log_path, result_path = root / "iterations.jsonl", root / "result.json"
     records = read_metrics(log_path)
     if result_path.exists():
+        start_path = root / "start_evaluation.json"
+        if start_path.exists():
+            start_eval = json.loads(start_path.read_text(encoding="utf-8"))
+            records = [start_record(start_eval), *records]
         return json.loads(result_path.read_text(encoding="utf-8")), records
     # The learner node reads a plain RunConfig (the demo: section is the demo's own).
     run_config = root / "run_config.yaml"
@@ -510,6 +528,23 @@ def run_online_graph(run: RunConfig, demo: DemoConfig, raw: Mapping[str, Any], o
         learner_threads=demo.threads, seed=run.seed + len(records) * 1000, speed=float(demo.sim_speed),
         policy_parameters=dict(demo.policy_node_parameters),
     )
+    start: list[dict[str, Any]] = []
+    if o.eval_every:
+        # The offline policy on the per-iteration evaluation's layouts (the first eval_episodes
+        # of the stage evaluations' fixed seed): the learning curve's starting point. Comparing
+        # the iterations with the 300-episode stage figure instead mixes in how hard the other
+        # layouts are (run /tmp/runs/demo_orca3: IL 0.50 on the first 50, 0.35 on all 300).
+        start_path = root / "start_evaluation.json"
+        if start_path.exists():
+            start_eval = json.loads(start_path.read_text(encoding="utf-8"))
+        else:
+            print(f"[demo] evaluating Stage IV's starting policy on the {o.eval_episodes} per-iteration "
+                  "evaluation episodes ...", flush=True)
+            start_eval = evaluate_checkpoint(run, config.initial_checkpoint, o.eval_episodes)
+            tmp = root / ".start_evaluation.json.tmp"
+            tmp.write_text(json.dumps(start_eval, indent=2), encoding="utf-8")
+            os.replace(tmp, start_path)
+        start = [start_record(start_eval)]
     remaining = o.iterations - len(records)
     print(f"[demo] Stage IV online_rl through the ROS graph: {remaining} iteration(s) of "
           f"{o.episodes_per_iteration} rollouts (best of {o.num_samples}, sigma {o.sigma:g}) + "
@@ -547,7 +582,7 @@ def run_online_graph(run: RunConfig, demo: DemoConfig, raw: Mapping[str, Any], o
     tmp = root / ".result.json.tmp"
     tmp.write_text(json.dumps(result, indent=2), encoding="utf-8")
     os.replace(tmp, result_path)
-    return result, records
+    return result, start + records
 
 
 def main(argv: Sequence[str] | None = None) -> int:
