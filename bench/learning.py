@@ -348,13 +348,29 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def same_run_spec(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether a stored run spec describes the run ``new`` asks for. A config written before a
+    RunConfig field existed lacks that field; it is read back through ``RunConfig.from_dict``,
+    which gives the field its default (the behaviour the run had), so finished runs stay usable
+    when a field is added. Every field the stored config names must still be equal."""
+    if old == new:
+        return True
+    if set(old) != set(new) or any(old[k] != new[k] for k in old if k != "config"):
+        return False
+    try:
+        completed = RunConfig.from_dict(old["config"]).to_dict()
+    except (TypeError, ValueError):
+        return False
+    return json.loads(json.dumps(completed)) == new["config"]
+
+
 def prepare_run(directory: Path, spec: dict[str, Any]) -> bool:
     """Create/check the run directory; returns True if the run is already done."""
     directory.mkdir(parents=True, exist_ok=True)
     spec_path = directory / "run.json"
     if spec_path.exists():
         old = json.loads(spec_path.read_text(encoding="utf-8"))
-        if old != json.loads(json.dumps(spec)):
+        if not same_run_spec(old, json.loads(json.dumps(spec))):
             raise BenchError(f"{directory} holds a run with another config; delete it or use another --out")
     else:
         _write_json(spec_path, spec)

@@ -122,6 +122,18 @@ def test_benchmark_end_to_end_with_tiny_budgets(tmp_path):
     # Another config in the same directory is refused rather than mixed in.
     changed = _run(out, methods, {"il.steps": 5})
     assert changed.returncode == 2 and "another config" in changed.stderr
+    # A run stored before a config field existed (here: trainer.eval.torch_threads, default 0)
+    # is the same run: the field's default is what it ran with.
+    spec_path = out / "runs" / "sernf_offline" / "seed0" / "run.json"
+    spec = json.loads(spec_path.read_text())
+    del spec["config"]["trainer"]["eval"]["torch_threads"]
+    spec_path.write_text(json.dumps(spec))
+    older = _run(out, methods)
+    assert older.returncode == 0 and "2 already done, 0 to run" in older.stdout, older.stdout + older.stderr
+    # ... but not when the stored value differs from what the command asks for.
+    spec["config"]["trainer"]["eval"]["torch_threads"] = 2
+    spec_path.write_text(json.dumps(spec))
+    assert _run(out, methods).returncode == 2
 
 
 def test_benchmark_runs_the_imitation_baselines(tmp_path):
