@@ -312,8 +312,9 @@ def plot_learning_curve(points: Sequence[Mapping[str, Any]], eval_episodes: int,
         start = [] if evals[0]["online_rollouts"] == 0 else [p for p in stage_pts if p["stage"] == "offline_rl"]
         xs = [0.0] * len(start) + [p["online_rollouts"] for p in evals]
         ys = [p["success"] for p in start] + [p["success"] for p in evals]
+        same_layouts = f": the first {online_eval_episodes} layouts, from the offline policy at 0" if not start else ""
         ax.plot(xs, ys, "-", color="tab:green", lw=2,
-                label=f"Stage IV evaluation ({online_eval_episodes} episodes each)")
+                label=f"Stage IV evaluation ({online_eval_episodes} episodes each{same_layouts})")
     collected = sorted((p for p in points if p["kind"] == "collected"), key=lambda p: p["online_rollouts"])
     if collected:
         ax.plot([p["online_rollouts"] for p in collected], [p["success"] for p in collected], ":", marker=".",
