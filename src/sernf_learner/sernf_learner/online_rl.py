@@ -54,7 +54,8 @@ class OnlineRLConfig:
     sigma: float = 0.7
     """σ_sample of the latent while collecting (§IV-E a: 0.7)."""
     eval_every: int = 0
-    """Evaluate every this many rounds (and after the last); 0 disables."""
+    """Evaluate every this many rounds (and after the last); 0 disables. The trainer evaluates
+    with ``trainer.eval``'s layouts, N and σ, like its stage evaluations."""
     eval_episodes: int = 200
     """Episodes per evaluation."""
     critic: CriticConfig = field(default_factory=CriticConfig)
@@ -153,6 +154,9 @@ def train_online_rl(
     seed: int = 0,
     eval_env=None,
     eval_seed: int = 0,
+    eval_num_samples: int | None = None,
+    eval_sigma: float | None = None,
+    eval_threads: int = 0,
     start_iteration: int = 0,
     logger: MetricsLogger | None = None,
     global_step: int = 0,
@@ -163,6 +167,9 @@ def train_online_rl(
     ``sampler`` is a :class:`~sernf_learner.transitions.MixedSampler` whose online side reads
     ``online_store``. ``global_step`` counts updates before this stage (for the logs);
     ``on_iteration(i)`` is called after round ``i`` (the trainer checkpoints there).
+    The per-round evaluations on ``eval_env`` act with ``eval_num_samples`` candidates at
+    ``eval_sigma`` (default: the collection's N and σ; the trainer passes its evaluation's, so
+    they compare with the stage evaluations).
     """
     cfg, policy = learner.config, learner.policy
     metrics: dict[str, float] = {}
@@ -182,8 +189,10 @@ def train_online_rl(
         metrics["time/updates_per_s"] = cfg.updates_per_iteration / max(t2 - t1, 1e-9)
         last = it + 1 == cfg.iterations
         if eval_env is not None and cfg.eval_every and ((it + 1) % cfg.eval_every == 0 or last):
-            ev = evaluate_policy(policy, eval_env, cfg.eval_episodes, num_samples=cfg.num_samples,
-                                 sigma=cfg.sigma, seed=eval_seed)
+            ev = evaluate_policy(
+                policy, eval_env, cfg.eval_episodes,
+                num_samples=cfg.num_samples if eval_num_samples is None else eval_num_samples,
+                sigma=cfg.sigma if eval_sigma is None else eval_sigma, seed=eval_seed, threads=eval_threads)
             metrics["eval/success"] = ev.success_rate
             metrics["eval/return"] = ev.mean_return
         if logger is not None:

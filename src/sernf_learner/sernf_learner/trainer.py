@@ -585,7 +585,9 @@ class Trainer:
             eval_env = self.make_env(cfg.trainer.eval.num_envs, cfg.trainer.eval.seed) if cfg.online_rl.eval_every else None
             train_online_rl(stage.learner, env, stage.online_store, stage.sampler, run_id=self.run_id,
                             seed=self._stage_seed(self.stage_index), eval_env=eval_env,
-                            eval_seed=cfg.trainer.eval.seed, start_iteration=self.step,
+                            eval_seed=cfg.trainer.eval.seed, eval_num_samples=cfg.trainer.eval.num_samples,
+                            eval_sigma=cfg.trainer.eval.sigma, eval_threads=cfg.trainer.eval.torch_threads,
+                            start_iteration=self.step,
                             logger=self.logger, global_step=base_step, on_iteration=on_unit)
         elif stage.name == "distill":
             env = self.make_env(cfg.env.num_envs, cfg.env.seed)

@@ -386,3 +386,35 @@ def test_evaluation_runs_on_its_own_thread_count_and_restores_the_run_s(point_st
                                 threads=bad)
     finally:
         torch.set_num_threads(before)
+
+
+def test_online_rounds_are_evaluated_with_the_evaluation_settings(point_store, tmp_path):
+    """``train_online_rl`` evaluates with ``eval_num_samples`` / ``eval_sigma`` (the trainer
+    passes ``trainer.eval``'s), not with the collection's N and σ: at σ = 1e-6 its evaluation
+    executes the same actions as a separate evaluation of the final policy at those settings."""
+    from sernf_learner.online_rl import evaluate_policy, train_online_rl
+    from sernf_learner.transitions import MixedSampler
+
+    class ActionRecordingTask(PointTask):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.actions: list[np.ndarray] = []
+
+        def step(self, actions):
+            self.actions.append(np.array(actions, copy=True))
+            return super().step(actions)
+
+    policy = tiny_policy(point_store)
+    online = EpisodeStore(tmp_path / "online", "a", point_store.spec)
+    sampler = MixedSampler(TransitionSampler(point_store, TIMING, 16, seed=0, is_offline=True),
+                           TransitionSampler(online, TIMING, 16, seed=1, is_offline=False), rho=0.5, seed=2)
+    learner = OnlineRL(policy, TargetCritic(policy), OnlineRLConfig(
+        iterations=1, episodes_per_iteration=2, updates_per_iteration=1, batch_size=16, num_samples=4,
+        sigma=0.7, eval_every=1, eval_episodes=2))
+    during = ActionRecordingTask(num_envs=2, seed=0)
+    train_online_rl(learner, PointTask(num_envs=2, seed=0), online, sampler, run_id="t", eval_env=during,
+                    eval_seed=5, eval_num_samples=2, eval_sigma=1e-6)
+    after = ActionRecordingTask(num_envs=2, seed=0)
+    evaluate_policy(policy, after, 2, num_samples=2, sigma=1e-6, seed=5)
+    assert during.actions and len(during.actions) == len(after.actions)
+    np.testing.assert_allclose(np.stack(during.actions), np.stack(after.actions), atol=1e-4)
