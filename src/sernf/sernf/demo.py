@@ -511,12 +511,10 @@ def run_online_graph(run: RunConfig, demo: DemoConfig, raw: Mapping[str, Any], o
     root.mkdir(parents=True, exist_ok=True)
     log_path, result_path = root / "iterations.jsonl", root / "result.json"
     records = read_metrics(log_path)
+    start_path = root / "start_evaluation.json"
     if result_path.exists():
-        start_path = root / "start_evaluation.json"
-        if start_path.exists():
-            start_eval = json.loads(start_path.read_text(encoding="utf-8"))
-            records = [start_record(start_eval), *records]
-        return json.loads(result_path.read_text(encoding="utf-8")), records
+        start = [start_record(json.loads(start_path.read_text(encoding="utf-8")))] if start_path.exists() else []
+        return json.loads(result_path.read_text(encoding="utf-8")), start + records
     # The learner node reads a plain RunConfig (the demo: section is the demo's own).
     run_config = root / "run_config.yaml"
     run_config.write_text(yaml.safe_dump({k: v for k, v in raw.items() if k != "demo"}, sort_keys=False),
@@ -535,7 +533,6 @@ def run_online_graph(run: RunConfig, demo: DemoConfig, raw: Mapping[str, Any], o
         # of the stage evaluations' fixed seed): the learning curve's starting point. Comparing
         # the iterations with the 300-episode stage figure instead mixes in how hard the other
         # layouts are (run /tmp/runs/demo_orca3: IL 0.50 on the first 50, 0.35 on all 300).
-        start_path = root / "start_evaluation.json"
         if start_path.exists():
             start_eval = json.loads(start_path.read_text(encoding="utf-8"))
         else:
