@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 _ROOT = Path(__file__).resolve().parents[1]
-for _pkg in ("sernf_policy", "sernf_learner"):
+for _pkg in ("sernf_data", "sernf_sim", "sernf_policy", "sernf_learner"):
     try:
         __import__(_pkg)
     except ImportError:  # running from a source checkout without the colcon overlay
@@ -84,14 +84,51 @@ def chunk_latency(policy, make_obs, chunks: int, warmup: int = 5) -> tuple[float
     return float(np.percentile(arr, 50)), float(np.percentile(arr, 99))
 
 
+def reference_agreement(policy, make_obs, seed: int = 7) -> str:
+    """The optimised path's chunk and scores against the reference path's on this device, for
+    one fixed observation and noise seed (what ``test_fast_paths`` checks on the CPU)."""
+    from sernf_policy.fast_paths import reference_paths
+
+    obs, prefix = make_obs(np.random.default_rng(seed))
+
+    def act():
+        gen = torch.Generator(device=policy.device).manual_seed(seed)
+        return policy.act_batch(obs, prefix, generator=gen)
+
+    fast_chunk, fast = act()
+    with reference_paths():
+        ref_chunk, ref = act()
+    same_index = bool(np.array_equal(fast["index"], ref["index"]))
+    return (f"same candidate chosen: {same_index}; max |chunk diff| {np.abs(fast_chunk - ref_chunk).max():.2e}, "
+            f"|q diff| {np.abs(fast['q'] - ref['q']).max():.2e}, "
+            f"|log_prob diff| {np.abs(fast['log_prob'] - ref['log_prob']).max():.2e}")
+
+
+def profile_chunk(policy, make_obs, rows: int = 20) -> str:
+    """torch.profiler's table (host and device activity) for one chunk after a warm-up."""
+    from torch.profiler import ProfilerActivity, profile
+
+    obs, prefix = make_obs(np.random.default_rng(0))
+    policy.act_batch(obs, prefix)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if policy.device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        policy.act_batch(obs, prefix)
+    sort = "cuda_time_total" if policy.device.type == "cuda" else "cpu_time_total"
+    return prof.key_averages().table(sort_by=sort, row_limit=rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--chunks", type=int, default=100, help="timed chunks per config")
     parser.add_argument("--updates", type=int, default=20, help="timed learner updates per batch size")
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls (faster, not bit-equal to fp32)")
     parser.add_argument("--skip-scissors", action="store_true")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print torch.profiler's table for one cube chunk (where its time goes)")
+    parser.add_argument("--device", default="cuda",
+                        help="torch device; 'cpu' only dry-runs this script's code paths (tiny counts suffice)")
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
         print(NO_GPU_MESSAGE)
         return 0
     from inference_latency import cube_observation, cube_policy
@@ -99,10 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     from matmul_rate import matmul_rate
 
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(args.tf32)
-    device = "cuda"
+    device = args.device
     t_start = time.perf_counter()
-    rate = matmul_rate(size=8192, device=device)
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, tf32 {'on' if args.tf32 else 'off'}; "
+    rate = matmul_rate(size=8192 if device.startswith("cuda") else 1024, device=device)
+    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else "CPU (dry run)"
+    print(f"{name}, torch {torch.__version__}, tf32 {'on' if args.tf32 else 'off'}; "
           f"matmul rate {rate / 1e12:.1f} TFLOP/s (8192^3 fp32)")
     if not args.skip_scissors:
         policy = scissors_policy(device)
@@ -110,10 +148,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"scissors chunk (3x224x224 DINOv2-L/14 reg4, A=24 H=10 P=3 T=1, N=64): p50 {p50:6.1f} ms  "
               f"p99 {p99:6.1f} ms  (target p99 <= 60 ms)")
         del policy
-        torch.cuda.empty_cache()
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
     policy = cube_policy(24, device)
     p50, p99 = chunk_latency(policy, cube_observation, args.chunks)
     print(f"cube chunk (A=17 H=6 P=2 T=4, N=24): p50 {p50:6.1f} ms  p99 {p99:6.1f} ms  (target p99 <= 10 ms)")
+    print(f"cube chunk, optimised vs reference path on {device}: {reference_agreement(policy, cube_observation)}")
+    if args.profile:
+        print(profile_chunk(policy, cube_observation))
     del policy
     for batch in (48, 512):
         r = learner_bench("paper", args.updates, 3, device, batch=batch)
