@@ -561,12 +561,41 @@ class ChunkFlow(nn.Module):
         z, logdet = self.forward_transform(actions, context)
         return self._base_log_prob(z) + logdet
 
+    def draw_noise(self, context: Tensor, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
+        """The sampler's standard-normal draw ``eps [B, N, H, A]`` for ``context [B, L, D]``."""
+        self._check_context(context)
+        if int(num_samples) != num_samples or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive int, got {num_samples}")
+        cfg = self.config
+        shape = (context.shape[0], int(num_samples), cfg.horizon, cfg.action_dim)
+        return torch.randn(shape, generator=generator, device=context.device, dtype=context.dtype)
+
+    def transform_noise(self, context: Tensor, eps: Tensor, sigma: float) -> tuple[Tensor, Tensor, Tensor]:
+        """``z = sigma * eps`` through the inverse flow: ``(actions [B, N, H, A] clamped,
+        log_prob [B, N], clamped [B, N])``, where ``log_prob`` is still the density of the
+        *unclamped* point for the ``clamped`` candidates (:meth:`sample` recomputes those). No
+        host synchronisation: the part of sampling a CUDA graph can hold."""
+        self._check_context(context)
+        if not (math.isfinite(sigma) and sigma > 0):
+            raise ValueError(f"sigma must be > 0, got {sigma}")
+        cfg = self.config
+        if eps.ndim != 4 or eps.shape[0] != context.shape[0] or eps.shape[2:] != (cfg.horizon, cfg.action_dim):
+            raise ValueError(f"noise must have shape [B={context.shape[0]}, N, {cfg.horizon}, {cfg.action_dim}], "
+                             f"got {tuple(eps.shape)}")
+        z = sigma * eps
+        actions, logdet = self.inverse_transform(z, context)  # [B, N, H, A], [B, N]
+        log_prob = self._base_log_prob(z) - logdet
+        bound = 1.0 - cfg.clamp_eps
+        clamped = (actions.abs() > bound).flatten(2).any(dim=-1)  # [B, N]
+        return actions.clamp(-bound, bound), log_prob, clamped
+
     def sample(
         self,
         context: Tensor,
         num_samples: int,
         sigma: float = 0.7,
         generator: torch.Generator | None = None,
+        noise: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Draw ``N`` chunks per context: ``(actions [B, N, H, A], log_prob [B, N])``.
 
@@ -580,21 +609,14 @@ class ChunkFlow(nn.Module):
         mass on the boundary) ``log_prob`` is recomputed at the returned, clamped chunk, so the
         two methods always agree on what the sampler returns (the tanh-space density of the
         unclamped point would describe an action that is never executed).
+
+        ``noise``: the standard-normal draw ``eps [B, N, H, A]`` to use instead of drawing it
+        (as :meth:`draw_noise` draws it; the CUDA-graph acting path draws it outside its graph).
         """
-        self._check_context(context)
-        if int(num_samples) != num_samples or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive int, got {num_samples}")
-        if not (math.isfinite(sigma) and sigma > 0):
-            raise ValueError(f"sigma must be > 0, got {sigma}")
-        cfg = self.config
-        shape = (context.shape[0], int(num_samples), cfg.horizon, cfg.action_dim)
-        eps = torch.randn(shape, generator=generator, device=context.device, dtype=context.dtype)
-        z = sigma * eps
-        actions, logdet = self.inverse_transform(z, context)  # [B, N, H, A], [B, N]
-        log_prob = self._base_log_prob(z) - logdet
-        bound = 1.0 - cfg.clamp_eps
-        clamped = (actions.abs() > bound).flatten(2).any(dim=-1)  # [B, N]
-        actions = actions.clamp(-bound, bound)
+        eps = self.draw_noise(context, num_samples, generator) if noise is None else noise
+        if eps.ndim != 4 or eps.shape[1] != num_samples:
+            raise ValueError(f"noise must hold num_samples={num_samples} candidates [B, N, H, A], got {tuple(eps.shape)}")
+        actions, log_prob, clamped = self.transform_noise(context, eps, sigma)
         if bool(clamped.any()):
             rows, cols = clamped.nonzero(as_tuple=True)
             z_c, logdet_c = self.forward_transform(actions[rows, cols], context[rows])

@@ -61,6 +61,18 @@ from .normalizer import Normalizer
 
 __all__ = ["Policy", "PolicyConfig", "PrefixTokenizer"]
 
+
+def _to_host(chosen: Tensor, log_prob: Tensor, q: Tensor | None, index: Tensor,
+             fallback: Tensor) -> tuple[np.ndarray, dict[str, np.ndarray | None]]:
+    """:meth:`Policy._choose`'s tensors as :meth:`Policy.act_batch` returns them."""
+    info: dict[str, np.ndarray | None] = {
+        "log_prob": log_prob.float().cpu().numpy(),
+        "q": None if q is None else q.float().cpu().numpy(),
+        "index": index.cpu().numpy().astype(np.int64),
+        "fallback": fallback.cpu().numpy(),
+    }
+    return chosen.float().cpu().numpy(), info
+
 CHECKPOINT_KIND = "sernf_policy"
 Selection = Literal["best_of_n", "most_likely", "single"]
 ActorKind = Literal["flow", "gaussian", "flow_matching", "act"]
@@ -321,6 +333,8 @@ class Policy(nn.Module):
         if config.critic is not None:
             self.critic_encoder = ObservationEncoder(config.encoder, spec, t)
             self.critic = ChunkCritic(config.critic)
+        #: :meth:`capture_cuda_graph`'s captured act_batch (None: act eagerly).
+        self._acting_graph: Any = None
 
     # -- parameter groups -------------------------------------------------------------------
     def actor_parameters(self) -> Iterator[nn.Parameter]:
@@ -551,38 +565,72 @@ class Policy(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            device = self.device
-            prefix_norm = self.action_normalizer.normalize(torch.as_tensor(prefix, device=device))
-            chunks, log_prob = self.sample(checked, prefix_norm, n, sigma, generator=generator)  # [B,N,H,A], [B,N]
-            q = None
-            rows = torch.arange(chunks.shape[0], device=chunks.device)
-            fallback = torch.zeros(chunks.shape[0], dtype=torch.bool, device=chunks.device)
-            if selection == "best_of_n" and self.critic is not None and n > 1:
-                guarded = cfg.selection_max_disagreement > 0
-                qs = self.q_values(checked, prefix_norm, chunks) if guarded else None  # [M, B, N]
-                q = qs.min(dim=0).values if qs is not None else self.min_q(checked, prefix_norm, chunks)  # [B, N]
-                scores = q
-                k = cfg.selection_top_k
-                if 0 < k < n:  # only the k most likely candidates compete
-                    top = log_prob.topk(k, dim=1).indices
-                    scores = torch.full_like(q, -math.inf).scatter(1, top, q.gather(1, top))
-                index = scores.argmax(dim=1)
-                if guarded:
-                    spread = (qs.max(dim=0).values - qs.min(dim=0).values)[rows, index]
-                    fallback = spread > cfg.selection_max_disagreement
-                    index = torch.where(fallback, log_prob.argmax(dim=1), index)
+            noise = None
+            graph = self._acting_graph
+            if graph is not None and graph.serves(checked, n, sigma, selection):
+                chosen_t = graph.act(checked, prefix, generator)
+                if chosen_t is not None:
+                    return _to_host(*chosen_t)
+                noise = graph.last_noise  # a candidate hit the clamp: the eager path, same draw
+            prefix_norm = self.action_normalizer.normalize(torch.as_tensor(prefix, device=self.device))
+            if noise is None:
+                chunks, log_prob = self.sample(checked, prefix_norm, n, sigma, generator=generator)  # [B,N,H,A], [B,N]
             else:
-                index = log_prob.argmax(dim=1)
-            chosen = self.action_normalizer.unnormalize(chunks[rows, index])  # [B, H, A]
-            info: dict[str, np.ndarray | None] = {
-                "log_prob": log_prob[rows, index].float().cpu().numpy(),
-                "q": None if q is None else q[rows, index].float().cpu().numpy(),
-                "index": index.cpu().numpy().astype(np.int64),
-                "fallback": fallback.cpu().numpy(),
-            }
-            return chosen.float().cpu().numpy(), info
+                chunks, log_prob = self.flow.sample(self.actor_context(checked, prefix_norm), n, sigma, noise=noise)
+            return _to_host(*self._choose(checked, prefix_norm, chunks, log_prob, selection))
         finally:
             self.train(was_training)
+
+    def _choose(
+        self, obs: Mapping[str, Any], prefix_norm: Tensor, chunks: Tensor, log_prob: Tensor, selection: str
+    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor]:
+        """Alg. 2's choice among candidates ``chunks [B, N, H, A]`` (normalised) with model
+        densities ``log_prob [B, N]``: ``(chosen raw chunk [B, H, A], its log_prob [B], its
+        min-Q [B] or None, index [B], fallback [B])``. Device tensors only, no host sync: the
+        CUDA-graph acting path captures this too."""
+        cfg = self.config
+        n = chunks.shape[1]
+        q = None
+        rows = torch.arange(chunks.shape[0], device=chunks.device)
+        fallback = torch.zeros(chunks.shape[0], dtype=torch.bool, device=chunks.device)
+        if selection == "best_of_n" and self.critic is not None and n > 1:
+            guarded = cfg.selection_max_disagreement > 0
+            qs = self.q_values(obs, prefix_norm, chunks) if guarded else None  # [M, B, N]
+            q = qs.min(dim=0).values if qs is not None else self.min_q(obs, prefix_norm, chunks)  # [B, N]
+            scores = q
+            k = cfg.selection_top_k
+            if 0 < k < n:  # only the k most likely candidates compete
+                top = log_prob.topk(k, dim=1).indices
+                scores = torch.full_like(q, -math.inf).scatter(1, top, q.gather(1, top))
+            index = scores.argmax(dim=1)
+            if guarded:
+                spread = (qs.max(dim=0).values - qs.min(dim=0).values)[rows, index]
+                fallback = spread > cfg.selection_max_disagreement
+                index = torch.where(fallback, log_prob.argmax(dim=1), index)
+        else:
+            index = log_prob.argmax(dim=1)
+        chosen = self.action_normalizer.unnormalize(chunks[rows, index])  # [B, H, A]
+        return chosen, log_prob[rows, index], None if q is None else q[rows, index], index, fallback
+
+    def capture_cuda_graph(self, batch_size: int = 1, num_samples: int | None = None,
+                           sigma: float | None = None, selection: Selection | None = None) -> None:
+        """Capture :meth:`act_batch` for these shapes as one CUDA graph (:mod:`cuda_graph_acting`):
+        later calls with the same batch size, N, sigma and selection replay it instead of
+        launching each of the ~1,500 small kernels from Python, with the same outputs. Needs the
+        flow actor on a CUDA device; replaces an earlier capture. :meth:`release_cuda_graph`
+        drops it (``.to()``, ``load_state_dict`` with new tensors or a refit of the normalizers
+        need a new capture: the graph notices and the call runs eagerly instead)."""
+        from .cuda_graph_acting import ActingGraph
+
+        cfg = self.config
+        self._acting_graph = None
+        self._acting_graph = ActingGraph(
+            self, batch_size, int(num_samples or cfg.num_samples),
+            cfg.sigma_sample if sigma is None else float(sigma), cfg.selection if selection is None else selection)
+
+    def release_cuda_graph(self) -> None:
+        """Drop the captured acting graph (and its memory pool); acting runs eagerly."""
+        self._acting_graph = None
 
     def compile_for_acting(self, **compile_kwargs: Any) -> None:
         """Opt in to ``torch.compile`` of the flow's sampling for :meth:`act_batch`

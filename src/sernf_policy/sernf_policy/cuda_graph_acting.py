@@ -1,0 +1,153 @@
+"""One :meth:`Policy.act_batch` call captured as a CUDA graph.
+
+Why: on a GPU one chunk of the cube config is ~1,500 small kernels (flow couplings, critic
+layers, selection) that together run ~5 ms on the device, but launching them one by one from
+Python takes ~30 ms of host time (``bench/gpu.py --profile`` on an H200). A CUDA graph records
+the launches once and replays them with one call, so the host cost no longer scales with the
+number of kernels. The paper's own latency figures (§V, < 100 ms on an RTX 4090) are for eager
+PyTorch; this is our addition for real-time acting.
+
+What is captured is exactly the eager fast path of ``act_batch`` after input validation:
+normalise the prefix, encode the observation, push ``sigma * eps`` through the flow, score
+the candidates with the critics and choose (:meth:`Policy._choose`). Two things stay outside
+the graph, so that the outputs equal the eager path's for the same generator:
+
+* the noise draw (``torch.randn`` with the caller's generator, copied into the graph's input);
+* the density fix for candidates on the action clamp (:meth:`ChunkFlow.sample`): the graph
+  reports whether any candidate was clamped, and then ``act_batch`` redoes the call eagerly
+  with the same noise (a flow that puts mass on the boundary; it does not happen for a trained
+  policy, but the result must not depend on which path ran).
+
+A graph reads its inputs, parameters and buffers at fixed addresses. In-place parameter
+updates (optimiser steps, ``load_state_dict`` into the same tensors) are therefore picked up;
+anything that swaps a tensor (``.to()``, ``load_state_dict(assign=True)``, a partition change
+that rebuilds a coupling plan) is detected by a fingerprint of those addresses before each
+replay, and the call then runs eagerly with a warning until :meth:`Policy.capture_cuda_graph`
+is called again.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from .policy import Policy
+
+_LOG = logging.getLogger(__name__)
+
+#: Eager runs before capture: the first builds the flow's coupling plans and cuBLAS handles,
+#: which must not happen inside the capture.
+WARMUP_RUNS = 3
+
+
+class ActingGraph:
+    """``act_batch`` for one (batch size, N, sigma, selection), recorded as a CUDA graph."""
+
+    def __init__(self, policy: Policy, batch_size: int, num_samples: int, sigma: float, selection: str) -> None:
+        cfg = policy.config
+        device = policy.device
+        if device.type != "cuda":
+            raise ValueError(f"a CUDA graph needs the policy on a CUDA device, it is on {device}")
+        if cfg.actor != "flow":
+            raise ValueError(f"CUDA-graph acting supports the flow actor, this policy has actor={cfg.actor!r}")
+        if selection not in ("best_of_n", "most_likely", "single"):
+            raise ValueError(f"selection must be best_of_n/most_likely/single, got {selection!r}")
+        if int(batch_size) != batch_size or batch_size < 1 or int(num_samples) != num_samples or num_samples < 1:
+            raise ValueError(f"batch_size and num_samples must be positive ints, got {batch_size}, {num_samples}")
+        if not (np.isfinite(sigma) and sigma > 0):
+            raise ValueError(f"sigma must be > 0, got {sigma}")
+        self.policy = policy
+        self.batch_size = int(batch_size)
+        self.num_samples = 1 if selection == "single" else int(num_samples)
+        self.sigma = float(sigma)
+        self.selection = selection
+        # Static inputs, at the dtypes act_batch's validation produces (uint8 images, float32).
+        self.obs: dict[str, Tensor] = {
+            key: torch.zeros((self.batch_size, cfg.obs_history, *spec.shape), device=device,
+                             dtype=torch.uint8 if spec.kind == "rgb" else torch.float32)
+            for key, spec in cfg.observation_spec.items()
+        }
+        self.prefix = torch.zeros((self.batch_size, cfg.prefix_len, cfg.action_dim), device=device)
+        was_training = policy.training
+        policy.eval()
+        try:
+            with torch.inference_mode():
+                context = policy.actor_context(self.obs, policy.action_normalizer.normalize(self.prefix))
+            # The eager sampler draws its noise at the context's dtype (ChunkFlow.draw_noise).
+            self.noise = torch.zeros((self.batch_size, self.num_samples, cfg.horizon, cfg.action_dim),
+                                     device=device, dtype=context.dtype)
+            stream = torch.cuda.Stream(device)
+            stream.wait_stream(torch.cuda.current_stream(device))
+            with torch.inference_mode(), torch.cuda.stream(stream):
+                for _ in range(WARMUP_RUNS):
+                    self._forward()
+            torch.cuda.current_stream(device).wait_stream(stream)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.inference_mode(), torch.cuda.graph(self.graph):
+                self.outputs = self._forward()
+        finally:
+            policy.train(was_training)
+        # The coupling plans' index tensors are read by the graph: keep them alive here even if
+        # the flow drops its cache, and include them in the fingerprint.
+        self._plans = [layer._plan for layer in policy.flow.layers]
+        self._fingerprint = self._current_fingerprint()
+        self._warned = False
+        #: The noise of the last :meth:`act` (for the eager redo after a clamped candidate).
+        self.last_noise: Tensor | None = None
+
+    def __deepcopy__(self, memo: dict) -> None:
+        return None  # a copied policy acts eagerly until it captures its own graph
+
+    def _forward(self) -> tuple[Tensor, ...]:
+        policy = self.policy
+        prefix_norm = policy.action_normalizer.normalize(self.prefix)
+        context = policy.actor_context(self.obs, prefix_norm)
+        chunks, log_prob, clamped = policy.flow.transform_noise(context, self.noise, self.sigma)
+        chosen, chosen_log_prob, q, index, fallback = policy._choose(self.obs, prefix_norm, chunks, log_prob,
+                                                                     self.selection)
+        return chosen, chosen_log_prob, q, index, fallback, clamped.any()
+
+    def _current_fingerprint(self) -> tuple:
+        policy = self.policy
+        tensors = itertools.chain(policy.parameters(), policy.buffers())
+        return (tuple(t.data_ptr() for t in tensors), tuple(id(layer._plan) for layer in policy.flow.layers))
+
+    def serves(self, checked: Mapping[str, Any], num_samples: int, sigma: float, selection: str) -> bool:
+        """Whether this graph computes act_batch for these (validated) inputs and settings."""
+        n = 1 if selection == "single" else num_samples
+        if (selection != self.selection or n != self.num_samples or sigma != self.sigma
+                or set(checked) != set(self.obs)
+                or any(np.shape(v)[0] != self.batch_size for v in checked.values())):
+            return False
+        if self._current_fingerprint() != self._fingerprint:
+            if not self._warned:
+                _LOG.warning("policy tensors were replaced since the CUDA graph was captured (.to(), "
+                             "load_state_dict(assign=True), a new partition): acting eagerly until "
+                             "capture_cuda_graph() is called again")
+                self._warned = True
+            return False
+        return True
+
+    def act(self, checked: Mapping[str, Any], prefix: np.ndarray,
+            generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor] | None:
+        """Replay for validated inputs: ``Policy._choose``'s tensors, or None when a candidate
+        hit the action clamp (then act_batch redoes the call eagerly with :attr:`last_noise`)."""
+        for key, buf in self.obs.items():
+            buf.copy_(torch.as_tensor(checked[key]))
+        self.prefix.copy_(torch.as_tensor(prefix))
+        # The same draw as ChunkFlow.draw_noise makes in the eager path.
+        noise = torch.randn(self.noise.shape, generator=generator, device=self.noise.device, dtype=self.noise.dtype)
+        self.noise.copy_(noise)
+        self.last_noise = noise
+        self.graph.replay()
+        chosen, log_prob, q, index, fallback, any_clamped = self.outputs
+        if bool(any_clamped):
+            return None
+        return chosen, log_prob, q, index, fallback
