@@ -129,7 +129,9 @@ def graph_latency(policy, make_obs, chunks: int, label: str) -> None:
     policy.capture_cuda_graph(batch_size=1)
     capture_s = time.perf_counter() - t0
     p50, p99 = chunk_latency(policy, make_obs, chunks)
-    print(f"{label} chunk, CUDA graph (captured in {capture_s:.1f} s): p50 {p50:6.1f} ms  p99 {p99:6.1f} ms; "
+    graph = policy._acting_graph
+    print(f"{label} chunk, CUDA graph (captured in {capture_s:.1f} s): p50 {p50:6.1f} ms  p99 {p99:6.1f} ms "
+          f"(a candidate on the action clamp in {graph.clamped_replays} of {graph.replays} replays); "
           f"vs eager: {graph_agreement(policy, make_obs)}")
     policy.release_cuda_graph()
 

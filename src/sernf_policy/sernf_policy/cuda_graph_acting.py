@@ -10,13 +10,16 @@ PyTorch; this is our addition for real-time acting.
 What is captured is exactly the eager fast path of ``act_batch`` after input validation:
 normalise the prefix, encode the observation, push ``sigma * eps`` through the flow, score
 the candidates with the critics and choose (:meth:`Policy._choose`). Two things stay outside
-the graph, so that the outputs equal the eager path's for the same generator:
+the graph: the noise draw (``torch.randn`` with the caller's generator, copied into the
+graph's input), so the outputs equal the eager path's for the same generator.
 
-* the noise draw (``torch.randn`` with the caller's generator, copied into the graph's input);
-* the density fix for candidates on the action clamp (:meth:`ChunkFlow.sample`): the graph
-  reports whether any candidate was clamped, and then ``act_batch`` redoes the call eagerly
-  with the same noise (a flow that puts mass on the boundary; it does not happen for a trained
-  policy, but the result must not depend on which path ran).
+One step differs in how, not in what: the density fix for candidates on the action clamp
+(:meth:`ChunkFlow.sample` recomputes ``log_prob`` at the clamped chunk, only for the clamped
+candidates, which needs a host sync and data-dependent shapes a graph cannot hold). The graph
+recomputes it for every candidate and keeps it where a candidate was clamped. That costs a
+forward pass of the flow on the device, but keeps the latency independent of the data (an
+eager redo whenever some candidate was clamped tripled the p99 on the bench's untrained flow),
+and the result agrees with the eager path within float rounding.
 
 A graph reads its inputs, parameters and buffers at fixed addresses. In-place parameter
 updates (optimiser steps, ``load_state_dict`` into the same tensors) are therefore picked up;
@@ -99,8 +102,9 @@ class ActingGraph:
         self._plans = [layer._plan for layer in policy.flow.layers]
         self._fingerprint = self._current_fingerprint()
         self._warned = False
-        #: The noise of the last :meth:`act` (for the eager redo after a clamped candidate).
-        self.last_noise: Tensor | None = None
+        #: Replays so far, and how many of them had a candidate on the action clamp.
+        self.replays = 0
+        self.clamped_replays = 0
 
     def __deepcopy__(self, memo: dict) -> None:
         return None  # a copied policy acts eagerly until it captures its own graph
@@ -109,10 +113,12 @@ class ActingGraph:
         policy = self.policy
         prefix_norm = policy.action_normalizer.normalize(self.prefix)
         context = policy.actor_context(self.obs, prefix_norm)
-        chunks, log_prob, clamped = policy.flow.transform_noise(context, self.noise, self.sigma)
-        chosen, chosen_log_prob, q, index, fallback = policy._choose(self.obs, prefix_norm, chunks, log_prob,
-                                                                     self.selection)
-        return chosen, chosen_log_prob, q, index, fallback, clamped.any()
+        flow = policy.flow
+        chunks, log_prob, clamped = flow.transform_noise(context, self.noise, self.sigma)
+        b, n = clamped.shape
+        z_c, logdet_c = flow.forward_transform(chunks.flatten(0, 1), context.repeat_interleave(n, dim=0))
+        log_prob = torch.where(clamped, (flow._base_log_prob(z_c) + logdet_c).view(b, n), log_prob)
+        return (*policy._choose(self.obs, prefix_norm, chunks, log_prob, self.selection), clamped.sum())
 
     def _current_fingerprint(self) -> tuple:
         policy = self.policy
@@ -136,18 +142,17 @@ class ActingGraph:
         return True
 
     def act(self, checked: Mapping[str, Any], prefix: np.ndarray,
-            generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor] | None:
-        """Replay for validated inputs: ``Policy._choose``'s tensors, or None when a candidate
-        hit the action clamp (then act_batch redoes the call eagerly with :attr:`last_noise`)."""
+            generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor]:
+        """Replay for validated inputs: ``Policy._choose``'s tensors (the graph's own outputs:
+        copy them before the next replay)."""
         for key, buf in self.obs.items():
             buf.copy_(torch.as_tensor(checked[key]))
         self.prefix.copy_(torch.as_tensor(prefix))
         # The same draw as ChunkFlow.draw_noise makes in the eager path.
         noise = torch.randn(self.noise.shape, generator=generator, device=self.noise.device, dtype=self.noise.dtype)
         self.noise.copy_(noise)
-        self.last_noise = noise
         self.graph.replay()
-        chosen, log_prob, q, index, fallback, any_clamped = self.outputs
-        if bool(any_clamped):
-            return None
-        return chosen, log_prob, q, index, fallback
+        *chosen, clamped = self.outputs
+        self.replays += 1
+        self.clamped_replays += int(clamped.item() > 0)
+        return tuple(chosen)

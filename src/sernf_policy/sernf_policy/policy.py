@@ -565,18 +565,11 @@ class Policy(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            noise = None
             graph = self._acting_graph
             if graph is not None and graph.serves(checked, n, sigma, selection):
-                chosen_t = graph.act(checked, prefix, generator)
-                if chosen_t is not None:
-                    return _to_host(*chosen_t)
-                noise = graph.last_noise  # a candidate hit the clamp: the eager path, same draw
+                return _to_host(*graph.act(checked, prefix, generator))
             prefix_norm = self.action_normalizer.normalize(torch.as_tensor(prefix, device=self.device))
-            if noise is None:
-                chunks, log_prob = self.sample(checked, prefix_norm, n, sigma, generator=generator)  # [B,N,H,A], [B,N]
-            else:
-                chunks, log_prob = self.flow.sample(self.actor_context(checked, prefix_norm), n, sigma, noise=noise)
+            chunks, log_prob = self.sample(checked, prefix_norm, n, sigma, generator=generator)  # [B,N,H,A], [B,N]
             return _to_host(*self._choose(checked, prefix_norm, chunks, log_prob, selection))
         finally:
             self.train(was_training)

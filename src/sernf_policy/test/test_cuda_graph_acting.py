@@ -103,18 +103,18 @@ def test_graph_replays_give_the_eager_outputs(selection):
         eager = _act(policy, obs, prefix, seed, selection=selection)
         policy._acting_graph = captured
         _assert_same(graph, eager)
-        assert captured.last_noise is not None  # the graph really ran
+        assert captured.replays == seed + 1  # the graph really ran
 
 
 @needs_cuda
-def test_clamped_candidates_take_the_eager_path_with_the_same_noise():
+def test_clamped_candidates_get_the_density_of_the_clamped_chunk():
     policy = _policy(2.0, "cuda")
-    policy.capture_cuda_graph(batch_size=1)
+    policy.capture_cuda_graph(batch_size=1, selection="most_likely")  # the choice rests on log_prob
     obs, prefix = _inputs(1, 3)
-    graph = _act(policy, obs, prefix, 9)
-    assert bool(policy._acting_graph.outputs[-1])  # the replay saw clamped candidates
+    graph = _act(policy, obs, prefix, 9, selection="most_likely")
+    assert (policy._acting_graph.replays, policy._acting_graph.clamped_replays) == (1, 1)
     policy.release_cuda_graph()
-    _assert_same(graph, _act(policy, obs, prefix, 9))
+    _assert_same(graph, _act(policy, obs, prefix, 9, selection="most_likely"))
 
 
 @needs_cuda
