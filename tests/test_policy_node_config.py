@@ -112,6 +112,7 @@ def test_every_config_field_has_a_docstring():
         (dict(hand_index=7), "hand_joint_names"),
         (dict(max_episode_steps=0), "max_episode_steps"),
         (dict(subtasks=("a", "a")), "subtasks"),
+        (dict(cuda_graph=True), "cuda_graph needs a CUDA device"),
     ],
 )
 def test_config_validation(kw, match):

@@ -93,7 +93,9 @@ class ActingGraph:
                     self._forward()
             torch.cuda.current_stream(device).wait_stream(stream)
             self.graph = torch.cuda.CUDAGraph()
-            with torch.inference_mode(), torch.cuda.graph(self.graph):
+            # thread_local: the policy node captures in its checkpoint thread while the running
+            # policy keeps acting on the same device from another thread.
+            with torch.inference_mode(), torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
                 self.outputs = self._forward()
         finally:
             policy.train(was_training)

@@ -7,6 +7,7 @@ on a lent H200, see docs/performance.md). The noise split they rely on is tested
 from __future__ import annotations
 
 import logging
+import threading
 
 import numpy as np
 import pytest
@@ -136,3 +137,33 @@ def test_new_weights_in_place_are_used_and_replaced_tensors_fall_back(caplog):
     assert "acting eagerly" in caplog.text
     policy._acting_graph = None
     _assert_same(stale, _act(policy, obs, prefix, 2))
+
+
+@needs_cuda
+def test_capture_while_another_policy_acts_on_the_device():
+    """The policy node captures a new checkpoint's graph while the running policy acts."""
+    running, new = _policy(0.1, "cuda"), _policy(0.3, "cuda")
+    obs, prefix = _inputs(1, 0)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    chunks = []
+
+    def act_loop() -> None:
+        try:
+            while not stop.is_set():
+                chunks.append(_act(running, obs, prefix, 1)[0])
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    worker = threading.Thread(target=act_loop)
+    worker.start()
+    try:
+        new.capture_cuda_graph(batch_size=1)
+    finally:
+        stop.set()
+        worker.join()
+    assert not errors and len(chunks) >= 1
+    assert all(np.array_equal(c, chunks[0]) for c in chunks)  # the running policy was undisturbed
+    graph = _act(new, obs, prefix, 4)
+    new.release_cuda_graph()
+    _assert_same(graph, _act(new, obs, prefix, 4))
