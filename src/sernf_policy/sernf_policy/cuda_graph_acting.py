@@ -1,6 +1,6 @@
 """One :meth:`Policy.act_batch` call captured as a CUDA graph.
 
-Why: on a GPU one chunk of the cube config is ~1,500 small kernels (flow couplings, critic
+Why: on a GPU one chunk of the cube config is over a thousand small kernels (flow couplings, critic
 layers, selection) that together run ~5 ms on the device, but launching them one by one from
 Python takes ~30 ms of host time (``bench/gpu.py --profile`` on an H200). A CUDA graph records
 the launches once and replays them with one call, so the host cost no longer scales with the
@@ -9,8 +9,8 @@ PyTorch; this is our addition for real-time acting.
 
 What is captured is exactly the eager fast path of ``act_batch`` after input validation:
 normalise the prefix, encode the observation, push ``sigma * eps`` through the flow, score
-the candidates with the critics and choose (:meth:`Policy._choose`). Two things stay outside
-the graph: the noise draw (``torch.randn`` with the caller's generator, copied into the
+the candidates with the critics and choose (:meth:`Policy._choose`). One thing stays outside
+the graph, the noise draw (``torch.randn`` with the caller's generator, copied into the
 graph's input), so the outputs equal the eager path's for the same generator.
 
 One step differs in how, not in what: the density fix for candidates on the action clamp

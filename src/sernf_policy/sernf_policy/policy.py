@@ -609,10 +609,12 @@ class Policy(nn.Module):
                            sigma: float | None = None, selection: Selection | None = None) -> None:
         """Capture :meth:`act_batch` for these shapes as one CUDA graph (:mod:`cuda_graph_acting`):
         later calls with the same batch size, N, sigma and selection replay it instead of
-        launching each of the ~1,500 small kernels from Python, with the same outputs. Needs the
+        launching each of its many small kernels from Python, with the same outputs. Needs the
         flow actor on a CUDA device; replaces an earlier capture. :meth:`release_cuda_graph`
-        drops it (``.to()``, ``load_state_dict`` with new tensors or a refit of the normalizers
-        need a new capture: the graph notices and the call runs eagerly instead)."""
+        drops it. Weights and normalizers changed in place (optimiser steps,
+        ``load_state_dict``, ``fit_normalizers``) are used by the next replay; ``.to()`` or
+        ``load_state_dict(assign=True)`` replace tensors and need a new capture (the graph
+        notices, warns and the call runs eagerly meanwhile)."""
         from .cuda_graph_acting import ActingGraph
 
         cfg = self.config

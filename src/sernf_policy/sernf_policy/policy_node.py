@@ -354,6 +354,11 @@ class PolicyNodeConfig:
     an episode does not pay for it. Costs 1-2 CPU minutes per checkpoint on a 2-core machine;
     chunks are 1.2-1.25x faster there (docs/performance.md). Flow actors only."""
 
+    allow_tf32: bool = False
+    """Let float32 matmuls and convolutions on a GPU use TF32 (process-wide): the scissors
+    chunk's ViT-L encoders ran 1.2-1.6x faster on an H200; chunks differ from fp32 by ~1e-3
+    (docs/performance.md). No effect on a CPU."""
+
     cuda_graph: bool = False
     """Capture ``act_batch`` of every checkpoint this node loads as a CUDA graph at the acting
     batch (1), N and sigma (``Policy.capture_cuda_graph``), in the checkpoint thread before the
@@ -544,6 +549,10 @@ class PolicyNode(Node):
             import torch
 
             torch.set_num_threads(self.cfg.torch_num_threads)
+        if self.cfg.allow_tf32:
+            import torch
+
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
         self._control_group = MutuallyExclusiveCallbackGroup()
         self._sensor_group = ReentrantCallbackGroup()
