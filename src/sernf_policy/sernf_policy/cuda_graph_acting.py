@@ -117,9 +117,8 @@ class ActingGraph:
         context = policy.actor_context(self.obs, prefix_norm)
         flow = policy.flow
         chunks, log_prob, clamped = flow.transform_noise(context, self.noise, self.sigma)
-        b, n = clamped.shape
-        z_c, logdet_c = flow.forward_transform(chunks.flatten(0, 1), context.repeat_interleave(n, dim=0))
-        log_prob = torch.where(clamped, (flow._base_log_prob(z_c) + logdet_c).view(b, n), log_prob)
+        z_c, logdet_c = flow.forward_transform(chunks, context)  # all N at once, shared context K/V
+        log_prob = torch.where(clamped, flow._base_log_prob(z_c) + logdet_c, log_prob)
         return (*policy._choose(self.obs, prefix_norm, chunks, log_prob, self.selection), clamped.sum())
 
     def _current_fingerprint(self) -> tuple:

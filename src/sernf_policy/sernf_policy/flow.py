@@ -508,16 +508,20 @@ class ChunkFlow(nn.Module):
     def forward_transform(self, actions: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
         """Actions -> latent, *including* the elementwise ``atanh``.
 
-        ``actions [B, H, A]`` must lie strictly inside (-1, 1) (no clamping here: this is the
-        pure bijection; :meth:`log_prob` clamps). Returns ``z [B, H, A]`` and
-        ``log|det dz/da| [B]`` (couplings + ``atanh``).
+        ``actions [B, H, A]`` or ``[B, N, H, A]`` (N chunks per context ``[B, L, D]``, which
+        share its keys and values) must lie strictly inside (-1, 1) (no clamping here: this is
+        the pure bijection; :meth:`log_prob` clamps). Returns ``z`` of the same shape and
+        ``log|det dz/da|`` ``[B]`` / ``[B, N]`` (couplings + ``atanh``).
         """
-        self._check_chunk(actions, "actions", 3)
+        squeeze = actions.ndim == 3
+        self._check_chunk(actions, "actions", 3 if squeeze else 4)
         self._check_context(context)
-        u = torch.atanh(actions)
-        z, logdet = self._couplings_forward(u.unsqueeze(1), context)
-        logdet_atanh = -self._log_dtanh(u).sum(dim=(-2, -1))  # log 1/(1-a^2)
-        return z.squeeze(1), logdet.squeeze(1) + logdet_atanh
+        if actions.shape[0] != context.shape[0]:
+            raise ValueError(f"batch mismatch: actions {tuple(actions.shape)} vs context {tuple(context.shape)}")
+        u = torch.atanh(actions.unsqueeze(1) if squeeze else actions)
+        z, logdet = self._couplings_forward(u, context)
+        logdet = logdet - self._log_dtanh(u).sum(dim=(-2, -1))  # atanh: log 1/(1-a^2)
+        return (z.squeeze(1), logdet.squeeze(1)) if squeeze else (z, logdet)
 
     def inverse_transform(self, z: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
         """Latent -> actions, *including* the final ``tanh``.

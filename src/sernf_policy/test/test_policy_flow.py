@@ -38,6 +38,24 @@ def test_inverse_of_forward_is_identity(h, a, k, perturb):
     assert (z - torch.atanh(actions)).abs().max() > 1e-2
 
 
+@pytest.mark.parametrize(("h", "a", "k"), CONFIGS)
+def test_forward_of_n_chunks_per_context_is_per_chunk(h, a, k, perturb):
+    flow = make_flow(h, a, k, perturb)
+    ctx = torch.randn(2, 3, 6, dtype=torch.float64)
+    actions = torch.rand(2, 5, h, a, dtype=torch.float64) * 1.9 - 0.95  # [B, N, H, A]
+    z, logdet = flow.forward_transform(actions, ctx)
+    assert z.shape == actions.shape and logdet.shape == (2, 5)
+    for i in range(5):
+        z_i, logdet_i = flow.forward_transform(actions[:, i], ctx)
+        torch.testing.assert_close(z[:, i], z_i)
+        torch.testing.assert_close(logdet[:, i], logdet_i)
+    back, logdet_inv = flow.inverse_transform(z, ctx)
+    torch.testing.assert_close(back, actions)
+    torch.testing.assert_close(logdet + logdet_inv, torch.zeros_like(logdet))
+    with pytest.raises(ValueError, match="batch mismatch"):
+        flow.forward_transform(actions, ctx[:1])
+
+
 @pytest.mark.parametrize(("h", "a", "k"), [(3, 2, 4), (1, 3, 3), (2, 1, 4), (1, 1, 2)])
 def test_log_prob_matches_autograd_jacobian(h, a, k, perturb):
     flow = make_flow(h, a, k, perturb)
