@@ -71,6 +71,8 @@ class ActingGraph:
         self.num_samples = 1 if selection == "single" else int(num_samples)
         self.sigma = float(sigma)
         self.selection = selection
+        # Settings the captured selection branches on (Python-level: baked into the graph).
+        self._guards = (cfg.selection_top_k, cfg.selection_max_disagreement)
         # Static inputs, at the dtypes act_batch's validation produces (uint8 images, float32).
         self.obs: dict[str, Tensor] = {
             key: torch.zeros((self.batch_size, cfg.obs_history, *spec.shape), device=device,
@@ -129,7 +131,9 @@ class ActingGraph:
     def serves(self, checked: Mapping[str, Any], num_samples: int, sigma: float, selection: str) -> bool:
         """Whether this graph computes act_batch for these (validated) inputs and settings."""
         n = 1 if selection == "single" else num_samples
+        cfg = self.policy.config
         if (selection != self.selection or n != self.num_samples or sigma != self.sigma
+                or (cfg.selection_top_k, cfg.selection_max_disagreement) != self._guards
                 or set(checked) != set(self.obs)
                 or any(np.shape(v)[0] != self.batch_size for v in checked.values())):
             return False

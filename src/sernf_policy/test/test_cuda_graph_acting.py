@@ -105,6 +105,9 @@ def test_graph_replays_give_the_eager_outputs(selection):
         policy._acting_graph = captured
         _assert_same(graph, eager)
         assert captured.replays == seed + 1  # the graph really ran
+    policy.config.selection_top_k = 3  # a setting the captured selection was built without
+    _act(policy, obs, prefix, 0, selection=selection)
+    assert captured.replays == 4
 
 
 @needs_cuda
