@@ -50,6 +50,21 @@ _LOG = logging.getLogger(__name__)
 WARMUP_RUNS = 3
 
 
+def act_without_sync(policy: Policy, obs: Mapping[str, Tensor], prefix: Tensor, noise: Tensor, sigma: float,
+                     selection: str) -> tuple[Tensor, ...]:
+    """What the graph holds: ``act_batch`` from device tensors (``obs`` as validated, raw
+    ``prefix [B, P, A]``, standard-normal ``noise [B, N, H, A]``) to ``Policy._choose``'s
+    tensors and the number of clamped candidates, with no host synchronisation. Runs on any
+    device (the CPU tests compare it with ``act_batch``)."""
+    prefix_norm = policy.action_normalizer.normalize(prefix)
+    context = policy.actor_context(obs, prefix_norm)
+    flow = policy.flow
+    chunks, log_prob, clamped = flow.transform_noise(context, noise, sigma)
+    z_c, logdet_c = flow.forward_transform(chunks, context)  # all N at once, shared context K/V
+    log_prob = torch.where(clamped, flow._base_log_prob(z_c) + logdet_c, log_prob)
+    return (*policy._choose(obs, prefix_norm, chunks, log_prob, selection), clamped.sum())
+
+
 class ActingGraph:
     """``act_batch`` for one (batch size, N, sigma, selection), recorded as a CUDA graph."""
 
@@ -114,14 +129,7 @@ class ActingGraph:
         return None  # a copied policy acts eagerly until it captures its own graph
 
     def _forward(self) -> tuple[Tensor, ...]:
-        policy = self.policy
-        prefix_norm = policy.action_normalizer.normalize(self.prefix)
-        context = policy.actor_context(self.obs, prefix_norm)
-        flow = policy.flow
-        chunks, log_prob, clamped = flow.transform_noise(context, self.noise, self.sigma)
-        z_c, logdet_c = flow.forward_transform(chunks, context)  # all N at once, shared context K/V
-        log_prob = torch.where(clamped, flow._base_log_prob(z_c) + logdet_c, log_prob)
-        return (*policy._choose(self.obs, prefix_norm, chunks, log_prob, self.selection), clamped.sum())
+        return act_without_sync(self.policy, self.obs, self.prefix, self.noise, self.sigma, self.selection)
 
     def _current_fingerprint(self) -> tuple:
         policy = self.policy

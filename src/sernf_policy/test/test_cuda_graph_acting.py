@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import torch
 
+from sernf_policy.cuda_graph_acting import act_without_sync
 from sernf_policy.encoders import EncoderConfig
-from sernf_policy.policy import Policy, PolicyConfig
+from sernf_policy.policy import Policy, PolicyConfig, _to_host
 
 SPEC = {"hand": {"kind": "lowdim", "shape": [5]}, "cam": {"kind": "rgb", "shape": [32, 32, 3]}}
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -85,6 +86,21 @@ def test_sampling_from_given_noise_is_sampling(std):
     torch.testing.assert_close(given[1], drawn[1], rtol=0, atol=0)
     with pytest.raises(ValueError, match="num_samples=8"):
         policy.flow.sample(context, 8, 0.7, noise=noise)
+
+
+@pytest.mark.parametrize(("std", "selection"), [(0.1, "best_of_n"), (2.0, "most_likely"), (2.0, "best_of_n")])
+def test_the_captured_computation_is_act_batch(std, selection):
+    """What the graph records, run eagerly on the CPU: the same choice as act_batch from the
+    same noise, including the density of clamped candidates (std 2.0 clamps some)."""
+    policy = _policy(std, selection_max_disagreement=0.05).eval()
+    obs, prefix = _inputs(3, 4)
+    eager = _act(policy, obs, prefix, 6, selection=selection)
+    noise = torch.randn((3, 16, 6, 4), generator=torch.Generator().manual_seed(6))  # act_batch's draw
+    with torch.inference_mode():
+        *chosen, clamped = act_without_sync(policy, {k: torch.as_tensor(v) for k, v in obs.items()},
+                                            torch.as_tensor(prefix), noise, 0.7, selection)
+    assert (int(clamped) > 0) == (std == 2.0)
+    _assert_same(_to_host(*chosen), eager)
 
 
 def test_capture_needs_cuda_and_the_flow_actor():
