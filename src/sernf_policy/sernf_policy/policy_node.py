@@ -363,7 +363,8 @@ class PolicyNodeConfig:
     """Capture ``act_batch`` of every checkpoint this node loads as a CUDA graph at the acting
     batch (1), N and sigma (``Policy.capture_cuda_graph``), in the checkpoint thread before the
     swap. On a GPU a chunk is mostly kernel-launch time: the cube config's p99 fell from 56 to
-    13 ms on an H200 (docs/performance.md). Needs ``device`` cuda and a flow actor."""
+    13 ms on an H200 (docs/performance.md). Needs ``device`` cuda; a checkpoint whose capture
+    fails (e.g. not a flow actor) acts eagerly, with a warning."""
 
     def __post_init__(self) -> None:
         for name in ("observation_keys", "observation_types", "observation_topics",
@@ -1149,10 +1150,7 @@ class PolicyNode(Node):
             if self.cfg.compile_for_acting:
                 self._compile(policy)
             if self.cfg.cuda_graph:
-                started = time.monotonic()
-                policy.capture_cuda_graph(batch_size=1, num_samples=self.cfg.num_samples or None,
-                                          sigma=self.cfg.sigma_sample or None)
-                self.get_logger().info(f"captured the acting CUDA graph in {time.monotonic() - started:.1f} s")
+                self._capture_cuda_graph(policy)
             if step is None:
                 step = self._step_from_metadata(directory)
         except (CheckpointError, OSError, ValueError, RuntimeError) as exc:
@@ -1226,6 +1224,20 @@ class PolicyNode(Node):
         for _ in range(2):  # the first call compiles; the second runs the compiled path
             policy.warm_up(batch_size=1, num_samples=self.cfg.num_samples or None, sigma=self.cfg.sigma_sample or None)
         self.get_logger().info(f"compiled the flow for acting in {time.monotonic() - started:.1f} s")
+
+    def _capture_cuda_graph(self, policy: Any) -> None:
+        """``Policy.capture_cuda_graph`` at the shapes the node acts with. A checkpoint whose
+        capture fails (an actor without a flow, an op a graph cannot hold) is still a valid
+        policy: it acts eagerly, slower, and the log says why."""
+        started = time.monotonic()
+        try:
+            policy.capture_cuda_graph(batch_size=1, num_samples=self.cfg.num_samples or None,
+                                      sigma=self.cfg.sigma_sample or None)
+        except (ValueError, RuntimeError) as exc:
+            policy.release_cuda_graph()
+            self.get_logger().warning(f"no CUDA graph for this checkpoint, it acts eagerly: {exc}")
+            return
+        self.get_logger().info(f"captured the acting CUDA graph in {time.monotonic() - started:.1f} s")
 
     @staticmethod
     def _step_from_metadata(directory: Path) -> int:
