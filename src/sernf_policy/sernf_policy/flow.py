@@ -599,7 +599,6 @@ class ChunkFlow(nn.Module):
         num_samples: int,
         sigma: float = 0.7,
         generator: torch.Generator | None = None,
-        noise: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Draw ``N`` chunks per context: ``(actions [B, N, H, A], log_prob [B, N])``.
 
@@ -613,13 +612,8 @@ class ChunkFlow(nn.Module):
         mass on the boundary) ``log_prob`` is recomputed at the returned, clamped chunk, so the
         two methods always agree on what the sampler returns (the tanh-space density of the
         unclamped point would describe an action that is never executed).
-
-        ``noise``: the standard-normal draw ``eps [B, N, H, A]`` to use instead of drawing it
-        (as :meth:`draw_noise` draws it; the CUDA-graph acting path draws it outside its graph).
         """
-        eps = self.draw_noise(context, num_samples, generator) if noise is None else noise
-        if eps.ndim != 4 or eps.shape[1] != num_samples:
-            raise ValueError(f"noise must hold num_samples={num_samples} candidates [B, N, H, A], got {tuple(eps.shape)}")
+        eps = self.draw_noise(context, num_samples, generator)
         actions, log_prob, clamped = self.transform_noise(context, eps, sigma)
         if bool(clamped.any()):
             rows, cols = clamped.nonzero(as_tuple=True)

@@ -71,7 +71,7 @@ def _assert_same(a, b) -> None:
 
 
 @pytest.mark.parametrize("std", [0.1, 2.0])  # 2.0: candidates on the action clamp
-def test_sampling_from_given_noise_is_sampling(std):
+def test_sampling_is_drawing_then_transforming_noise(std):
     policy = _policy(std).eval()
     obs, prefix = _inputs(3, 0)
     prefix_norm = policy.action_normalizer.normalize(torch.as_tensor(prefix))
@@ -79,13 +79,13 @@ def test_sampling_from_given_noise_is_sampling(std):
         context = policy.actor_context(obs, prefix_norm)
         drawn = policy.flow.sample(context, 16, 0.7, generator=torch.Generator().manual_seed(5))
         noise = policy.flow.draw_noise(context, 16, generator=torch.Generator().manual_seed(5))
-        given = policy.flow.sample(context, 16, 0.7, noise=noise)
-        _, _, clamped = policy.flow.transform_noise(context, noise, 0.7)
+        actions, log_prob, clamped = policy.flow.transform_noise(context, noise, 0.7)
     assert bool(clamped.any()) == (std == 2.0)
-    torch.testing.assert_close(given[0], drawn[0], rtol=0, atol=0)
-    torch.testing.assert_close(given[1], drawn[1], rtol=0, atol=0)
-    with pytest.raises(ValueError, match="num_samples=8"):
-        policy.flow.sample(context, 8, 0.7, noise=noise)
+    torch.testing.assert_close(actions, drawn[0], rtol=0, atol=0)
+    # sample() recomputes only the clamped candidates' density
+    torch.testing.assert_close(log_prob[~clamped], drawn[1][~clamped], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="noise must have shape"):
+        policy.flow.transform_noise(context, noise[:, :, :2], 0.7)
 
 
 @pytest.mark.parametrize(("std", "selection"), [(0.1, "best_of_n"), (2.0, "most_likely"), (2.0, "best_of_n")])
