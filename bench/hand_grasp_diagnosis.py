@@ -1,0 +1,170 @@
+"""Where a hand pick-and-place policy's grasp goes wrong: approach speed, reach, closing point.
+
+Runs a policy (an exported ``policy_<stage>`` directory) or the scripted expert on the hand
+task with one object strategy (box or cylinder), records the simulator's true state at every
+chunk decision, and prints:
+
+* success and grasp rate (the object was held at some point);
+* the first chunk's mean commanded EE translation per step (mm; clipped as the env executes
+  it) — the expert moves at up to 28 mm per step;
+* how much of the initial horizontal distance to the object is covered after decisions 1-3;
+* where the hand is when it first commands the fingers closed (past halfway between the
+  expert's open and closed targets): horizontal distance to the object, height of the EE above
+  the object's top, and the decision at which it happened.
+
+The expert's own figures on the same layouts are the reference (``--expert demo`` is the
+demonstrations' imperfect expert, ``--expert clean`` the noiseless one).
+
+Run:  .venv/bin/python bench/hand_grasp_diagnosis.py --policy RUN/policy_il --object cylinder
+      .venv/bin/python bench/hand_grasp_diagnosis.py --expert demo --object cylinder
+Options: --episodes 50 --selection most_likely --sigma 0.1 --num-samples 16 --json OUT.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+_ROOT = Path(__file__).resolve().parents[1]
+for _pkg in ("sernf_policy", "sernf_learner", "sernf_sim"):
+    try:
+        __import__(_pkg)
+    except ImportError:  # running from a source checkout without the colcon overlay
+        sys.path.insert(0, str(_ROOT / "src" / _pkg))
+
+from sernf_sim.evaluation import rollout_chunked  # noqa: E402
+from sernf_sim.hand_pick_place import HAND_TIMING  # noqa: E402
+from sernf_sim.hand_pick_place import model as M  # noqa: E402
+from sernf_sim.hand_pick_place.env import POS, clip_action, make_env  # noqa: E402
+from sernf_sim.hand_pick_place.expert import (  # noqa: E402
+    CLOSED_HAND,
+    OPEN_HAND,
+    HandExpert,
+    HandExpertConfig,
+    default_demo_quality,
+)
+
+OBJECTS = {"box": 0, "cylinder": 1}
+_MCP = [i for i, s in enumerate(M.FINGER_JOINTS) if s.name.endswith("_mcp") and not s.name.startswith("thumb")]
+#: A finger command counts as "closing" past halfway between the open and closed mcp targets.
+_CLOSING_MCP = float((OPEN_HAND[_MCP].mean() + CLOSED_HAND[_MCP].mean()) / 2)
+
+
+class _Recorder:
+    """Wraps an ``act_fn``: records the env's true state and the returned chunk per decision."""
+
+    def __init__(self, env, act_fn, obj: int) -> None:
+        self.env, self.act_fn, self.obj = env, act_fn, obj
+        self.states: list[dict[str, np.ndarray]] = []
+
+    def reset(self, obs) -> None:
+        self.states.clear()
+        if hasattr(self.act_fn, "reset"):
+            self.act_fn.reset(obs)
+
+    def __call__(self, obs, prefix):
+        env = self.env
+        chunk = self.act_fn(obs, prefix)
+        self.states.append({
+            "ee": env.ee_pose()[:, :3].copy(),
+            "obj": env.object_poses()[:, self.obj, :3].copy(),
+            "fingers": env.finger_targets()[:, _MCP].mean(axis=1),
+            "held": env.object_contacts()["held"][:, self.obj].copy(),
+            "chunk": np.asarray(chunk, dtype=np.float64).copy(),
+        })
+        return chunk
+
+
+def diagnose(env, act_fn, obj: str, episodes: int, timing: tuple[int, int, int], seed: int) -> dict:
+    """The figures above for ``act_fn`` on ``env`` (``episodes`` = ``env.num_envs`` layouts, from ``seed``)."""
+    T, P, H = timing
+    rec = _Recorder(env, act_fn, OBJECTS[obj])
+    result = rollout_chunked(env, rec, T, P, H, episodes, seed=seed, record=False)
+    s = rec.states
+    ee, target = np.stack([d["ee"] for d in s]), np.stack([d["obj"] for d in s])  # [D, n, 3]
+    fingers, held = np.stack([d["fingers"] for d in s]), np.stack([d["held"] for d in s])  # [D, n]
+    start = np.linalg.norm(ee[0, :, :2] - target[0, :, :2], axis=-1)
+    covered = {f"covered_after_decision_{d}": float(np.median(
+        1 - np.linalg.norm(ee[d, :, :2] - target[0, :, :2], axis=-1) / np.maximum(start, 1e-6)))
+        for d in (1, 2, 3) if d < len(s)}
+    first = clip_action(s[0]["chunk"], env.config.max_pos_delta, env.config.max_rot_delta)
+    speed_mm = np.linalg.norm(first[:, :, POS], axis=-1).mean(axis=1) * 1000  # [n]
+    top = M.TABLE_TOP_Z + 2 * (M.BOX_HALF[2] if obj == "box" else M.CYL_HALF_HEIGHT)
+    at_close = []
+    for e in range(env.num_envs):
+        idx = np.nonzero(fingers[:, e] > _CLOSING_MCP)[0]
+        if len(idx):
+            d = int(idx[0])
+            at_close.append((np.linalg.norm(ee[d, e, :2] - target[d, e, :2]), ee[d, e, 2] - top, d))
+    closes = np.array(at_close) if at_close else np.zeros((0, 3))
+
+    def quartiles(v: np.ndarray) -> list[float] | None:
+        return [float(x) for x in np.percentile(v, [25, 50, 75])] if len(v) else None
+
+    return {
+        "object": obj, "episodes": episodes,
+        "success": float(np.mean([bool(m["success"]) for m in result.metadata])),
+        "grasp": float(held.any(axis=0).mean()),
+        "first_chunk_speed_mm_per_step": quartiles(speed_mm),
+        **covered,
+        "closed_fraction": len(at_close) / env.num_envs,
+        "close_xy_distance_m": quartiles(closes[:, 0]),
+        "close_height_above_top_m": quartiles(closes[:, 1]),
+        "close_decision": quartiles(closes[:, 2]),
+    }
+
+
+def run(policy_dir: Path | None, expert: str | None, obj: str, episodes: int, selection: str,
+        sigma: float, num_samples: int, seed: int = 99) -> dict:
+    """Build the env and the actor (policy or expert) and :func:`diagnose` it."""
+    if (policy_dir is None) == (expert is None):
+        raise ValueError("give exactly one of a policy directory and an expert")
+    if obj not in OBJECTS:
+        raise ValueError(f"object must be one of {sorted(OBJECTS)}, got {obj!r}")
+    env = make_env("nominal", num_envs=episodes, render_images=False, seed=seed)
+    if expert is not None:
+        box_prob = 1.0 if obj == "box" else 0.0
+        cfg = {"clean": HandExpertConfig(box_prob=box_prob), "demo": default_demo_quality(box_prob=box_prob)}[expert]
+        timing = (HAND_TIMING.T, HAND_TIMING.P, HAND_TIMING.H)
+        act_fn = HandExpert(env, cfg, seed=seed).chunk_act_fn(timing[2])
+    else:
+        from sernf_learner.online_rl import policy_act_fn
+        from sernf_policy.policy import Policy
+
+        policy = Policy.load(policy_dir)
+        policy.config.selection = selection
+        timing = (policy.config.obs_history, policy.config.prefix_len, policy.config.horizon)
+        act_fn = policy_act_fn(policy, num_samples, sigma)
+    return diagnose(env, act_fn, obj, episodes, timing, seed)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    who = parser.add_mutually_exclusive_group(required=True)
+    who.add_argument("--policy", type=Path, help="an exported policy directory (e.g. RUN/policy_il)")
+    who.add_argument("--expert", choices=["clean", "demo"], help="the scripted expert instead")
+    parser.add_argument("--object", choices=sorted(OBJECTS), default="cylinder")
+    parser.add_argument("--episodes", type=int, default=50)
+    parser.add_argument("--selection", choices=["most_likely", "single", "best_of_n"], default="most_likely")
+    parser.add_argument("--sigma", type=float, default=0.1)
+    parser.add_argument("--num-samples", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    out = run(args.policy, args.expert, args.object, args.episodes, args.selection, args.sigma, args.num_samples)
+    for key, value in out.items():
+        print(f"{key:32s} {value}")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
