@@ -10,7 +10,9 @@ chunk decision, and prints:
 * how much of the initial horizontal distance to the object is covered after decisions 1-3;
 * where the hand is when it first commands the fingers closed (past halfway between the
   expert's open and closed targets): horizontal distance to the object, height of the EE above
-  the object's top, and the decision at which it happened.
+  the object's top, and the decision at which it happened; and, to tell a policy that picks
+  an object from one that averages the two strategies, the distance of that point to the nearer
+  of the two objects and to the midpoint between them (they stand ~20 cm apart).
 
 The expert's own figures on the same layouts are the reference (``--expert demo`` is the
 demonstrations' imperfect expert, ``--expert clean`` the noiseless one).
@@ -71,7 +73,7 @@ class _Recorder:
         chunk = self.act_fn(obs, prefix)
         self.states.append({
             "ee": env.ee_pose()[:, :3].copy(),
-            "obj": env.object_poses()[:, self.obj, :3].copy(),
+            "objs": env.object_poses()[:, :, :3].copy(),  # [n, 2 objects, 3]
             "fingers": env.finger_targets()[:, _MCP].mean(axis=1),
             "held": env.object_contacts()["held"][:, self.obj].copy(),
             "chunk": np.asarray(chunk, dtype=np.float64).copy(),
@@ -85,7 +87,8 @@ def diagnose(env, act_fn, obj: str, episodes: int, timing: tuple[int, int, int],
     rec = _Recorder(env, act_fn, OBJECTS[obj])
     result = rollout_chunked(env, rec, T, P, H, episodes, seed=seed, record=False)
     s = rec.states
-    ee, target = np.stack([d["ee"] for d in s]), np.stack([d["obj"] for d in s])  # [D, n, 3]
+    ee, objs = np.stack([d["ee"] for d in s]), np.stack([d["objs"] for d in s])  # [D, n, 3], [D, n, 2, 3]
+    target = objs[:, :, OBJECTS[obj]]
     fingers, held = np.stack([d["fingers"] for d in s]), np.stack([d["held"] for d in s])  # [D, n]
     start = np.linalg.norm(ee[0, :, :2] - target[0, :, :2], axis=-1)
     covered = {f"covered_after_decision_{d}": float(np.median(
@@ -99,8 +102,11 @@ def diagnose(env, act_fn, obj: str, episodes: int, timing: tuple[int, int, int],
         idx = np.nonzero(fingers[:, e] > _CLOSING_MCP)[0]
         if len(idx):
             d = int(idx[0])
-            at_close.append((np.linalg.norm(ee[d, e, :2] - target[d, e, :2]), ee[d, e, 2] - top, d))
-    closes = np.array(at_close) if at_close else np.zeros((0, 3))
+            xy = ee[d, e, :2]
+            nearer = np.linalg.norm(xy - objs[d, e, :, :2], axis=-1).min()
+            midpoint = np.linalg.norm(xy - objs[d, e, :, :2].mean(axis=0))
+            at_close.append((np.linalg.norm(xy - target[d, e, :2]), ee[d, e, 2] - top, d, nearer, midpoint))
+    closes = np.array(at_close) if at_close else np.zeros((0, 5))
 
     def quartiles(v: np.ndarray) -> list[float] | None:
         return [float(x) for x in np.percentile(v, [25, 50, 75])] if len(v) else None
@@ -115,6 +121,8 @@ def diagnose(env, act_fn, obj: str, episodes: int, timing: tuple[int, int, int],
         "close_xy_distance_m": quartiles(closes[:, 0]),
         "close_height_above_top_m": quartiles(closes[:, 1]),
         "close_decision": quartiles(closes[:, 2]),
+        "close_nearer_object_distance_m": quartiles(closes[:, 3]),
+        "close_midpoint_distance_m": quartiles(closes[:, 4]),
     }
 
 

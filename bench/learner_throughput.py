@@ -15,12 +15,14 @@ cube pose 7):
   critic d_model 64 x 1 layer), batch 128.
 
 Run:  .venv/bin/python bench/learner_throughput.py [--configs paper small] [--updates 5] [--threads N]
-      [--reference] [--profile]
+      [--reference] [--profile] [--compile]
 Prints one line per config: updates/s and ms per update (median of timed updates after warm-up),
 the FLOP per update (torch's FLOP counter, forward + backward) and the achieved fraction of the
 matmul rate measured in the same run (``bench/matmul_rate.py``). ``--reference`` also times the
 reference model paths (``sernf_policy.fast_paths.reference_paths``) interleaved with the
-optimised ones; ``--profile`` prints the torch.profiler table of a few updates.
+optimised ones; ``--profile`` prints the torch.profiler table of a few updates; ``--compile``
+times ``torch.compile(OfflineRL.update)`` (the whole training step with its backward; graph
+breaks at the ``.item()`` metrics) and prints the compile time (the warm-up updates).
 """
 
 from __future__ import annotations
@@ -96,9 +98,20 @@ def make_learner(name: str, device: str, batch: int | None = None) -> tuple[Offl
 
 
 def bench(name: str, updates: int, warmup: int, device: str, reference: bool = False,
-          batch: int | None = None) -> dict:
-    """Median seconds per update (optimised, and reference when asked, interleaved), FLOP."""
+          batch: int | None = None, compile_update: bool = False) -> dict:
+    """Median seconds per update (optimised, and reference when asked, interleaved), FLOP;
+    with ``compile_update`` the optimised update is ``torch.compile``d and ``compile_s`` is the
+    time of the warm-up updates (compilation included)."""
     learner, batches = make_learner(name, device, batch)
+    flops = count_flops(learner.update, batches[0])  # eager: the counter does not see compiled code
+    with reference_paths():
+        ref_flops = count_flops(learner.update, batches[0])
+    if compile_update:
+        if reference:
+            raise ValueError("--compile and --reference cannot be combined (the reference path would recompile)")
+        if warmup < 1:
+            raise ValueError("--compile needs --warmup >= 1 (the first update compiles)")
+        learner.update = torch.compile(learner.update)
 
     def one(i: int) -> float:
         t0 = time.perf_counter()
@@ -108,7 +121,10 @@ def bench(name: str, updates: int, warmup: int, device: str, reference: bool = F
         return time.perf_counter() - t0
 
     times: dict[str, list[float]] = {"optimised": [], "reference": []}
+    warm_start = time.perf_counter()
     for i in range(warmup + updates):
+        if i == warmup:
+            compile_s = time.perf_counter() - warm_start
         fast = one(i)
         if reference:
             with reference_paths():
@@ -117,10 +133,8 @@ def bench(name: str, updates: int, warmup: int, device: str, reference: bool = F
             times["optimised"].append(fast)
             if reference:
                 times["reference"].append(ref)
-    flops = count_flops(learner.update, batches[0])
-    with reference_paths():
-        ref_flops = count_flops(learner.update, batches[0])
     return {"batch": len(batches[0]["reward"]), "flops": flops, "ref_flops": ref_flops,
+            **({"compile_s": compile_s} if compile_update else {}),
             **{k: statistics.median(v) for k, v in times.items() if v}}
 
 
@@ -145,6 +159,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--reference", action="store_true", help="also time the reference paths, interleaved")
     parser.add_argument("--profile", action="store_true", help="print the torch.profiler table per config")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the optimised update (not with --reference)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -152,7 +167,10 @@ def main() -> None:
     print(f"offline_rl updates on {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"cube timing A={A} H={H} P={P} T={T}; matmul rate {rate / 1e9:.1f} GFLOP/s")
     for name in args.configs:
-        r = bench(name, args.updates, args.warmup, args.device, args.reference)
+        r = bench(name, args.updates, args.warmup, args.device, args.reference, compile_update=args.compile)
+        if "compile_s" in r:
+            print(f"{name:6s} torch.compile of the update: {r['compile_s']:.1f} s for the {args.warmup} warm-up "
+                  "update(s), compilation included; the optimised line below is the compiled update")
         for path, flops in (("optimised", r["flops"]), ("reference", r["ref_flops"])):
             if path not in r:
                 continue

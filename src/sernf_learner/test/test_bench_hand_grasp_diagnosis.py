@@ -36,6 +36,8 @@ def test_clean_expert_reaches_the_cylinder_and_closes_on_it(tmp_path):
     assert figures["covered_after_decision_1"] > 0.7
     assert figures["close_xy_distance_m"][1] < 0.015  # closes over the cylinder (radius 22 mm)
     assert 20 < figures["first_chunk_speed_mm_per_step"][1] <= 30  # near the env's 30 mm limit
+    # It picks an object: the closing point is at the cylinder, not between the two objects.
+    assert figures["close_nearer_object_distance_m"][1] < 0.015 < figures["close_midpoint_distance_m"][1]
 
 
 def test_an_actor_that_holds_still_covers_nothing_and_never_closes():
