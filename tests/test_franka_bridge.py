@@ -83,6 +83,9 @@ class Operator(GraphProbe):
     def command_and_wait(self, translation, rotation=(1.0, 0.0, 0.0, 0.0)) -> tuple[np.ndarray, np.ndarray]:
         """One command; returns the equilibrium it produced (waits for the executed echo)."""
         n_exec = len(self.executed)
+        # The bridge subscribes to commands when it is configured; on a loaded machine discovery
+        # can lag the activation, and a command published before it has matched is lost.
+        assert self.spin_until(lambda: self.command_pub.get_subscription_count() > 0), "bridge not subscribed"
         self.command(translation, rotation)
         assert self.spin_until(lambda: len(self.executed) > n_exec), "command not executed"
         assert self.spin_until(lambda: len(self.equilibria) > 0)
