@@ -102,15 +102,13 @@ def bench(name: str, updates: int, warmup: int, device: str, reference: bool = F
     """Median seconds per update (optimised, and reference when asked, interleaved), FLOP;
     with ``compile_update`` the optimised update is ``torch.compile``d and ``compile_s`` is the
     time of the warm-up updates (compilation included)."""
+    if compile_update and reference:
+        raise ValueError("--compile and --reference cannot be combined (the reference path would recompile)")
+    if compile_update and warmup < 1:
+        raise ValueError("--compile needs --warmup >= 1 (the first update compiles)")
     learner, batches = make_learner(name, device, batch)
-    flops = count_flops(learner.update, batches[0])  # eager: the counter does not see compiled code
-    with reference_paths():
-        ref_flops = count_flops(learner.update, batches[0])
+    eager_update = learner.update  # FLOP are counted on it: the counter does not see compiled code
     if compile_update:
-        if reference:
-            raise ValueError("--compile and --reference cannot be combined (the reference path would recompile)")
-        if warmup < 1:
-            raise ValueError("--compile needs --warmup >= 1 (the first update compiles)")
         learner.update = torch.compile(learner.update)
 
     def one(i: int) -> float:
@@ -133,6 +131,9 @@ def bench(name: str, updates: int, warmup: int, device: str, reference: bool = F
             times["optimised"].append(fast)
             if reference:
                 times["reference"].append(ref)
+    flops = count_flops(eager_update, batches[0])
+    with reference_paths():
+        ref_flops = count_flops(eager_update, batches[0])
     return {"batch": len(batches[0]["reward"]), "flops": flops, "ref_flops": ref_flops,
             **({"compile_s": compile_s} if compile_update else {}),
             **{k: statistics.median(v) for k, v in times.items() if v}}
