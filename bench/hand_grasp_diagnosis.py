@@ -83,6 +83,8 @@ class _Recorder:
 
 def diagnose(env, act_fn, obj: str, episodes: int, timing: tuple[int, int, int], seed: int) -> dict:
     """The figures above for ``act_fn`` on ``env`` (``episodes`` = ``env.num_envs`` layouts, from ``seed``)."""
+    if episodes != env.num_envs:  # the recorder keeps one batch: every layout runs at once
+        raise ValueError(f"diagnose runs one batch: episodes ({episodes}) must equal env.num_envs ({env.num_envs})")
     T, P, H = timing
     rec = _Recorder(env, act_fn, OBJECTS[obj])
     result = rollout_chunked(env, rec, T, P, H, episodes, seed=seed, record=False)
