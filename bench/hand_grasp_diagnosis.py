@@ -59,8 +59,8 @@ _CLOSING_MCP = float((OPEN_HAND[_MCP].mean() + CLOSED_HAND[_MCP].mean()) / 2)
 class _Recorder:
     """Wraps an ``act_fn``: records the env's true state and the returned chunk per decision."""
 
-    def __init__(self, env, act_fn, obj: int) -> None:
-        self.env, self.act_fn, self.obj = env, act_fn, obj
+    def __init__(self, env, act_fn) -> None:
+        self.env, self.act_fn = env, act_fn
         self.states: list[dict[str, np.ndarray]] = []
 
     def reset(self, obs) -> None:
@@ -75,7 +75,7 @@ class _Recorder:
             "ee": env.ee_pose()[:, :3].copy(),
             "objs": env.object_poses()[:, :, :3].copy(),  # [n, 2 objects, 3]
             "fingers": env.finger_targets()[:, _MCP].mean(axis=1),
-            "held": env.object_contacts()["held"][:, self.obj].copy(),
+            "held": env.object_contacts()["held"].copy(),  # [n, 2 objects]
             "chunk": np.asarray(chunk, dtype=np.float64).copy(),
         })
         return chunk
@@ -86,12 +86,13 @@ def diagnose(env, act_fn, obj: str, episodes: int, timing: tuple[int, int, int],
     if episodes != env.num_envs:  # the recorder keeps one batch: every layout runs at once
         raise ValueError(f"diagnose runs one batch: episodes ({episodes}) must equal env.num_envs ({env.num_envs})")
     T, P, H = timing
-    rec = _Recorder(env, act_fn, OBJECTS[obj])
+    rec = _Recorder(env, act_fn)
     result = rollout_chunked(env, rec, T, P, H, episodes, seed=seed, record=False)
     s = rec.states
     ee, objs = np.stack([d["ee"] for d in s]), np.stack([d["objs"] for d in s])  # [D, n, 3], [D, n, 2, 3]
     target = objs[:, :, OBJECTS[obj]]
-    fingers, held = np.stack([d["fingers"] for d in s]), np.stack([d["held"] for d in s])  # [D, n]
+    fingers = np.stack([d["fingers"] for d in s])  # [D, n]
+    held = np.stack([d["held"] for d in s])[:, :, OBJECTS[obj]]  # [D, n]
     start = np.linalg.norm(ee[0, :, :2] - target[0, :, :2], axis=-1)
     covered = {f"covered_after_decision_{d}": float(np.median(
         1 - np.linalg.norm(ee[d, :, :2] - target[0, :, :2], axis=-1) / np.maximum(start, 1e-6)))
