@@ -68,6 +68,9 @@ class PolicySpec:
     """Conditioner width (paper: 256)."""
     flow_heads: int = 8
     """Conditioner attention heads (paper: 8)."""
+    flow_base_components: int = 0
+    """The flow's base distribution: 0 = the paper's fixed N(0, I); K >= 1 = learned from the
+    context, a mixture of K Gaussians (our departure, docs/results.md)."""
     noise_std: float = 0.05
     """σ_noise on normalised training actions (0.05 sim, 0.01 real)."""
     critic_d_model: int = 512
@@ -145,6 +148,7 @@ class PolicySpec:
                      "fm_blocks", "fm_steps", "act_chunk_len", "act_layers", "act_latent_dim"):
             check_int(self, name)
         check_int(self, "prefix_len", allow_zero=True)
+        check_int(self, "flow_base_components", allow_zero=True)
         if not (math.isfinite(self.sigma_sample) and self.sigma_sample > 0):
             raise ValueError(f"PolicySpec.sigma_sample must be > 0, got {self.sigma_sample}")
         if not self.v_min < self.v_max:

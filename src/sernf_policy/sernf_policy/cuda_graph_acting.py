@@ -61,7 +61,7 @@ def act_without_sync(policy: Policy, obs: Mapping[str, Tensor], prefix: Tensor, 
     flow = policy.flow
     chunks, log_prob, clamped = flow.transform_noise(context, noise, sigma)
     z_c, logdet_c = flow.forward_transform(chunks, context)  # all N at once, shared context K/V
-    log_prob = torch.where(clamped, flow._base_log_prob(z_c) + logdet_c, log_prob)
+    log_prob = torch.where(clamped, flow.base_log_prob(z_c, context) + logdet_c, log_prob)
     return (*policy._choose(obs, prefix_norm, chunks, log_prob, selection), clamped.sum())
 
 
@@ -71,6 +71,9 @@ class ActingGraph:
     def __init__(self, policy: Policy, batch_size: int, num_samples: int, sigma: float, selection: str) -> None:
         cfg = policy.config
         device = policy.device
+        if cfg.actor == "flow" and cfg.flow.base_components:  # the component draw is no graph input
+            raise ValueError("CUDA-graph acting supports the N(0, I) base (flow base_components 0), this policy "
+                             f"has base_components {cfg.flow.base_components}")
         if device.type != "cuda":
             raise ValueError(f"a CUDA graph needs the policy on a CUDA device, it is on {device}")
         if cfg.actor != "flow":

@@ -99,12 +99,19 @@ class ChunkFlowConfig:
     clamp_eps: float = 1e-6
     #: Base of the rotary position embedding over the chunk's time index.
     rope_base: float = 10000.0
+    #: The base distribution. 0: the paper's fixed ``N(0, I)`` (§IV-B). K >= 1: learned and
+    #: context-conditioned, a mixture of K diagonal Gaussians whose weights, means and scales
+    #: an MLP reads from the context (our departure, docs/results.md): it gives the context a
+    #: direct path to where the chunk lies, and with K > 1 room for separate strategies.
+    base_components: int = 0
 
     def __post_init__(self) -> None:
         for name in ("action_dim", "horizon", "context_dim", "num_layers", "hidden_dim", "num_heads", "head_ratio"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ChunkFlowConfig.{name} must be a positive int, got {value!r}")
+        if isinstance(self.base_components, bool) or not isinstance(self.base_components, int) or self.base_components < 0:
+            raise ValueError(f"ChunkFlowConfig.base_components must be an int >= 0, got {self.base_components!r}")
         if self.hidden_dim % self.num_heads or (self.hidden_dim // self.num_heads) % 2:
             raise ValueError(
                 f"ChunkFlowConfig: hidden_dim ({self.hidden_dim}) / num_heads ({self.num_heads}) "
@@ -419,6 +426,66 @@ class _CouplingPlan:
         )
 
 
+#: Bound on the mixture components' log standard deviations (``|log s| <= 3`` through a tanh):
+#: keeps the likelihood finite when a component shrinks onto a few demonstrations.
+_MIXTURE_LOG_STD_BOUND = 3.0
+
+
+class _MixtureBase(nn.Module):
+    """Context-conditioned mixture of K diagonal Gaussians over the latent ``z [H, A]``
+    (``ChunkFlowConfig.base_components >= 1``; not in the paper, see the config field).
+
+    The normalised context tokens are mean-pooled and mapped by a one-hidden-layer MLP to the
+    mixture logits ``[K]`` and each component's mean and log standard deviation ``[K, H, A]``.
+    Every head starts at zero (equal weights, unit scales) except the means' bias, a fixed draw
+    from ``config.seed``: components that start identical get identical gradients and never
+    separate. With the couplings starting as the identity, the components start as K blobs in
+    the pre-tanh action space that the likelihood pulls onto the demonstrated strategies.
+    """
+
+    def __init__(self, cfg: ChunkFlowConfig) -> None:
+        super().__init__()
+        k, h, a = cfg.base_components, cfg.horizon, cfg.action_dim
+        self.shape = (k, h, a)
+        self.trunk = nn.Sequential(nn.Linear(cfg.context_dim, cfg.hidden_dim), nn.GELU())
+        self.logits = nn.Linear(cfg.hidden_dim, k)
+        self.mean = nn.Linear(cfg.hidden_dim, k * h * a)
+        self.log_std = nn.Linear(cfg.hidden_dim, k * h * a)
+        gen = torch.Generator().manual_seed(cfg.seed + 1)
+        with torch.no_grad():
+            for head in (self.logits, self.mean, self.log_std):
+                head.weight.zero_()
+                head.bias.zero_()
+            self.mean.bias.copy_(0.5 * torch.randn(k * h * a, generator=gen))
+
+    def forward(self, ctx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Normalised context ``[B, L, D]`` -> log weights ``[B, K]``, means and log standard
+        deviations ``[B, K, H, A]``."""
+        feat = self.trunk(ctx.mean(dim=1))
+        shape = (ctx.shape[0], *self.shape)
+        log_std = _MIXTURE_LOG_STD_BOUND * torch.tanh(self.log_std(feat).view(shape) / _MIXTURE_LOG_STD_BOUND)
+        return torch.log_softmax(self.logits(feat), dim=-1), self.mean(feat).view(shape), log_std
+
+    @staticmethod
+    def log_prob(z: Tensor, log_w: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
+        """``log sum_k w_k N(z; mean_k, diag s_k^2)``: ``z [B, N, H, A] -> [B, N]``."""
+        d = z.shape[-1] * z.shape[-2]
+        diff = (z[:, :, None] - mean[:, None]) * torch.exp(-log_std)[:, None]  # [B, N, K, H, A]
+        per_component = -0.5 * (diff * diff).sum(dim=(-2, -1)) - log_std.sum(dim=(-2, -1))[:, None]
+        return torch.logsumexp(log_w[:, None] + per_component, dim=-1) - 0.5 * d * _LOG_2PI
+
+    @staticmethod
+    def latent(eps: Tensor, component_u: Tensor, sigma: float, log_w: Tensor, mean: Tensor,
+               log_std: Tensor) -> Tensor:
+        """``z = mean_k + sigma s_k eps`` with ``k`` drawn from the weights by the uniforms
+        ``component_u [B, N]`` (inverse CDF); ``eps [B, N, H, A]``. ``sigma < 1`` tempers each
+        component around its mean, as ``sigma`` tempers ``N(0, I)`` for K = 1."""
+        cdf = torch.cumsum(log_w.exp(), dim=-1)  # [B, K]
+        k = torch.searchsorted(cdf.contiguous(), component_u.contiguous(), right=True).clamp(max=cdf.shape[-1] - 1)
+        index = k[..., None, None].expand(-1, -1, *eps.shape[-2:])  # [B, N, H, A]
+        return mean.gather(1, index) + sigma * torch.exp(log_std.gather(1, index)) * eps
+
+
 class ChunkFlow(nn.Module):
     """Conditional normalizing flow ``pi(a | c)`` over normalised action chunks ``[H, A]``."""
 
@@ -432,6 +499,7 @@ class ChunkFlow(nn.Module):
         self.context_norm = nn.RMSNorm(config.context_dim, eps=1e-6)
         masks = coupling_keep_masks(config.horizon, config.action_dim, config.num_layers, config.seed)
         self.layers = nn.ModuleList(_AffineCoupling(config, m) for m in masks)
+        self.base = _MixtureBase(config) if config.base_components else None
         self._compiled_inverse: Any = None
 
     def compile_for_acting(self, **compile_kwargs: Any) -> None:
@@ -493,11 +561,15 @@ class ChunkFlow(nn.Module):
             logdet = logdet + ld
         return z, logdet
 
-    @staticmethod
-    def _base_log_prob(z: Tensor) -> Tensor:
-        """``log N(z; 0, I)`` summed over the chunk: ``[..., H, A] -> [...]``."""
-        d = z.shape[-1] * z.shape[-2]
-        return -0.5 * (z * z).sum(dim=(-2, -1)) - 0.5 * d * _LOG_2PI
+    def base_log_prob(self, z: Tensor, context: Tensor) -> Tensor:
+        """The base density summed over the chunk: ``z [B, H, A] -> [B]`` or
+        ``[B, N, H, A] -> [B, N]``; ``log N(z; 0, I)``, or the mixture's for ``context [B, L, D]``."""
+        if self.base is None:
+            d = z.shape[-1] * z.shape[-2]
+            return -0.5 * (z * z).sum(dim=(-2, -1)) - 0.5 * d * _LOG_2PI
+        squeeze = z.ndim == 3
+        log_prob = self.base.log_prob(z.unsqueeze(1) if squeeze else z, *self.base(self.context_norm(context)))
+        return log_prob.squeeze(1) if squeeze else log_prob
 
     @staticmethod
     def _log_dtanh(u: Tensor) -> Tensor:
@@ -563,7 +635,7 @@ class ChunkFlow(nn.Module):
         eps = self.config.clamp_eps
         actions = actions.clamp(-1.0 + eps, 1.0 - eps)
         z, logdet = self.forward_transform(actions, context)
-        return self._base_log_prob(z) + logdet
+        return self.base_log_prob(z, context) + logdet
 
     def draw_noise(self, context: Tensor, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
         """The sampler's standard-normal draw ``eps [B, N, H, A]`` for ``context [B, L, D]``."""
@@ -574,11 +646,16 @@ class ChunkFlow(nn.Module):
         shape = (context.shape[0], int(num_samples), cfg.horizon, cfg.action_dim)
         return torch.randn(shape, generator=generator, device=context.device, dtype=context.dtype)
 
-    def transform_noise(self, context: Tensor, eps: Tensor, sigma: float) -> tuple[Tensor, Tensor, Tensor]:
-        """``z = sigma * eps`` through the inverse flow: ``(actions [B, N, H, A] clamped,
+    def transform_noise(self, context: Tensor, eps: Tensor, sigma: float,
+                        component_u: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """The tempered base draw through the inverse flow: ``(actions [B, N, H, A] clamped,
         log_prob [B, N], clamped [B, N])``, where ``log_prob`` is still the density of the
         *unclamped* point for the ``clamped`` candidates (:meth:`sample` recomputes those). No
-        host synchronisation: the part of sampling a CUDA graph can hold."""
+        host synchronisation: the part of sampling a CUDA graph can hold.
+
+        The latent is ``z = sigma * eps`` for the ``N(0, I)`` base; for a mixture base
+        (``base_components >= 1``) ``component_u [B, N]``, uniforms in [0, 1), pick each
+        candidate's component and ``z = mean_k + sigma s_k eps``."""
         self._check_context(context)
         if not (math.isfinite(sigma) and sigma > 0):
             raise ValueError(f"sigma must be > 0, got {sigma}")
@@ -586,9 +663,15 @@ class ChunkFlow(nn.Module):
         if eps.ndim != 4 or eps.shape[0] != context.shape[0] or eps.shape[2:] != (cfg.horizon, cfg.action_dim):
             raise ValueError(f"noise must have shape [B={context.shape[0]}, N, {cfg.horizon}, {cfg.action_dim}], "
                              f"got {tuple(eps.shape)}")
-        z = sigma * eps
+        if self.base is None:
+            z = sigma * eps
+        else:
+            if component_u is None or component_u.shape != eps.shape[:2]:
+                got = None if component_u is None else tuple(component_u.shape)
+                raise ValueError(f"a mixture base needs component_u of shape {tuple(eps.shape[:2])}, got {got}")
+            z = self.base.latent(eps, component_u, sigma, *self.base(self.context_norm(context)))
         actions, logdet = self.inverse_transform(z, context)  # [B, N, H, A], [B, N]
-        log_prob = self._base_log_prob(z) - logdet
+        log_prob = self.base_log_prob(z, context) - logdet
         bound = 1.0 - cfg.clamp_eps
         clamped = (actions.abs() > bound).flatten(2).any(dim=-1)  # [B, N]
         return actions.clamp(-bound, bound), log_prob, clamped
@@ -603,9 +686,11 @@ class ChunkFlow(nn.Module):
         """Draw ``N`` chunks per context: ``(actions [B, N, H, A], log_prob [B, N])``.
 
         ``z = sigma * eps`` with ``eps ~ N(0, I)`` (reparameterised: differentiable w.r.t. the
-        flow parameters and the context, paper §IV-D III). ``sigma < 1`` concentrates samples on
+        flow parameters and the context, paper §IV-D III; for a mixture base the component is
+        drawn from its weights and ``z = mean_k + sigma s_k eps``, differentiable except for the
+        discrete choice). ``sigma < 1`` concentrates samples on
         likely chunks (§IV-B, default 0.7). ``log_prob`` is the density of the returned actions
-        under the *model* ``pi`` (the ``N(0, I)`` base), i.e. what :meth:`log_prob` computes for
+        under the *model* ``pi`` (the untempered base), i.e. what :meth:`log_prob` computes for
         them - not the density of the tempered sampler. Actions are clamped to
         ``[-1 + clamp_eps, 1 - clamp_eps]``, exactly as :meth:`log_prob` clamps its input; for a
         chunk with a clamped entry (only ever for ``|u| > atanh(1 - eps)``, i.e. a flow that puts
@@ -614,9 +699,12 @@ class ChunkFlow(nn.Module):
         unclamped point would describe an action that is never executed).
         """
         eps = self.draw_noise(context, num_samples, generator)
-        actions, log_prob, clamped = self.transform_noise(context, eps, sigma)
+        component_u = None
+        if self.base is not None:  # drawn after eps, so the K = 1 stream is unchanged
+            component_u = torch.rand(eps.shape[:2], generator=generator, device=eps.device, dtype=eps.dtype)
+        actions, log_prob, clamped = self.transform_noise(context, eps, sigma, component_u)
         if bool(clamped.any()):
             rows, cols = clamped.nonzero(as_tuple=True)
             z_c, logdet_c = self.forward_transform(actions[rows, cols], context[rows])
-            log_prob = log_prob.index_put((rows, cols), self._base_log_prob(z_c) + logdet_c)
+            log_prob = log_prob.index_put((rows, cols), self.base_log_prob(z_c, context[rows]) + logdet_c)
         return actions, log_prob
