@@ -17,8 +17,17 @@ chunk decision, and prints:
 The expert's own figures on the same layouts are the reference (``--expert demo`` is the
 demonstrations' imperfect expert, ``--expert clean`` the noiseless one).
 
+``--fit-demos REPLAY`` asks instead how well the policy reproduces its own *training* data: at
+decision ``--step`` (0: the first) of every demonstration in the replay it gives the policy the
+recorded observation and prefix and compares the chunk it chooses with the recorded one, as
+cumulative end-effector translation paths over the H steps (clipped as the env executes them).
+It prints the median path error, the median distance from each demonstration's chunk to the
+nearest other demonstration's (what "fitted" can mean with this data) and the median length
+of the demonstrations' paths.
+
 Run:  .venv/bin/python bench/hand_grasp_diagnosis.py --policy RUN/policy_il --object cylinder
       .venv/bin/python bench/hand_grasp_diagnosis.py --expert demo --object cylinder
+      .venv/bin/python bench/hand_grasp_diagnosis.py --policy RUN/policy_il --fit-demos RUN/offline_replay
 Options: --episodes 50 --selection most_likely --sigma 0.1 --num-samples 16 --json OUT.json
 """
 
@@ -129,6 +138,56 @@ def diagnose(env, act_fn, obj: str, episodes: int, timing: tuple[int, int, int],
     }
 
 
+def _path(chunk: np.ndarray, max_pos_delta: float, max_rot_delta: float) -> np.ndarray:
+    """Cumulative EE translation ``[..., H, 3]`` of raw chunks ``[..., H, A]`` as the env clips them."""
+    return np.cumsum(clip_action(np.asarray(chunk, dtype=np.float64), max_pos_delta, max_rot_delta)[..., POS], axis=-2)
+
+
+def fit_to_demos(act_fn, episodes, obs_keys, step: int, timing: tuple[int, int, int], max_pos_delta: float,
+                 max_rot_delta: float) -> dict:
+    """How well ``act_fn`` reproduces the recorded chunk at decision ``step`` of each episode
+    (``[(steps {key: [L, ...]}, metadata)]``); the figures of ``--fit-demos`` (metres)."""
+    T, P, H = timing
+    obs, prefixes, chunks = {k: [] for k in obs_keys}, [], []
+    for steps, _ in episodes:
+        if len(steps["action"]) < step + P + H:  # too short for a whole chunk at this step
+            continue
+        for k in obs_keys:  # history before step 0 repeats o_0, as in training
+            obs[k].append(np.stack([steps[k][max(step - T + 1 + i, 0)] for i in range(T)]))
+        prefixes.append(steps["action"][step:step + P])
+        chunks.append(steps["action"][step + P:step + P + H])
+    if len(chunks) < 2:
+        raise ValueError(f"need at least 2 episodes with {step + P + H} steps, got {len(chunks)}")
+    recorded = _path(np.stack(chunks), max_pos_delta, max_rot_delta)  # [n, H, 3]
+    chosen = _path(act_fn({k: np.stack(v) for k, v in obs.items()}, np.stack(prefixes).astype(np.float32)),
+                   max_pos_delta, max_rot_delta)
+    apart = np.linalg.norm(recorded[:, None] - recorded[None], axis=-1).mean(-1)  # [n, n]
+    np.fill_diagonal(apart, np.inf)
+    return {
+        "step": step, "demonstrations": len(chunks),
+        "path_error_m": float(np.median(np.linalg.norm(chosen - recorded, axis=-1).mean(-1))),
+        "nearest_other_demo_m": float(np.median(apart.min(axis=1))),
+        "demo_path_length_m": float(np.median(np.linalg.norm(recorded[:, -1], axis=-1))),
+    }
+
+
+def run_fit(policy_dir: Path, replay: str, step: int, selection: str, sigma: float, num_samples: int) -> dict:
+    """:func:`fit_to_demos` of an exported policy on the demonstrations of a replay store."""
+    from sernf_data.store import EpisodeStore
+    from sernf_learner.online_rl import policy_act_fn
+    from sernf_policy.policy import Policy
+
+    policy = Policy.load(policy_dir)
+    policy.config.selection = selection
+    store = EpisodeStore(replay)
+    episodes = [store.read_episode(i) for i in store.episode_ids()]
+    demos = [(steps, meta) for steps, meta in episodes if meta.get("source") == "demo"]
+    env_config = make_env("nominal", num_envs=1, render_images=False, seed=0).config
+    timing = (policy.config.obs_history, policy.config.prefix_len, policy.config.horizon)
+    return fit_to_demos(policy_act_fn(policy, num_samples, sigma), demos, list(policy.config.observation_spec), step,
+                        timing, env_config.max_pos_delta, env_config.max_rot_delta)
+
+
 def run(policy_dir: Path | None, expert: str | None, obj: str, episodes: int, selection: str,
         sigma: float, num_samples: int, seed: int = 99) -> dict:
     """Build the env and the actor (policy or expert) and :func:`diagnose` it."""
@@ -165,12 +224,22 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, default=16)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--fit-demos", metavar="REPLAY", help="with --policy: compare its chunks with the "
+                        "recorded ones of this replay's demonstrations instead of running episodes")
+    parser.add_argument("--step", type=int, default=0, help="with --fit-demos: the decision step (0: the first)")
     args = parser.parse_args()
+    if args.fit_demos and args.policy is None:
+        parser.error("--fit-demos needs --policy")
+    if args.step < 0:
+        parser.error("--step must be >= 0")
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    out = run(args.policy, args.expert, args.object, args.episodes, args.selection, args.sigma, args.num_samples)
+    if args.fit_demos:
+        out = run_fit(args.policy, args.fit_demos, args.step, args.selection, args.sigma, args.num_samples)
+    else:
+        out = run(args.policy, args.expert, args.object, args.episodes, args.selection, args.sigma, args.num_samples)
     for key, value in out.items():
         print(f"{key:32s} {value}")
     if args.json:

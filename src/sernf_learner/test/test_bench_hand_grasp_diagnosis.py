@@ -1,6 +1,6 @@
 """bench/hand_grasp_diagnosis.py measures what it says: the expert reaches the object and closes
 on it; an actor that only holds still covers no distance and never closes; the command-line
-form prints the figures."""
+form prints the figures; --fit-demos scores the recorded chunks as a perfect fit."""
 
 from __future__ import annotations
 
@@ -54,3 +54,33 @@ def test_an_actor_that_holds_still_covers_nothing_and_never_closes():
     assert figures["first_chunk_speed_mm_per_step"] == [0.0, 0.0, 0.0]
     assert abs(figures["covered_after_decision_1"]) < 0.01  # the arm only settles (micrometres)
     assert figures["closed_fraction"] == 0.0 and figures["close_xy_distance_m"] is None
+
+
+def test_fit_to_demos_is_zero_for_the_recorded_chunks_and_the_path_for_holding_still():
+    bench = _load_bench()
+    from sernf_sim.hand_pick_place.demos import hand_demo_dataset
+
+    timing = (1, 3, 10)
+    episodes = hand_demo_dataset(n=4, seed=3, num_envs=4)
+    keys = ["ee_pose", "hand_joints", "object_state"]
+
+    def replay(obs, prefix):  # each demonstration's own chunk, found by its object layout
+        chunks = []
+        for layout in obs["object_state"][:, -1]:
+            match = [s["action"] for s, _ in episodes if np.array_equal(s["object_state"][0], layout)]
+            assert len(match) == 1
+            chunks.append(match[0][3:13])
+        return np.stack(chunks)
+
+    def hold(obs, prefix):
+        chunk = np.repeat(prefix[:, -1:], 10, axis=1).copy()
+        chunk[:, :, bench.POS] = 0.0
+        return chunk
+
+    limits = (0.03, 0.3)  # the env's max translation / rotation per step (HandPickPlaceConfig)
+    exact = bench.fit_to_demos(replay, episodes, keys, 0, timing, *limits)
+    assert exact["demonstrations"] == 4 and exact["path_error_m"] == 0.0
+    assert exact["demo_path_length_m"] > 0.05 and exact["nearest_other_demo_m"] > 0.0
+    still = bench.fit_to_demos(hold, episodes, keys, 0, timing, *limits)
+    # holding still misses by the mean distance along the demonstrated path: a large error
+    assert still["path_error_m"] > 0.3 * still["demo_path_length_m"]
