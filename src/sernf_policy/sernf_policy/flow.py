@@ -102,7 +102,8 @@ class ChunkFlowConfig:
     #: The base distribution. 0: the paper's fixed ``N(0, I)`` (§IV-B). K >= 1: learned and
     #: context-conditioned, a mixture of K diagonal Gaussians whose weights, means and scales
     #: an MLP reads from the context (our departure, docs/results.md): it gives the context a
-    #: direct path to where the chunk lies, and with K > 1 room for separate strategies.
+    #: direct path to where the chunk lies, and with K > 1 room for separate strategies (on
+    #: the hand benchmark one component helped and more did not separate its two strategies).
     base_components: int = 0
 
     def __post_init__(self) -> None:
@@ -440,7 +441,7 @@ class _MixtureBase(nn.Module):
     Every head starts at zero (equal weights, unit scales) except the means' bias, a fixed draw
     from ``config.seed``: components that start identical get identical gradients and never
     separate. With the couplings starting as the identity, the components start as K blobs in
-    the pre-tanh action space that the likelihood pulls onto the demonstrated strategies.
+    the pre-tanh action space, which the likelihood then moves and shapes.
     """
 
     def __init__(self, cfg: ChunkFlowConfig) -> None:
@@ -665,13 +666,16 @@ class ChunkFlow(nn.Module):
                              f"got {tuple(eps.shape)}")
         if self.base is None:
             z = sigma * eps
+            base_log_prob = self.base_log_prob(z, context)
         else:
             if component_u is None or component_u.shape != eps.shape[:2]:
                 got = None if component_u is None else tuple(component_u.shape)
                 raise ValueError(f"a mixture base needs component_u of shape {tuple(eps.shape[:2])}, got {got}")
-            z = self.base.latent(eps, component_u, sigma, *self.base(self.context_norm(context)))
+            mixture = self.base(self.context_norm(context))
+            z = self.base.latent(eps, component_u, sigma, *mixture)
+            base_log_prob = self.base.log_prob(z, *mixture)
         actions, logdet = self.inverse_transform(z, context)  # [B, N, H, A], [B, N]
-        log_prob = self.base_log_prob(z, context) - logdet
+        log_prob = base_log_prob - logdet
         bound = 1.0 - cfg.clamp_eps
         clamped = (actions.abs() > bound).flatten(2).any(dim=-1)  # [B, N]
         return actions.clamp(-bound, bound), log_prob, clamped
@@ -700,7 +704,7 @@ class ChunkFlow(nn.Module):
         """
         eps = self.draw_noise(context, num_samples, generator)
         component_u = None
-        if self.base is not None:  # drawn after eps, so the K = 1 stream is unchanged
+        if self.base is not None:  # drawn after eps: the N(0, I) base's random stream is unchanged
             component_u = torch.rand(eps.shape[:2], generator=generator, device=eps.device, dtype=eps.dtype)
         actions, log_prob, clamped = self.transform_noise(context, eps, sigma, component_u)
         if bool(clamped.any()):
