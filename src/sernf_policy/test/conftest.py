@@ -35,6 +35,23 @@ def perturb():
     return perturb_flow_heads
 
 
+def atanh_grid(n: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cells on (-1, 1)^2 for a Riemann sum of a flow's density: ``(points [n*n, 2], cell areas
+    [n*n])``. The atanh density piles up near +-1 before dropping to 0, so the edges are
+    ``tanh(linspace(-7, 7))``: uniform in atanh(a), fine where the density is steep, and the
+    sum is still an ordinary a-space Riemann sum (sensitive to a missing atanh Jacobian)."""
+    edges = torch.tanh(torch.linspace(-7.0, 7.0, n + 1, dtype=torch.float64))
+    mids, widths = (edges[1:] + edges[:-1]) / 2, edges[1:] - edges[:-1]
+    g1, g2 = torch.meshgrid(mids, mids, indexing="ij")
+    points = torch.stack([g1.reshape(-1), g2.reshape(-1)], dim=-1)
+    return points, (widths[:, None] * widths[None, :]).reshape(-1)
+
+
+@pytest.fixture
+def density_grid():
+    return atanh_grid
+
+
 LOWDIM_SPEC = {"hand": {"kind": "lowdim", "shape": [3]}, "cube": {"kind": "lowdim", "shape": [2]}}
 
 

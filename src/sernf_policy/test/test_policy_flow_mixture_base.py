@@ -24,15 +24,11 @@ def mixture_flow(perturb, h: int = 1, a: int = 2, components: int = 3, seed: int
     return flow.double().eval()
 
 
-def test_mixture_density_integrates_to_one(perturb):
+def test_mixture_density_integrates_to_one(perturb, density_grid):
     """Riemann sum over (-1, 1)^2 with cells uniform in atanh(a) (as for the N(0, I) base)."""
     flow = mixture_flow(perturb)
-    n = 200
-    edges = torch.tanh(torch.linspace(-7.0, 7.0, n + 1, dtype=torch.float64))
-    mids, widths = (edges[1:] + edges[:-1]) / 2, edges[1:] - edges[:-1]
-    g1, g2 = torch.meshgrid(mids, mids, indexing="ij")
-    points = torch.stack([g1.reshape(-1), g2.reshape(-1)], dim=-1).view(-1, 1, 2)
-    cell_area = (widths[:, None] * widths[None, :]).reshape(-1)
+    points, cell_area = density_grid(200)
+    points = points.view(-1, 1, 2)
     ctx = torch.randn(1, 2, 6, dtype=torch.float64).expand(points.shape[0], 2, 6)
     with torch.no_grad():
         log_p = flow.log_prob(points, ctx)
