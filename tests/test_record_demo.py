@@ -20,10 +20,12 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Header
 
 from sernf_data.bag2zarr import ConversionConfig, convert_bags
 from sernf_data.ros.stamps import seconds_to_time
 from sernf_data.store import EpisodeStore
+from sernf_interfaces.msg import EpisodeEvent
 
 pytestmark = pytest.mark.ros
 BEST_EFFORT = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)
@@ -133,3 +135,60 @@ def test_recorded_demonstration_converts_to_the_published_streams(processes, tmp
         assert frame_t.size
     # Hand action: a target executed at or before t_k + dt (linear in its stamp).
     assert np.all(steps["action"][:, 7] <= 0.5 + 0.01 * (grid + 0.1 - T_REF) + 1e-5)
+
+
+def test_recorder_waits_for_the_streams_and_for_the_end_of_an_episode_inside_it(processes, tmp_path):
+    """START only once the streams' publishers are matched (they come up after the recorder);
+    an episode that starts inside the recording and ends just after its END (a simulator's,
+    whose reliable END may be resent late) still lands in the bag, so that span is the episode."""
+    recorder = processes.python(
+        "record", "-m", "sernf_data.record", "--out", str(tmp_path / "bags"), "--rosbags",
+        "--cameras", "front", "--subtasks", "retrieve,cut", "--label", "retrieve=1,cut=1",
+        "--operator", "carol", "--duration", "3", "--settle", "0")
+    deadline = time.monotonic() + 60
+    while "demonstration 1/1" not in processes.log(recorder) and time.monotonic() < deadline:
+        assert recorder.poll() is None, processes.log(recorder)
+        time.sleep(0.1)
+    time.sleep(1.5)  # the recorder now waits for publishers that do not exist yet
+    streams_up = time.time()
+    demonstrator = Demonstrator()
+    events: list[EpisodeEvent] = []
+    node = demonstrator.node
+    publish_event = node.create_publisher(EpisodeEvent, "/sernf/episode", 10).publish
+    node.create_subscription(EpisodeEvent, "/sernf/episode", events.append, 10)
+
+    def event(kind: int, prefix: str) -> EpisodeEvent | None:
+        return next((e for e in events if e.event == kind and e.episode_id.startswith(prefix)), None)
+
+    def wait_for(predicate, timeout: float = 60) -> None:
+        end = time.monotonic() + timeout
+        while not predicate() and time.monotonic() < end:
+            time.sleep(0.02)
+        assert predicate(), processes.log(recorder)
+
+    try:
+        wait_for(lambda: event(EpisodeEvent.START, "demo_") is not None)
+        nested_start = time.time()
+        publish_event(EpisodeEvent(header=Header(stamp=seconds_to_time(nested_start)),
+                                   episode_id="sim-1", event=EpisodeEvent.START, reason="layout_0"))
+        wait_for(lambda: event(EpisodeEvent.END, "demo_") is not None)
+        # Stamped before the recording's END, delivered a second after it (a late resend).
+        end = event(EpisodeEvent.END, "demo_").header.stamp
+        time.sleep(1.0)
+        publish_event(EpisodeEvent(header=Header(stamp=seconds_to_time(end.sec + end.nanosec * 1e-9 - 0.2)),
+                                   episode_id="sim-1", event=EpisodeEvent.END, reason="success"))
+        wait_for(lambda: recorder.poll() is not None)
+        assert recorder.returncode == 0, processes.log(recorder)
+    finally:
+        demonstrator.close()
+    start = event(EpisodeEvent.START, "demo_").header.stamp
+    assert start.sec + start.nanosec * 1e-9 >= streams_up, "START before the streams' publishers existed"
+    (bag,) = sorted((tmp_path / "bags").iterdir())
+    report = convert_bags([bag], tmp_path / "demos.zarr", ConversionConfig(image_topics={"front_rgb": "/cameras/front/image_raw"}))
+    assert not report.skipped, report.skipped
+    store = EpisodeStore(tmp_path / "demos.zarr")
+    (episode_id,) = store.episode_ids()
+    meta = store.read_episode(episode_id)[1]
+    assert meta["extra"]["t_start"] >= nested_start - 1e-6, (meta["extra"], nested_start)  # the inner span
+    assert meta["extra"]["end_reason"] == "success"
+    assert meta["subtask_success"] == {"retrieve": True, "cut": True} and meta["operator"] == "carol"

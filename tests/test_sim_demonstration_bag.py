@@ -251,7 +251,7 @@ def test_simulated_demonstration_bag_equals_the_direct_store(processes, tmp_path
     got, got_meta = converted.read_episode(converted_id)
     want, want_meta = direct.read_episode(direct_id)
 
-    assert len(got["timestamp"]) == len(want["timestamp"]) == length
+    assert len(got["timestamp"]) == len(want["timestamp"]) == length, (got_meta["extra"], t_start * 1e-9)
     np.testing.assert_allclose(got["timestamp"], want["timestamp"], rtol=0, atol=1e-6)
     for key in ("wrist_rgb", "front_rgb"):
         assert got[key].dtype == want[key].dtype == np.uint8

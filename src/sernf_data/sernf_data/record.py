@@ -6,11 +6,14 @@ drivers' ``executed_command`` topics, ``/sernf/reward`` and ``/sernf/episode``. 
 are subscribed best-effort (cameras and franka_ros2's state broadcaster publish best-effort; a
 reliable subscription would see none of it); commands, rewards and events reliable.
 
-Per demonstration: the recorder opens a bag, publishes an ``EpisodeEvent`` START on
-``/sernf/episode``, records until the operator presses Enter (or ``--duration`` elapses), asks
-for each subtask "succeeded? [y/n]" (or takes ``--label retrieve=1,cut=0``), publishes END with
-the labels in its reason (``sernf_data.bag2zarr.format_end_reason``), waits until that END is in
-the bag and closes it. Both events go through the graph, so they are recorded by whichever
+Per demonstration: the recorder opens a bag, waits until DDS has matched it to the publishers
+of the streams (``--settle`` seconds, then up to 10 s more until every camera, joint, pose and
+command stream has one and every publisher the graph lists is matched; a warning names what is
+still missing), publishes an ``EpisodeEvent`` START on ``/sernf/episode``, records until the
+operator presses Enter (or ``--duration`` elapses), asks for each subtask "succeeded? [y/n]" (or
+takes ``--label retrieve=1,cut=0``), publishes END with the labels in its reason
+(``sernf_data.bag2zarr.format_end_reason``), waits until that END is in the bag (and, up to 4 s,
+the END of any episode that started during the recording, e.g. a simulator's) and closes it. Both events go through the graph, so they are recorded by whichever
 recorder runs, and ``sernf-bag2zarr`` reads the labels from them.
 
 Two back-ends behind the same entry point:
@@ -122,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, help="seconds per demonstration (default: until Enter)")
     parser.add_argument("--label", help="labels without asking, e.g. retrieve=1,cut=0")
     parser.add_argument("--end-reason", default="operator", help="END reason word (timeout = truncated)")
-    parser.add_argument("--settle", type=float, default=1.0, help="seconds to match publishers first")
+    parser.add_argument("--settle", type=float, default=1.0,
+                        help="seconds to wait before START (the rclpy back-end then also waits for matched publishers)")
     parser.add_argument("--use-sim-time", action="store_true",
                         help="stamp the episode events on /clock (recording a simulator that publishes it)")
     parser.add_argument("--rosbags", action="store_true", help="use the rclpy+rosbags recorder even if ros2 is on PATH")

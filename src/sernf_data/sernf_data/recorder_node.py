@@ -46,6 +46,15 @@ _MESSAGE_CLASSES = {
     "sernf_interfaces/msg/RewardEvent": RewardEvent,
     "sernf_interfaces/msg/EpisodeEvent": EpisodeEvent,
 }
+#: Message types of the streams a demonstration cannot do without (camera info, rewards and
+#: episode events may legitimately be absent).
+_NEEDED_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/JointState", "geometry_msgs/msg/PoseStamped")
+#: After ``--settle``, how much longer to wait for unmatched publishers before starting anyway.
+MATCH_WAIT_S = 10.0
+#: After our own END is in the bag, how long to wait for the END of an episode that started
+#: inside the recording (a simulator's): a reliable sample lost on the way is only resent after
+#: the writer's next heartbeat (Fast DDS: every 3 s), and without it the bag misses its span.
+NESTED_END_WAIT_S = 4.0
 SENSOR_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST,
                         durability=DurabilityPolicy.VOLATILE)
 RELIABLE_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST,
@@ -68,13 +77,16 @@ class BagRecorderNode(Node):
         self._connections: dict[str, Any] = {}
         self._topics = topics
         self._ended: set[str] = set()
+        self._open: set[str] = set()
         self.counts: dict[str, int] = dict.fromkeys(topics, 0)
-        for topic, (msgtype, sensor) in topics.items():
-            self.create_subscription(
+        self._recorded = {
+            topic: self.create_subscription(
                 _MESSAGE_CLASSES[msgtype], topic,
                 lambda raw, topic=topic: self._on_message(topic, raw),
                 SENSOR_QOS if sensor else RELIABLE_QOS, raw=True,
             )
+            for topic, (msgtype, sensor) in topics.items()
+        }
 
     def _on_message(self, topic: str, raw: bytes) -> None:
         if self._writer is None:
@@ -91,12 +103,28 @@ class BagRecorderNode(Node):
             from rclpy.serialization import deserialize_message
 
             event = deserialize_message(raw, EpisodeEvent)
-            if event.event == EpisodeEvent.END:
-                self._ended.add(event.episode_id)
+            if event.event == EpisodeEvent.START:
+                self._open.add(event.episode_id)
+            else:
+                self._open.discard(event.episode_id)
+                if event.event == EpisodeEvent.END:
+                    self._ended.add(event.episode_id)
 
     def saw_end(self, episode_id: str) -> bool:
         """True once the END event of ``episode_id`` is written into the bag."""
         return episode_id in self._ended
+
+    def open_episodes(self) -> set[str]:
+        """Episodes whose START is in the bag but neither their END nor ABORT (yet)."""
+        return set(self._open)
+
+    def unmatched_topics(self) -> list[str]:
+        """Topics not yet ready to record: a stream the demonstration needs with no matched
+        publisher, or any recorded topic with a publisher the graph lists that DDS has not
+        matched to us yet (its first messages would be lost)."""
+        return [topic for topic, sub in self._recorded.items()
+                if sub.get_publisher_count() < max(self.count_publishers(topic),
+                                                   int(self._topics[topic][0] in _NEEDED_TYPES))]
 
     def close(self) -> None:
         if self._writer is not None:
@@ -154,6 +182,8 @@ def run_recording(args: argparse.Namespace, config: RecordConfig) -> int:
                 executor.add_node(recorder)
             # Wait until the publishers we record are matched, so the first seconds are kept.
             _spin_for(executor, args.settle)
+            if recorder is not None:
+                _wait_for_publishers(executor, recorder)
             events.publish(name, "start")
             if args.duration is not None:
                 _spin_for(executor, args.duration)
@@ -170,6 +200,13 @@ def run_recording(args: argparse.Namespace, config: RecordConfig) -> int:
                     executor.spin_once(timeout_sec=0.05)
                 if not recorder.saw_end(name):
                     print("[sernf-record] WARNING: the END event did not reach the bag", file=sys.stderr)
+                deadline = time.monotonic() + NESTED_END_WAIT_S
+                while recorder.open_episodes() and time.monotonic() < deadline:
+                    executor.spin_once(timeout_sec=0.05)
+                if recorder.open_episodes():
+                    print(f"[sernf-record] episode(s) {sorted(recorder.open_episodes())} started during the "
+                          f"recording but did not end within {NESTED_END_WAIT_S:g} s of it; the bag has their "
+                          "START only", file=sys.stderr)
                 executor.remove_node(recorder)
                 recorder.close()
                 recorder.destroy_node()
@@ -189,6 +226,16 @@ def _spin_for(executor, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         executor.spin_once(timeout_sec=min(0.05, max(0.0, deadline - time.monotonic())))
+
+
+def _wait_for_publishers(executor, recorder: BagRecorderNode) -> None:
+    deadline = time.monotonic() + MATCH_WAIT_S
+    while recorder.unmatched_topics() and time.monotonic() < deadline:
+        executor.spin_once(timeout_sec=0.05)
+    if missing := recorder.unmatched_topics():
+        print(f"[sernf-record] WARNING: recording without a matched publisher on {missing} "
+              "(not running, or a QoS mismatch); sernf-bag2zarr refuses a bag without a needed stream",
+              file=sys.stderr)
 
 
 def _spin_until_enter(executor) -> None:
