@@ -129,6 +129,7 @@ class Harness:
         # The learner's profile (transient local): the policy node subscribes with it.
         self.checkpoint_pub = n.create_publisher(CheckpointAvailable, "/sernf/checkpoint", CHECKPOINT_QOS)
         self.reward_pub = n.create_publisher(RewardEvent, "/sernf/reward", 10)
+        self.episode_pub = n.create_publisher(EpisodeEvent, "/sernf/episode", 10)
         self.arm = Received()
         self.hand = Received()
         self.chunks = Received()
@@ -143,7 +144,8 @@ class Harness:
         n.create_subscription(EpisodeEvent, "/sernf/episode", self.episodes.add, 10)
         self.start_client = n.create_client(Trigger, "/policy/start_episode")
         self.stop_client = n.create_client(Trigger, "/policy/stop_episode")
-        # What the observation timer publishes: "good", "off", "nan_pose", "short_joints".
+        # What the observation timer publishes: "good", "off", "nan_pose", "short_joints",
+        # "joints_beyond_limits" (a finger pushed past its range, as a hard contact leaves it).
         self.mode = "good"
         self.last_obs_time = 0.0
         n.create_timer(1.0 / RATE_HZ, self._publish_observations)
@@ -173,7 +175,7 @@ class Harness:
             joints.position = [0.2, 0.3, 0.4]  # unnamed, one joint too many
         else:
             joints.name = list(reversed(HAND_JOINTS))  # matched by name, not order
-            joints.position = [0.3, 0.2]
+            joints.position = [0.3, 2.0 if self.mode == "joints_beyond_limits" else 0.2]
         self.pose_pub.publish(pose)
         self.joint_pub.publish(joints)
         self.last_obs_time = time.monotonic()
@@ -234,6 +236,12 @@ class Harness:
         msg.header.stamp = self.node.get_clock().now().to_msg()
         msg.value, msg.subtask, msg.source = value, subtask, RewardEvent.SOURCE_OPERATOR
         self.reward_pub.publish(msg)
+
+    def publish_episode(self, event: int, episode_id: str, reason: str = "") -> None:
+        """An EpisodeEvent as a simulator or operator console sends it."""
+        msg = EpisodeEvent(episode_id=episode_id, event=event, reason=reason)
+        msg.header.stamp = self.node.get_clock().now().to_msg()
+        self.episode_pub.publish(msg)
 
     def close(self) -> None:
         self.executor.shutdown(timeout_sec=1.0)

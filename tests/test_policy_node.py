@@ -270,3 +270,39 @@ def test_a_new_episode_holds_the_measured_hand_not_the_last_episodes_target(star
     last_target = first["action"][-1, 7:]
     assert np.abs(last_target - measured).max() > 1e-3, "test needs the first episode to end elsewhere"
     np.testing.assert_allclose(second["action"][:h.P, 7:], np.tile(measured, (h.P, 1)), atol=1e-6)
+
+
+def test_a_start_event_waits_briefly_for_good_inputs(start_node, checkpoints, tmp_path):
+    # A simulator's START arrives before the observations after its reset: the fingers still
+    # read where the last episode pushed them (beyond their limits). The node waits for good
+    # inputs (start_wait_s) instead of refusing the episode; one that stays bad is refused.
+    uri = str(tmp_path / "replay.zarr")
+    _, harness = start_node(checkpoints["base"][0], replay_uri=uri, start_wait_s=1.5)
+    harness.wait_for(lambda: "no episode" in harness.diag().get("hold_reason", ""), 45.0,
+                     "the node to be ready and idle", harness.node_log)
+    START, END = 0, 1
+    harness.mode = "joints_beyond_limits"
+    time.sleep(0.5)
+    harness.publish_episode(START, "sim-0-00007", "layout_7")
+    time.sleep(0.5)
+    assert len(harness.arm) == 0, "commanded on inputs beyond the joint limits"
+    harness.mode = "good"
+    wait_commanding(harness, timeout=5.0)
+    time.sleep(1.0)
+    harness.publish_episode(END, "sim-0-00007", "success")
+    harness.wait_for(lambda: len(harness.replay) > 0, 15.0, "a ReplayEpisode", harness.node_log)
+    msg = harness.replay.last()[1]
+    assert msg.episode_id == "sim-0-00007" and msg.num_steps >= 5, (msg.episode_id, msg.num_steps)
+
+    # Inputs that stay bad past start_wait_s: refused, with the reason, and nothing commanded.
+    harness.mode = "joints_beyond_limits"
+    time.sleep(0.5)
+    commands = len(harness.arm)
+    harness.publish_episode(START, "sim-0-00008", "layout_8")
+    harness.wait_for(lambda: "cannot start episode 'sim-0-00008'" in harness.node_log(), 10.0,
+                     "the refusal", harness.node_log)
+    assert "after waiting 1.5 s" in harness.node_log()
+    harness.mode = "good"
+    time.sleep(1.0)
+    assert len(harness.arm) == commands, "an episode started after its START was refused"
+    assert "no episode" in harness.diag().get("hold_reason", ""), harness.diag()

@@ -142,6 +142,7 @@ _SELECTIONS = ("", "best_of_n", "most_likely", "single")
 _EPISODE_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}$")
 # EpisodeEvent END reasons that mean a time limit, i.e. a truncation (not a terminal state).
 _TRUNCATION_REASONS = frozenset({"timeout", "time_limit", "truncated"})
+_INPUTS_NOT_READY = "inputs not ready: "
 
 
 #: RewardEvent.source values and their names.
@@ -243,6 +244,11 @@ class PolicyNodeConfig:
 
     start_on_episode_event: bool = True
     """An EpisodeEvent START from another node starts an episode with its id."""
+
+    start_wait_s: float = 2.0
+    """A START that arrives while the inputs are not good waits this long (wall clock) for
+    them before it is refused: the reset that came with it is not yet in the observations (the
+    fingers still where the last episode pushed them). 0: refuse at once."""
 
     arm_index: int = _ACTION_DEFAULTS.arm_index
     """First action index of the arm's relative pose (7 dims: xyz + quaternion wxyz); -1: none."""
@@ -391,7 +397,7 @@ class PolicyNodeConfig:
             value = float(getattr(self, name))
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number, got {value}")
-        for name in ("sigma_sample", "reward_grace_s", "artificial_inference_delay_s"):
+        for name in ("sigma_sample", "reward_grace_s", "artificial_inference_delay_s", "start_wait_s"):
             value = float(getattr(self, name))
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")
@@ -525,6 +531,8 @@ class PolicyNode(Node):
         self._scheduler: ChunkScheduler | None = None
         self._episode: _Episode | None = None
         self._known_episode_ids: deque[str] = deque(maxlen=256)
+        # A START from another node that waits for good inputs: (episode id, monotonic deadline).
+        self._pending_start: tuple[str, float] | None = None
         self._closing: list[EpisodeRecorder] = []
         self._hold_reason = "starting"
         self._hold_kind = ""
@@ -737,8 +745,16 @@ class PolicyNode(Node):
                                                   "episode; using a new id")
                         episode_id = ""
                     problem = self._start_episode(episode_id or None, announce=not episode_id)
-                    if problem:
+                    if problem.startswith(_INPUTS_NOT_READY) and self.cfg.start_wait_s > 0:
+                        self._pending_start = (episode_id, time.monotonic() + self.cfg.start_wait_s)
+                        self.get_logger().info(f"episode {episode_id!r}: waiting up to "
+                                               f"{self.cfg.start_wait_s:g} s for good inputs ({problem})")
+                    elif problem:
                         self.get_logger().warning(f"cannot start episode {episode_id!r}: {problem}")
+            elif (msg.event in (EpisodeEvent.END, EpisodeEvent.ABORT) and self._pending_start is not None
+                  and self._pending_start[0] == episode_id):
+                self._pending_start = None
+                self.get_logger().warning(f"episode {episode_id!r} ended before the inputs were good: not recorded")
             elif msg.event in (EpisodeEvent.END, EpisodeEvent.ABORT) and self._episode is not None:
                 terminated = msg.event == EpisodeEvent.END and msg.reason not in _TRUNCATION_REASONS
                 self._end_episode(f"{'END' if msg.event == EpisodeEvent.END else 'ABORT'} event: "
@@ -785,6 +801,8 @@ class PolicyNode(Node):
         with self._lock:
             self._swap_pending_policy()
             reason, kind = self._input_problem(now)
+            if self._pending_start is not None and (not reason or now > self._pending_start[1]):
+                self._start_pending_episode(reason)
             if reason:
                 self._enter_safety_hold(reason, kind)
                 return
@@ -909,6 +927,16 @@ class PolicyNode(Node):
 
     # ---------------------------------------------------------------------------- episodes
 
+    def _start_pending_episode(self, input_problem: str) -> None:
+        """The waiting START: start it now that the inputs are good, or refuse it (waited too
+        long, ``input_problem`` says why). Caller holds the lock."""
+        episode_id, _ = self._pending_start
+        self._pending_start = None
+        problem = (f"{_INPUTS_NOT_READY}{input_problem} (after waiting {self.cfg.start_wait_s:g} s)"
+                   if input_problem else self._start_episode(episode_id or None, announce=not episode_id))
+        if problem:
+            self.get_logger().warning(f"cannot start episode {episode_id!r}: {problem}")
+
     def _start_episode(self, episode_id: str | None, announce: bool) -> str:
         """Start an episode now; returns '' or why it cannot start. Caller holds the lock."""
         if self._episode is not None:
@@ -917,7 +945,7 @@ class PolicyNode(Node):
             return "no policy loaded"
         problems = self._buffer.problems(time.monotonic(), clock_now=self._clock_s())
         if problems:
-            return "inputs not ready: " + "; ".join(f"{k} {r}" for k, r in sorted(problems.items()))
+            return _INPUTS_NOT_READY + "; ".join(f"{k} {r}" for k, r in sorted(problems.items()))
         if not episode_id:
             episode_id = f"online-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
         stamp = self.get_clock().now().nanoseconds * 1e-9
