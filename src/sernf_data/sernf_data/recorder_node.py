@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -182,8 +183,11 @@ def run_recording(args: argparse.Namespace, config: RecordConfig) -> int:
                 executor.add_node(recorder)
             # Wait until the publishers we record are matched, so the first seconds are kept.
             _spin_for(executor, args.settle)
-            if recorder is not None:
-                _wait_for_publishers(executor, recorder)
+            if recorder is not None and not _spin_until(executor, lambda r=recorder: not r.unmatched_topics(),
+                                                        MATCH_WAIT_S):
+                print(f"[sernf-record] WARNING: recording without a matched publisher on "
+                      f"{recorder.unmatched_topics()} (not running, or a QoS mismatch); sernf-bag2zarr "
+                      "refuses a bag without a needed stream", file=sys.stderr)
             events.publish(name, "start")
             if args.duration is not None:
                 _spin_for(executor, args.duration)
@@ -195,15 +199,9 @@ def run_recording(args: argparse.Namespace, config: RecordConfig) -> int:
             events.publish(name, "end", reason)
             if recorder is not None:
                 # Close only once our own END event is in the bag (it went through DDS).
-                deadline = time.monotonic() + 10.0
-                while not recorder.saw_end(name) and time.monotonic() < deadline:
-                    executor.spin_once(timeout_sec=0.05)
-                if not recorder.saw_end(name):
+                if not _spin_until(executor, lambda r=recorder, n=name: r.saw_end(n), 10.0):
                     print("[sernf-record] WARNING: the END event did not reach the bag", file=sys.stderr)
-                deadline = time.monotonic() + NESTED_END_WAIT_S
-                while recorder.open_episodes() and time.monotonic() < deadline:
-                    executor.spin_once(timeout_sec=0.05)
-                if recorder.open_episodes():
+                if not _spin_until(executor, lambda r=recorder: not r.open_episodes(), NESTED_END_WAIT_S):
                     print(f"[sernf-record] episode(s) {sorted(recorder.open_episodes())} started during the "
                           f"recording but did not end within {NESTED_END_WAIT_S:g} s of it; the bag has their "
                           "START only", file=sys.stderr)
@@ -228,14 +226,12 @@ def _spin_for(executor, seconds: float) -> None:
         executor.spin_once(timeout_sec=min(0.05, max(0.0, deadline - time.monotonic())))
 
 
-def _wait_for_publishers(executor, recorder: BagRecorderNode) -> None:
-    deadline = time.monotonic() + MATCH_WAIT_S
-    while recorder.unmatched_topics() and time.monotonic() < deadline:
+def _spin_until(executor, done: Callable[[], bool], seconds: float) -> bool:
+    """Spin until ``done()`` or ``seconds`` have passed; returns ``done()``."""
+    deadline = time.monotonic() + seconds
+    while not done() and time.monotonic() < deadline:
         executor.spin_once(timeout_sec=0.05)
-    if missing := recorder.unmatched_topics():
-        print(f"[sernf-record] WARNING: recording without a matched publisher on {missing} "
-              "(not running, or a QoS mismatch); sernf-bag2zarr refuses a bag without a needed stream",
-              file=sys.stderr)
+    return done()
 
 
 def _spin_until_enter(executor) -> None:
