@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .acting_cache import ParameterKeyedCache
 from .config_io import build_dataclass
 from .fast_paths import fast_paths_enabled
 from .hl_gauss import HLGauss
@@ -254,36 +255,14 @@ def _batched_layer_norm(x: Tensor, norm: nn.LayerNorm, w: Tensor, b: Tensor) -> 
     return torch.addcmul(b.view(shape), F.layer_norm(x, norm.normalized_shape, eps=norm.eps), w.view(shape))
 
 
-class _StackedEnsemble:
+def _stack_members(members: nn.ModuleList) -> dict[str, Tensor]:
     """The M critics' parameters stacked along a leading axis (``{name: [M, ...]}``), so that
     one batched matmul serves every critic (one forward and one backward for the ensemble).
-
-    Outside inference mode the stack is rebuilt per call (autograd routes each slice's gradient
-    to its member's parameter; a copy is cheap next to a training step's arithmetic). Under
-    inference mode (acting) it is cached until a parameter changes: its version counter moves
-    with every in-place update (optimiser or Polyak step, ``load_state_dict``), and a new
-    tensor has another address."""
-
-    def __init__(self) -> None:
-        self._key: tuple | None = None
-        self._cached: dict[str, Tensor] | None = None
-
-    @staticmethod
-    def _stack(members: nn.ModuleList) -> dict[str, Tensor]:
-        named = [dict(m.named_parameters()) for m in members]
-        return {name: torch.stack([params[name] for params in named]) for name in named[0]}
-
-    def get(self, members: nn.ModuleList) -> dict[str, Tensor]:
-        if not torch.is_inference_mode_enabled():
-            return self._stack(members)
-        params = [p for m in members for p in m.parameters()]
-        key = tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in params)
-        if self._cached is None or key != self._key:
-            # Plain tensors even when first built under inference_mode (acting): training may
-            # follow, and the cache is only read without gradients.
-            with torch.inference_mode(False), torch.no_grad():
-                self._cached, self._key = self._stack(members), key
-        return self._cached
+    Built per training call (autograd routes each slice's gradient to its member's parameter; a
+    copy is cheap next to a training step's arithmetic) and cached while acting
+    (:class:`ParameterKeyedCache`)."""
+    named = [dict(m.named_parameters()) for m in members]
+    return {name: torch.stack([params[name] for params in named]) for name in named[0]}
 
 
 def _ensemble_score_fast(members: nn.ModuleList, stacked: dict[str, Tensor], obs_tokens: Tensor,
@@ -408,7 +387,7 @@ class ChunkCritic(nn.Module):
         self.config = config
         self.members = nn.ModuleList(_CriticMember(config) for _ in range(config.num_critics))
         self.hl_gauss = HLGauss(config.v_min, config.v_max, config.num_bins, config.sigma_ratio)
-        self._stacked = _StackedEnsemble()
+        self._stacked: ParameterKeyedCache[dict[str, Tensor]] = ParameterKeyedCache()
 
     def _check(self, obs_tokens: Tensor, prefix: Tensor, chunk: Tensor, chunk_ndim: int) -> None:
         cfg = self.config
@@ -454,7 +433,8 @@ class ChunkCritic(nn.Module):
         per-member matmuls are large and batched matmuls run less efficiently)."""
         if len(self.members) == 1 or self.config.d_model > _ENSEMBLE_MAX_WIDTH:
             return torch.stack([m.score_fast(obs_tokens, prefix, chunks) for m in self.members])
-        return _ensemble_score_fast(self.members, self._stacked.get(self.members), obs_tokens, prefix, chunks)
+        stacked = self._stacked.get(list(self.members.parameters()), lambda: _stack_members(self.members))
+        return _ensemble_score_fast(self.members, stacked, obs_tokens, prefix, chunks)
 
     def values(self, logits: Tensor) -> Tensor:
         """HL-Gauss expected values ``[M, ...]`` of logits ``[M, ..., Z]``."""

@@ -59,6 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .acting_cache import ParameterKeyedCache
 from .config_io import build_dataclass
 from .fast_paths import fast_paths_enabled
 
@@ -239,6 +240,10 @@ class _Conditioner(nn.Module):
         for head in (self.head_s, self.head_b):  # identity coupling at init
             nn.init.zeros_(head[-1].weight)
             nn.init.zeros_(head[-1].bias)
+        # Acting-time constants of the optimised path (acting_cache): the query-embedding
+        # rows' q / k / v, and the two heads' first layers as one matmul.
+        self._query_rows_cache: ParameterKeyedCache[tuple[Tensor, Tensor, Tensor]] = ParameterKeyedCache()
+        self._heads_in_cache: ParameterKeyedCache[tuple[Tensor, Tensor]] = ParameterKeyedCache()
 
     def _heads(self, t: Tensor) -> Tensor:
         """``[..., T, hid]`` -> ``[..., heads, T, hd]``."""
@@ -249,6 +254,36 @@ class _Conditioner(nn.Module):
         k, v = self.cross_kv(context).chunk(2, dim=-1)
         return self._heads(k).unsqueeze(1), self._heads(v).unsqueeze(1)
 
+    def _residual(self, t: Tensor) -> Tensor:
+        """The residual branch's dropout (a no-op call skipped when it cannot drop anything)."""
+        return self.resid_drop(t) if self.training and self.dropout_p > 0.0 else t
+
+    def _query_rows(self, plan: _CouplingPlan) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k, v ``[heads, R, hd]`` (RoPE applied to q and k) of the R rows that enter as the
+        query embedding: they depend on the weights alone, so acting computes them once."""
+        def build() -> tuple[Tensor, Tensor, Tensor]:
+            hid, r = self.num_heads * self.head_dim, plan.rows.numel()
+            q, k, v = F.linear(self.norm_self(self.query_embed), self.qkv.weight).chunk(3)  # [hid] each
+            return (_rope(self._heads(q.expand(r, hid)), self.rope_base, plan.rope_rows),
+                    _rope(self._heads(k.expand(r, hid)), self.rope_base, plan.rope_rows),
+                    self._heads(v.expand(r, hid)))
+
+        params = (self.query_embed, self.norm_self.weight, self.qkv.weight, plan.rope_rows[0])
+        return self._query_rows_cache.get(params, build)
+
+    def _scale_shift_heads(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        """``head_s(h), head_b(h)``; while acting, both heads' first layers run as one matmul
+        and one GELU on their concatenated weights (same numbers, half the operators)."""
+        if not torch.is_inference_mode_enabled() or torch.compiler.is_compiling():
+            return self.head_s(h), self.head_b(h)
+        first_s, first_b = self.head_s[0], self.head_b[0]
+        w, b = self._heads_in_cache.get(
+            (first_s.weight, first_s.bias, first_b.weight, first_b.bias),
+            lambda: (torch.cat([first_s.weight, first_b.weight]), torch.cat([first_s.bias, first_b.bias])),
+        )
+        hidden_s, hidden_b = F.gelu(F.linear(h, w, b)).split(first_s.out_features, dim=-1)
+        return self.head_s[-1](hidden_s), self.head_b[-1](hidden_b)
+
     def forward_rows(
         self, x: Tensor, plan: _CouplingPlan, ctx_kv: tuple[Tensor, Tensor]
     ) -> tuple[Tensor, Tensor]:
@@ -258,8 +293,9 @@ class _Conditioner(nn.Module):
         and after self-attention every sub-layer works row by row (cross-attention reads only
         the context), so only the transformed rows need their queries, attention outputs, MLP
         and heads; all H rows still give keys and values. For the time partition (H >= 2) that
-        is half the rows, which halves the conditioner's arithmetic. Same numbers as
-        :meth:`forward` up to float rounding.
+        is half the rows, which halves the conditioner's arithmetic. Cross-attention runs the
+        N samples' queries as one sequence against their shared context keys (one attention of
+        N R queries instead of N of R). Same numbers as :meth:`forward` up to float rounding.
         """
         b_, n_, _, _ = x.shape
         hid = self.num_heads * self.head_dim
@@ -267,14 +303,12 @@ class _Conditioner(nn.Module):
         w = self.qkv.weight  # [3 hid, hid]: q, k, v stacked
         if plan.rows_are_queries:
             # Time partition: every transformed row enters as the query embedding, so its
-            # q / k / v are the same for every sample and computed once; only the kept rows'
+            # q / k / v are the same for every sample (_query_rows); only the kept rows'
             # keys / values depend on the data. Attention does not depend on the order of its
             # keys (RoPE carries the positions), so kept and query keys are simply concatenated.
-            const_q, const_k, const_v = F.linear(self.norm_self(self.query_embed), w).chunk(3)  # [hid] each
-            lead = (b_, n_, self.num_heads, plan.rows.numel(), self.head_dim)
-            q = _rope(self._heads(const_q.expand(plan.rows.numel(), hid)), self.rope_base, plan.rope_rows).expand(lead)
-            k = _rope(self._heads(const_k.expand(plan.rows.numel(), hid)), self.rope_base, plan.rope_rows).expand(lead)
-            v = self._heads(const_v.expand(plan.rows.numel(), hid)).expand(lead)
+            const_q, const_k, const_v = self._query_rows(plan)
+            lead = (b_, n_, *const_q.shape)
+            q, k, v = const_q.expand(lead), const_k.expand(lead), const_v.expand(lead)
             if plan.kept.numel():
                 kept_k, kept_v = F.linear(self.norm_self(self.in_proj(x.index_select(-2, plan.kept))), w[hid:]).chunk(2, -1)
                 k = torch.cat([_rope(self._heads(kept_k), self.rope_base, plan.rope_kept), k], dim=-2)
@@ -289,17 +323,17 @@ class _Conditioner(nn.Module):
             k = _rope(self._heads(k), self.rope_base, plan.rope_all)
             v = self._heads(v)
         att = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # [B, N, heads, R, hd]
-        h = h + self.resid_drop(self.self_out(att.transpose(-3, -2).flatten(-2)))
+        h = h + self._residual(self.self_out(att.transpose(-3, -2).flatten(-2)))
 
-        q = self._heads(self.cross_q(self.norm_cross(h)))
-        ck, cv = ctx_kv
-        shape = (b_, n_, *ck.shape[2:])
-        att = F.scaled_dot_product_attention(q, ck.expand(shape), cv.expand(shape), dropout_p=p)
-        h = h + self.resid_drop(self.cross_out(att.transpose(-3, -2).flatten(-2)))
+        rows = plan.rows.numel()
+        q = self.cross_q(self.norm_cross(h))  # [B, N, R, hid] -> [B, heads, N R, hd]
+        q = q.reshape(b_, n_ * rows, self.num_heads, self.head_dim).transpose(1, 2)
+        ck, cv = ctx_kv  # [B, 1, heads, L, hd]
+        att = F.scaled_dot_product_attention(q, ck.squeeze(1), cv.squeeze(1), dropout_p=p)  # [B, heads, N R, hd]
+        h = h + self._residual(self.cross_out(att.transpose(1, 2).reshape(b_, n_, rows, hid)))
 
-        h = h + self.resid_drop(self.mlp(self.norm_mlp(h)))
-        h = self.norm_out(h)
-        return self.head_s(h), self.head_b(h)
+        h = h + self._residual(self.mlp(self.norm_mlp(h)))
+        return self._scale_shift_heads(self.norm_out(h))
 
     def forward(
         self, x: Tensor, keep: Tensor, ctx_kv: tuple[Tensor, Tensor]
@@ -378,7 +412,9 @@ class _AffineCoupling(nn.Module):
         updated and written back into ``x`` (kept entries pass through untouched)."""
         plan = self.plan(x)
         s, b = self.conditioner.forward_rows(x, plan, ctx_kv)  # [B, N, R, A]
-        log_s, shift = torch.tanh(s) * plan.trans_f, b * plan.trans_f
+        log_s, shift = torch.tanh(s), b
+        if not plan.rows_fully_transformed:
+            log_s, shift = log_s * plan.trans_f, shift * plan.trans_f
         rows = x.index_select(-2, plan.rows)
         if inverse:
             new_rows, logdet = (rows - shift) * torch.exp(-log_s), -log_s.sum(dim=(-2, -1))
@@ -400,6 +436,8 @@ class _CouplingPlan:
     #: ``keep_mask`` as 0/1 floats ``[H, A]`` and the transformed entries of the rows ``[R, A]``.
     keep_f: Tensor
     trans_f: Tensor
+    #: True when every entry of the computed rows is transformed (``trans_f`` all ones).
+    rows_fully_transformed: bool
     #: Rows that enter the conditioner as a query embedding (no kept entry) ``[H, 1]`` bool.
     is_query: Tensor
     #: Indices of the fully kept rows ``[H - R]``, and whether every computed row is a query
@@ -421,6 +459,7 @@ class _CouplingPlan:
         return cls(
             rows=rows, all_rows=rows.numel() == keep.shape[0], keep_f=keep.to(like.dtype),
             trans_f=(~keep).to(like.dtype).index_select(0, rows), is_query=query_rows[:, None],
+            rows_fully_transformed=bool((~keep).index_select(0, rows).all()),
             kept=kept, rows_are_queries=bool(query_rows.index_select(0, rows).all()) and rows.numel() + kept.numel() == keep.shape[0],
             rope_all=(cos, sin), rope_rows=(cos.index_select(0, rows), sin.index_select(0, rows)),
             rope_kept=(cos.index_select(0, kept), sin.index_select(0, kept)),
@@ -702,13 +741,32 @@ class ChunkFlow(nn.Module):
         two methods always agree on what the sampler returns (the tanh-space density of the
         unclamped point would describe an action that is never executed).
         """
+        actions, log_prob, clamped = self.sample_deferring_clamped(context, num_samples, sigma, generator)
+        if bool(clamped.any()):
+            rows, cols = clamped.nonzero(as_tuple=True)
+            log_prob = log_prob.index_put((rows, cols), self.clamped_log_prob(actions[rows, cols], context[rows]))
+        return actions, log_prob
+
+    def sample_deferring_clamped(
+        self,
+        context: Tensor,
+        num_samples: int,
+        sigma: float = 0.7,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`sample` without its density fix: ``(actions [B, N, H, A], log_prob [B, N],
+        clamped [B, N])``, the same draws, where ``log_prob`` of a ``clamped`` candidate is still
+        that of the unclamped point. For a caller that needs the density of only some
+        candidates (best-of-N acting reports the chosen one's): :meth:`clamped_log_prob` gives
+        it, and skipping the others saves a whole forward pass through the couplings."""
         eps = self.draw_noise(context, num_samples, generator)
         component_u = None
         if self.base is not None:  # drawn after eps: the N(0, I) base's random stream is unchanged
             component_u = torch.rand(eps.shape[:2], generator=generator, device=eps.device, dtype=eps.dtype)
-        actions, log_prob, clamped = self.transform_noise(context, eps, sigma, component_u)
-        if bool(clamped.any()):
-            rows, cols = clamped.nonzero(as_tuple=True)
-            z_c, logdet_c = self.forward_transform(actions[rows, cols], context[rows])
-            log_prob = log_prob.index_put((rows, cols), self.base_log_prob(z_c, context[rows]) + logdet_c)
-        return actions, log_prob
+        return self.transform_noise(context, eps, sigma, component_u)
+
+    def clamped_log_prob(self, actions: Tensor, context: Tensor) -> Tensor:
+        """``log pi`` ``[B]`` of chunks ``actions [B, H, A]`` already inside the clamp (what
+        :meth:`log_prob` computes for them, without clamping again)."""
+        z, logdet = self.forward_transform(actions, context)
+        return self.base_log_prob(z, context) + logdet

@@ -569,10 +569,36 @@ class Policy(nn.Module):
             if graph is not None and graph.serves(checked, n, sigma, selection):
                 return _to_host(*graph.act(checked, prefix, generator))
             prefix_norm = self.action_normalizer.normalize(torch.as_tensor(prefix, device=self.device))
+            if self._choice_needs_one_density(selection, n):
+                return _to_host(*self._best_of_n_deferring_clamped(checked, prefix_norm, n, sigma, generator))
             chunks, log_prob = self.sample(checked, prefix_norm, n, sigma, generator=generator)  # [B,N,H,A], [B,N]
             return _to_host(*self._choose(checked, prefix_norm, chunks, log_prob, selection))
         finally:
             self.train(was_training)
+
+    def _choice_needs_one_density(self, selection: str, n: int) -> bool:
+        """True when :meth:`_choose` picks by the critics alone (plain best-of-N: no top-k
+        restriction, no disagreement fallback), so only the chosen candidate's density is
+        ever read."""
+        cfg = self.config
+        return (selection == "best_of_n" and isinstance(self.flow, ChunkFlow) and self.critic is not None and n > 1
+                and not 0 < cfg.selection_top_k < n and cfg.selection_max_disagreement <= 0)
+
+    def _best_of_n_deferring_clamped(self, obs: Mapping[str, Any], prefix_norm: Tensor, n: int, sigma: float,
+                                     generator: torch.Generator | None) -> tuple[Tensor, ...]:
+        """:meth:`sample` then :meth:`_choose` with the same draws and outputs, where a candidate
+        on the action clamp gets its density recomputed (a forward pass through the couplings)
+        only if it is the one chosen, not whenever any candidate is clamped: on the bench's
+        untrained flow that redo set the p99 of a chunk (docs/performance.md)."""
+        context = self.actor_context(obs, prefix_norm)
+        chunks, log_prob, clamped = self.flow.sample_deferring_clamped(context, n, sigma, generator=generator)
+        chosen, chosen_log_prob, q, index, fallback = self._choose(obs, prefix_norm, chunks, log_prob, "best_of_n")
+        redo = clamped[torch.arange(chunks.shape[0], device=chunks.device), index]
+        if bool(redo.any()):
+            rows = redo.nonzero().flatten()
+            fixed = self.flow.clamped_log_prob(chunks[rows, index[rows]], context[rows])
+            chosen_log_prob = chosen_log_prob.index_put((rows,), fixed)
+        return chosen, chosen_log_prob, q, index, fallback
 
     def _choose(
         self, obs: Mapping[str, Any], prefix_norm: Tensor, chunks: Tensor, log_prob: Tensor, selection: str

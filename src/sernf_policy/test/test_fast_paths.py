@@ -78,6 +78,32 @@ def test_act_batch_matches_the_reference_path(horizon, prefix_len, critic):
     assert policy.config.num_samples > 1 and np.ptp(ref_info["q"]) >= 0.0
 
 
+@pytest.mark.parametrize("head_std", [0.3, 3.0])  # 3.0: most candidates on the action clamp
+def test_best_of_n_acting_gives_sample_and_choose_outputs(head_std):
+    """Plain best-of-N acting recomputes the density of a clamped candidate only if it is
+    chosen; the outputs are those of sample() (which fixes every clamped candidate) + choice."""
+    policy = _perturbed_policy(6, 2, {"d_model": 32, "num_heads": 4, "num_layers": 3, "ff_dim": 24})
+    with torch.no_grad():
+        for layer in policy.flow.layers:
+            for head in (layer.conditioner.head_s, layer.conditioner.head_b):
+                head[-1].weight.mul_(head_std / 0.3)
+    obs, prefix = _inputs(3, 2)
+    chunks_raw, info = policy.act_batch(obs, prefix, generator=torch.Generator().manual_seed(5))
+    policy.eval()
+    prefix_norm = policy.action_normalizer.normalize(torch.as_tensor(prefix))
+    with torch.inference_mode():
+        chunks, log_prob = policy.sample(obs, prefix_norm, 16, policy.config.sigma_sample,
+                                         generator=torch.Generator().manual_seed(5))
+        want = policy._choose(obs, prefix_norm, chunks, log_prob, "best_of_n")
+        on_clamp = (chunks.abs() >= 1.0 - policy.flow.config.clamp_eps).flatten(2).any(-1)
+    chosen_on_clamp = on_clamp[torch.arange(3), want[3]]
+    assert bool(chosen_on_clamp.all()) == (head_std == 3.0)  # the recompute really runs (or not)
+    np.testing.assert_array_equal(info["index"], want[3].numpy())
+    np.testing.assert_allclose(chunks_raw, want[0].numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(info["q"], want[2].numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(info["log_prob"], want[1].numpy(), rtol=1e-5, atol=1e-4)
+
+
 def test_all_candidate_scores_match_the_reference_path():
     policy = _perturbed_policy(6, 2, {"d_model": 32, "num_heads": 4, "num_layers": 3, "ff_dim": 24}).eval()
     obs, prefix = _inputs(2, 2)
@@ -211,6 +237,25 @@ def test_acting_follows_critic_weights_changed_in_place():
         ref = policy.act_batch(obs, prefix, generator=torch.Generator().manual_seed(4))[1]["q"]
     np.testing.assert_allclose(after, ref, rtol=1e-4, atol=1e-5)
     assert np.abs(after - before).max() > 1e-3
+
+
+def test_acting_follows_flow_weights_changed_in_place():
+    """The couplings' acting-time constants (query-embedding rows, joined head weights) are
+    rebuilt after an in-place update."""
+    policy = _perturbed_policy(6, 2, {"d_model": 32, "num_heads": 4, "num_layers": 2, "ff_dim": 24})
+    obs, prefix = _inputs(2, 2)
+    before = policy.act_batch(obs, prefix, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():  # what an optimiser step or load_state_dict does to the parameters
+        for layer in policy.flow.layers:
+            conditioner = layer.conditioner
+            conditioner.query_embed.add_(torch.linspace(-1.0, 1.0, conditioner.query_embed.numel()))
+            conditioner.head_b[0].bias.add_(0.5)
+    after = policy.act_batch(obs, prefix, generator=torch.Generator().manual_seed(4))
+    with reference_paths():
+        ref = policy.act_batch(obs, prefix, generator=torch.Generator().manual_seed(4))
+    np.testing.assert_allclose(after[0], ref[0], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(after[1]["log_prob"], ref[1]["log_prob"], rtol=1e-4, atol=1e-3)
+    assert np.abs(after[1]["log_prob"] - before[1]["log_prob"]).max() > 1e-2
 
 
 @pytest.mark.slow
