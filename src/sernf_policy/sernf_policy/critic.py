@@ -357,11 +357,13 @@ def _batched_encoder_layer(layer: nn.TransformerEncoderLayer, prefix: str, stack
             x_in = norm1(x) if layer.norm_first else x
             q, k, v = _batched_linear(x_in, w, b).split(d, dim=-1)
 
-        def split_heads(t: Tensor) -> Tensor:
-            return t.unflatten(-1, (heads, hd)).transpose(-3, -2)  # [M, B', heads, T, hd]
+        def split_heads(t: Tensor) -> Tensor:  # [M, B', T, d] -> [M B', heads, T, hd]
+            return t.unflatten(-1, (heads, hd)).transpose(-3, -2).flatten(0, 1)
 
+        # Attention on 4-D [M B', heads, T, hd]: torch.compile (2.14, CPU inductor) computed a
+        # wrong attention from these strided views when they were passed as 5-D [M, B', ...].
         att = F.scaled_dot_product_attention(split_heads(q), split_heads(k), split_heads(v), dropout_p=p)
-        att_rows = att.transpose(-3, -2).flatten(-2)
+        att_rows = att.unflatten(0, x.shape[:2]).transpose(-3, -2).flatten(-2)
     if readout_only:
         x = x[:, :, :1]
     sa = layer.dropout1(_batched_linear(att_rows, par["self_attn.out_proj.weight"], par["self_attn.out_proj.bias"]))
@@ -388,6 +390,13 @@ class ChunkCritic(nn.Module):
         self.members = nn.ModuleList(_CriticMember(config) for _ in range(config.num_critics))
         self.hl_gauss = HLGauss(config.v_min, config.v_max, config.num_bins, config.sigma_ratio)
         self._stacked: ParameterKeyedCache[dict[str, Tensor]] = ParameterKeyedCache()
+        self._compiled_score: Any = None
+
+    def compile_for_acting(self, **compile_kwargs: Any) -> None:
+        """Opt in to ``torch.compile`` (inductor) of candidate scoring on the optimised path, used
+        only when acting (inference mode); training and the reference path stay eager. Shapes
+        are static (``dynamic=False``) unless ``compile_kwargs`` say otherwise."""
+        self._compiled_score = torch.compile(self._score_fast, **{"dynamic": False, **compile_kwargs})
 
     def _check(self, obs_tokens: Tensor, prefix: Tensor, chunk: Tensor, chunk_ndim: int) -> None:
         cfg = self.config
@@ -418,6 +427,9 @@ class ChunkCritic(nn.Module):
         """
         self._check(obs_tokens, prefix, chunks, 4)
         if fast_paths_enabled():
+            compiled = self._compiled_score
+            if compiled is not None and torch.is_inference_mode_enabled():
+                return compiled(obs_tokens, prefix.to(chunks.dtype), chunks)
             return self._score_fast(obs_tokens, prefix.to(chunks.dtype), chunks)
         b, n = chunks.shape[:2]
         obs = obs_tokens.unsqueeze(1).expand(b, n, *obs_tokens.shape[1:]).flatten(0, 1)  # [B*N, L, D]

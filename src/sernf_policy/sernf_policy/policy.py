@@ -654,12 +654,15 @@ class Policy(nn.Module):
         self._acting_graph = None
 
     def compile_for_acting(self, **compile_kwargs: Any) -> None:
-        """Opt in to ``torch.compile`` of the flow's sampling for :meth:`act_batch`
-        (:meth:`ChunkFlow.compile_for_acting`; the critic gains nothing from it on a CPU).
-        Warm it up with one :meth:`act_batch` call before acting in real time."""
+        """Opt in to ``torch.compile`` of the flow's sampling and the critics' candidate scoring
+        for :meth:`act_batch` (:meth:`ChunkFlow.compile_for_acting`,
+        :meth:`ChunkCritic.compile_for_acting`). Warm it up with one :meth:`act_batch` call
+        before acting in real time."""
         if not isinstance(self.flow, ChunkFlow):
             raise ValueError("compile_for_acting needs the flow actor")
         self.flow.compile_for_acting(**compile_kwargs)
+        if self.critic is not None:
+            self.critic.compile_for_acting(**compile_kwargs)
 
     def warm_up(self, batch_size: int = 1, num_samples: int | None = None,
                 sigma: float | None = None) -> np.ndarray:

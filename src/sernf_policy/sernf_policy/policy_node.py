@@ -1251,7 +1251,7 @@ class PolicyNode(Node):
         policy.compile_for_acting()
         for _ in range(2):  # the first call compiles; the second runs the compiled path
             policy.warm_up(batch_size=1, num_samples=self.cfg.num_samples or None, sigma=self.cfg.sigma_sample or None)
-        self.get_logger().info(f"compiled the flow for acting in {time.monotonic() - started:.1f} s")
+        self.get_logger().info(f"compiled the policy for acting in {time.monotonic() - started:.1f} s")
 
     def _capture_cuda_graph(self, policy: Any) -> None:
         """``Policy.capture_cuda_graph`` at the shapes the node acts with. A checkpoint whose

@@ -265,7 +265,7 @@ def test_compiled_acting_matches_eager():
     obs, prefix = _inputs(2, 2)
     eager_chunks, eager_info = policy.act_batch(obs, prefix, generator=torch.Generator().manual_seed(9))
     policy.compile_for_acting()
-    assert policy.flow._compiled_inverse is not None
+    assert policy.flow._compiled_inverse is not None and policy.critic._compiled_score is not None
     chunks, info = policy.act_batch(obs, prefix, generator=torch.Generator().manual_seed(9))
     np.testing.assert_array_equal(info["index"], eager_info["index"])
     np.testing.assert_allclose(chunks, eager_chunks, rtol=1e-4, atol=1e-4)
