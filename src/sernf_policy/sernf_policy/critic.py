@@ -357,13 +357,17 @@ def _batched_encoder_layer(layer: nn.TransformerEncoderLayer, prefix: str, stack
             x_in = norm1(x) if layer.norm_first else x
             q, k, v = _batched_linear(x_in, w, b).split(d, dim=-1)
 
-        def split_heads(t: Tensor) -> Tensor:  # [M, B', T, d] -> [M B', heads, T, hd]
-            return t.unflatten(-1, (heads, hd)).transpose(-3, -2).flatten(0, 1)
+        # Compiled (acting), attention runs on 4-D [M B', heads, T, hd]: torch.compile (2.14, CPU
+        # inductor) computed a wrong attention from these strided views passed as 5-D. Eagerly
+        # it stays 5-D, which keeps the order in which training draws its dropout masks.
+        compiling = torch.compiler.is_compiling()
 
-        # Attention on 4-D [M B', heads, T, hd]: torch.compile (2.14, CPU inductor) computed a
-        # wrong attention from these strided views when they were passed as 5-D [M, B', ...].
+        def split_heads(t: Tensor) -> Tensor:  # [M, B', T, d] -> [M, B', heads, T, hd]
+            t = t.unflatten(-1, (heads, hd)).transpose(-3, -2)
+            return t.flatten(0, 1) if compiling else t
+
         att = F.scaled_dot_product_attention(split_heads(q), split_heads(k), split_heads(v), dropout_p=p)
-        att_rows = att.unflatten(0, x.shape[:2]).transpose(-3, -2).flatten(-2)
+        att_rows = (att.unflatten(0, x.shape[:2]) if compiling else att).transpose(-3, -2).flatten(-2)
     if readout_only:
         x = x[:, :, :1]
     sa = layer.dropout1(_batched_linear(att_rows, par["self_attn.out_proj.weight"], par["self_attn.out_proj.bias"]))

@@ -293,9 +293,9 @@ class _Conditioner(nn.Module):
         and after self-attention every sub-layer works row by row (cross-attention reads only
         the context), so only the transformed rows need their queries, attention outputs, MLP
         and heads; all H rows still give keys and values. For the time partition (H >= 2) that
-        is half the rows, which halves the conditioner's arithmetic. Cross-attention runs the
-        N samples' queries as one sequence against their shared context keys (one attention of
-        N R queries instead of N of R). Same numbers as :meth:`forward` up to float rounding.
+        is half the rows, which halves the conditioner's arithmetic. While acting,
+        cross-attention runs the N samples' queries as one sequence against their shared
+        context keys. Same numbers as :meth:`forward` up to float rounding.
         """
         b_, n_, _, _ = x.shape
         hid = self.num_heads * self.head_dim
@@ -325,12 +325,22 @@ class _Conditioner(nn.Module):
         att = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # [B, N, heads, R, hd]
         h = h + self._residual(self.self_out(att.transpose(-3, -2).flatten(-2)))
 
-        rows = plan.rows.numel()
-        q = self.cross_q(self.norm_cross(h))  # [B, N, R, hid] -> [B, heads, N R, hd]
-        q = q.reshape(b_, n_ * rows, self.num_heads, self.head_dim).transpose(1, 2)
         ck, cv = ctx_kv  # [B, 1, heads, L, hd]
-        att = F.scaled_dot_product_attention(q, ck.squeeze(1), cv.squeeze(1), dropout_p=p)  # [B, heads, N R, hd]
-        h = h + self._residual(self.cross_out(att.transpose(1, 2).reshape(b_, n_, rows, hid)))
+        if torch.is_inference_mode_enabled():
+            # Acting: the N samples' queries as one sequence against their shared context keys
+            # (one attention of N R query rows per head instead of N attentions of R rows).
+            # Training keeps the per-sample layout, and with it the order in which attention
+            # dropout draws its masks, so training runs reproduce earlier ones.
+            rows = plan.rows.numel()
+            q = self.cross_q(self.norm_cross(h)).reshape(b_, n_ * rows, self.num_heads, self.head_dim).transpose(1, 2)
+            att = F.scaled_dot_product_attention(q, ck.squeeze(1), cv.squeeze(1))  # [B, heads, N R, hd]
+            att = att.transpose(1, 2).reshape(b_, n_, rows, hid)
+        else:
+            q = self._heads(self.cross_q(self.norm_cross(h)))
+            shape = (b_, n_, *ck.shape[2:])
+            att = F.scaled_dot_product_attention(q, ck.expand(shape), cv.expand(shape), dropout_p=p)
+            att = att.transpose(-3, -2).flatten(-2)
+        h = h + self._residual(self.cross_out(att))
 
         h = h + self._residual(self.mlp(self.norm_mlp(h)))
         return self._scale_shift_heads(self.norm_out(h))
