@@ -9,9 +9,10 @@ so a chunk has 100 ms; the target on a 2-core CPU is p99 <= 50 ms.
 
 ``--reference`` times the reference implementation (``sernf_policy.fast_paths.reference_paths``)
 interleaved with the optimised one, so both see the same machine load; ``--profile`` prints the
-torch.profiler table of the optimised path. ``--compile`` also builds a copy of the policy (sharing its weight tensors) with
-``Policy.compile_for_acting`` (torch.compile of the flow's sampling and the critics' scoring),
-prints the compile time (the first chunk) and times it interleaved with the eager optimised path.
+torch.profiler table of the optimised path. ``--compile`` also builds a copy of the policy
+(sharing its weight tensors) with ``Policy.compile_for_acting`` (torch.compile of the flow's
+sampling and the critics' scoring), prints the compile time (the first chunk) and times it
+interleaved with the eager optimised path.
 ``--interop-threads 1`` sets ``torch.set_num_interop_threads(1)`` first. ``--bf16`` also times
 chunks under ``torch.autocast("cpu", dtype=torch.bfloat16)`` interleaved with float32 (same
 latents) and prints how far the chosen chunks move.

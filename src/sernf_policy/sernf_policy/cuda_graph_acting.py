@@ -60,8 +60,7 @@ def act_without_sync(policy: Policy, obs: Mapping[str, Tensor], prefix: Tensor, 
     context = policy.actor_context(obs, prefix_norm)
     flow = policy.flow
     chunks, log_prob, clamped = flow.transform_noise(context, noise, sigma)
-    z_c, logdet_c = flow.forward_transform(chunks, context)  # all N at once, shared context K/V
-    log_prob = torch.where(clamped, flow.base_log_prob(z_c, context) + logdet_c, log_prob)
+    log_prob = torch.where(clamped, flow.clamped_log_prob(chunks, context), log_prob)  # all N at once
     return (*policy._choose(obs, prefix_norm, chunks, log_prob, selection), clamped.sum())
 
 

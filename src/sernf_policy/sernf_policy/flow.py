@@ -683,9 +683,7 @@ class ChunkFlow(nn.Module):
         if self.training and add_noise and self.config.noise_std > 0:
             actions = actions + self.config.noise_std * torch.randn_like(actions)
         eps = self.config.clamp_eps
-        actions = actions.clamp(-1.0 + eps, 1.0 - eps)
-        z, logdet = self.forward_transform(actions, context)
-        return self.base_log_prob(z, context) + logdet
+        return self.clamped_log_prob(actions.clamp(-1.0 + eps, 1.0 - eps), context)
 
     def draw_noise(self, context: Tensor, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
         """The sampler's standard-normal draw ``eps [B, N, H, A]`` for ``context [B, L, D]``."""
@@ -776,7 +774,8 @@ class ChunkFlow(nn.Module):
         return self.transform_noise(context, eps, sigma, component_u)
 
     def clamped_log_prob(self, actions: Tensor, context: Tensor) -> Tensor:
-        """``log pi`` ``[B]`` of chunks ``actions [B, H, A]`` already inside the clamp (what
-        :meth:`log_prob` computes for them, without clamping again)."""
+        """``log pi`` ``[B]`` / ``[B, N]`` of chunks ``actions [B, H, A]`` / ``[B, N, H, A]``
+        already inside the clamp (what :meth:`log_prob` computes for them, without clamping
+        again)."""
         z, logdet = self.forward_transform(actions, context)
         return self.base_log_prob(z, context) + logdet
