@@ -186,10 +186,18 @@ class DataConfig:
     point-task demonstrations (``sernf_sim.datasets.mixed_point_dataset``, ~55 % successes)."""
     demo_seed: int = 0
     """Seed of the generated demonstrations."""
+    point_demo_upper_route_prob: float = 0.5
+    """Probability that a generated point-task demonstration goes above the obstacle (per
+    episode). 0.5: both routes, the multimodal data the task is made for; 0 or 1: one route, a
+    control that separates a method's handling of two modes from the rest."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.gamma <= 1.0:
             raise ValueError(f"DataConfig.gamma must be in (0, 1], got {self.gamma}")
+        self.point_demo_upper_route_prob = float(self.point_demo_upper_route_prob)
+        if not 0.0 <= self.point_demo_upper_route_prob <= 1.0:
+            raise ValueError("DataConfig.point_demo_upper_route_prob must be in [0, 1], "
+                             f"got {self.point_demo_upper_route_prob}")
         check_int(self, "generate_point_demos", allow_zero=True)
         check_int(self, "demo_seed", allow_zero=True)
         if not self.offline_uri or not self.online_uri:

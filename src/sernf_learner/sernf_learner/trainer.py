@@ -231,6 +231,7 @@ def generate_point_demos(config: RunConfig, uri: str, n: int, seed: int) -> None
     episodes = mixed_point_dataset(
         n=n, seed=seed, T=p.obs_history, P=p.prefix_len, H=p.horizon,
         task_config=PointTaskConfig(**dict(config.env.task_overrides)),
+        upper_route_prob=config.data.point_demo_upper_route_prob,
     )
     env = make_env(config, 1, 0)
     spec = StoreSpec(obs=env.observation_spec, action_dim=env.action_dim, control_rate_hz=env.control_hz)

@@ -56,6 +56,9 @@ def test_config_is_built_explicitly_and_validated(tmp_path):
     bad.write_text(yaml.safe_dump({**TINY, "trainer": {"eval": {"torch_threads": -1}}}))
     with pytest.raises(ValueError, match="torch_threads"):
         load_config(bad)
+    bad.write_text(yaml.safe_dump({**TINY, "data": {"point_demo_upper_route_prob": 1.5}}))
+    with pytest.raises(ValueError, match="point_demo_upper_route_prob"):
+        load_config(bad)
     evil = tmp_path / "evil.yaml"
     evil.write_text("il: !!python/object/apply:os.system ['echo pwned']\n")
     with pytest.raises(yaml.YAMLError):

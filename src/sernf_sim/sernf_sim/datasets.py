@@ -89,12 +89,15 @@ def mixed_point_dataset(
     P: int = POINT_TIMING.P,
     H: int = POINT_TIMING.H,
     num_envs: int = 50,
+    upper_route_prob: float = 0.5,
 ) -> list[Episode]:
     """A mixed-quality point-task dataset of ``n`` episodes (~50–60 % successes by default).
 
     Episodes are split as evenly as possible over ``qualities`` (see
     :meth:`ExpertConfig.from_quality`), each share recorded with its own expert and seed, then
     shuffled. Metadata carries ``source="demo"`` and ``extra["expert_quality"]``.
+    ``upper_route_prob`` is every expert's :attr:`ExpertConfig.upper_route_prob`: 0.5 gives
+    both routes (the multimodal data the task is for), 0 or 1 a single route (a control).
     """
     if int(n) != n or n < 1:
         raise ValueError(f"n must be a positive int, got {n}")
@@ -109,7 +112,8 @@ def mixed_point_dataset(
         if count == 0:
             continue
         sub_seed = int(rng.integers(2**31))
-        expert = PointExpert(task_config, ExpertConfig.from_quality(float(q)), seed=sub_seed)
+        expert_config = ExpertConfig.from_quality(float(q), upper_route_prob=float(upper_route_prob))
+        expert = PointExpert(task_config, expert_config, seed=sub_seed)
         episodes += generate_demos(
             partial(
                 PointTask, num_envs=min(num_envs, int(count)), seed=sub_seed, config=task_config

@@ -59,3 +59,25 @@ def test_generate_demos_is_deterministic_and_labels_source():
     c = mixed_point_dataset(n=20, seed=5)
     d = mixed_point_dataset(n=20, seed=5)
     assert [m for _, m in c] == [m for _, m in d]
+
+
+def _passes_above(steps) -> bool:
+    """Whether the successful episode's path crosses x = 0 (the obstacle's centre) above it."""
+    xy = steps["state"][:, :2]
+    crossing = int(np.argmax(xy[:, 0] >= 0.0))
+    return bool(xy[crossing, 1] > 0.0)
+
+
+def test_mixed_point_dataset_route_probability_selects_the_routes():
+    def above(prob):
+        episodes = mixed_point_dataset(n=60, seed=2, upper_route_prob=prob)
+        return [_passes_above(s) for s, m in episodes if m["success"]]
+
+    # Successful episodes only: a low-quality expert may switch routes once and then time out.
+    both, upper, lower = above(0.5), above(1.0), above(0.0)
+    assert 0.2 <= np.mean(both) <= 0.8 and len(both) >= 20
+    assert np.mean(upper) >= 0.9 and np.mean(lower) <= 0.1
+    # The default is both routes, drawn exactly as before the knob existed.
+    a, b = mixed_point_dataset(n=8, seed=3), mixed_point_dataset(n=8, seed=3, upper_route_prob=0.5)
+    for (sa, _), (sb, _) in zip(a, b, strict=True):
+        np.testing.assert_array_equal(sa["action"], sb["action"])
