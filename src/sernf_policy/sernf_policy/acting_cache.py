@@ -33,7 +33,9 @@ class ParameterKeyedCache(Generic[T]):
 
     def get(self, params: Sequence[Tensor], build: Callable[[], T]) -> T:
         """``build()``, from the cache when acting and ``params`` are unchanged since it was built."""
-        if not torch.is_inference_mode_enabled() or torch.compiler.is_compiling():
+        # is_compiling first: torch.compile cannot trace is_inference_mode_enabled (a graph
+        # break that made it fall back to eager for the flow's whole coupling loop).
+        if torch.compiler.is_compiling() or not torch.is_inference_mode_enabled():
             return build()
         key = tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in params)
         if self._value is None or key != self._key:

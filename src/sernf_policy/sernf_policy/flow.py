@@ -274,7 +274,7 @@ class _Conditioner(nn.Module):
     def _scale_shift_heads(self, h: Tensor) -> tuple[Tensor, Tensor]:
         """``head_s(h), head_b(h)``; while acting, both heads' first layers run as one matmul
         and one GELU on their concatenated weights (same numbers, half the operators)."""
-        if not torch.is_inference_mode_enabled() or torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() or not torch.is_inference_mode_enabled():  # (acting_cache: order)
             return self.head_s(h), self.head_b(h)
         first_s, first_b = self.head_s[0], self.head_b[0]
         w, b = self._heads_in_cache.get(
@@ -326,7 +326,7 @@ class _Conditioner(nn.Module):
         h = h + self._residual(self.self_out(att.transpose(-3, -2).flatten(-2)))
 
         ck, cv = ctx_kv  # [B, 1, heads, L, hd]
-        if torch.is_inference_mode_enabled():
+        if torch.compiler.is_compiling() or torch.is_inference_mode_enabled():  # (only acting compiles)
             # Acting: the N samples' queries as one sequence against their shared context keys
             # (one attention of N R query rows per head instead of N attentions of R rows).
             # Training keeps the per-sample layout, and with it the order in which attention

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch._dynamo.utils import counters as dynamo_counters
 
 from sernf_policy import critic as critic_module
 from sernf_policy.critic import ChunkCritic, ChunkCriticConfig
@@ -266,7 +267,12 @@ def test_compiled_acting_matches_eager():
     eager_chunks, eager_info = policy.act_batch(obs, prefix, generator=torch.Generator().manual_seed(9))
     policy.compile_for_acting()
     assert policy.flow._compiled_inverse is not None and policy.critic._compiled_score is not None
+    dynamo_counters.clear()
     chunks, info = policy.act_batch(obs, prefix, generator=torch.Generator().manual_seed(9))
+    # One whole graph each for the couplings and the critics: a graph break (e.g. tracing
+    # torch.is_inference_mode_enabled) silently falls back to eager for the coupling loop.
+    assert not dynamo_counters["graph_break"], dict(dynamo_counters["graph_break"])
+    assert dynamo_counters["stats"]["unique_graphs"] == 2, dict(dynamo_counters["stats"])
     np.testing.assert_array_equal(info["index"], eager_info["index"])
     np.testing.assert_allclose(chunks, eager_chunks, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(info["log_prob"], eager_info["log_prob"], rtol=1e-4, atol=1e-3)
