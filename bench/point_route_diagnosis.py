@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                                      "both_routes": both_routes_fraction(cand)}
         rows.append(_row(f"candidates, σ {sigma}", figures[f"sigma={sigma}"]["candidates"]))
         rows.append(_row(f"most likely of {args.num_samples}, σ {sigma}", figures[f"sigma={sigma}"]["most_likely"]))
-    header = "| first chunk | " + " | ".join(f"{a:+.1f}..{b:+.1f}" for a, b in zip(BIN_EDGES[:-1], BIN_EDGES[1:])) \
+    header = "| first chunk | " + " | ".join(f"{a:+.1f}..{b:+.1f}" for a, b in zip(BIN_EDGES[:-1], BIN_EDGES[1:], strict=True)) \
         + f" | within {ON_LINE} of the line |"
     print(header)
     print("|---" * (len(BIN_EDGES) + 1) + "|")
