@@ -4,7 +4,6 @@ form prints the figures; --fit-demos scores the recorded chunks as a perfect fit
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -13,13 +12,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[3]
-
-
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("hand_grasp_diagnosis", REPO / "bench" / "hand_grasp_diagnosis.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_clean_expert_reaches_the_cylinder_and_closes_on_it(tmp_path):
@@ -40,8 +32,8 @@ def test_clean_expert_reaches_the_cylinder_and_closes_on_it(tmp_path):
     assert figures["close_nearer_object_distance_m"][1] < 0.015 < figures["close_midpoint_distance_m"][1]
 
 
-def test_an_actor_that_holds_still_covers_nothing_and_never_closes():
-    bench = _load_bench()
+def test_an_actor_that_holds_still_covers_nothing_and_never_closes(bench_script):
+    bench = bench_script("hand_grasp_diagnosis")
     env = bench.make_env("nominal", num_envs=3, render_images=False, seed=5)
 
     def hold(obs, prefix):  # repeat the last queued action with zero motion: the hand stays put
@@ -56,8 +48,8 @@ def test_an_actor_that_holds_still_covers_nothing_and_never_closes():
     assert figures["closed_fraction"] == 0.0 and figures["close_xy_distance_m"] is None
 
 
-def test_fit_to_demos_is_zero_for_the_recorded_chunks_and_the_path_for_holding_still():
-    bench = _load_bench()
+def test_fit_to_demos_is_zero_for_the_recorded_chunks_and_the_path_for_holding_still(bench_script):
+    bench = bench_script("hand_grasp_diagnosis")
     from sernf_sim.hand_pick_place.demos import hand_demo_dataset
 
     timing = (1, 3, 10)

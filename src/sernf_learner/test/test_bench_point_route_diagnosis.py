@@ -4,7 +4,6 @@ the routes gives) are all on it; the command line runs on an exported policy."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -15,15 +14,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[3]
 
 
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("point_route_diagnosis", REPO / "bench" / "point_route_diagnosis.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_the_expert_takes_either_route_and_straight_chunks_sit_on_the_line():
-    bench = _load_bench()
+def test_the_expert_takes_either_route_and_straight_chunks_sit_on_the_line(bench_script):
+    bench = bench_script("point_route_diagnosis")
     history, prefix, normal = bench.start_states(60, seed=1, T=2, P=2)
     expert = bench.expert_offsets(history, prefix, normal, H=8)
     summary = bench.summarize(expert)
@@ -59,4 +51,4 @@ def test_command_line_on_an_exported_policy(tmp_path):
     assert "within 0.05 of the line" in result.stdout and "most likely of 8, σ 0.5" in result.stdout
     figures = json.loads(out.read_text())
     assert figures["expert"]["on_line"] == 0.0
-    assert abs(sum(figures["sigma=0.5"]["candidates"]["bins"]) - 1.0) < 1e-6
+    assert abs(sum(figures["sigma=0.5"]["candidates"]["bins"]) - 1.0) < 1e-3  # 12 bins rounded to 1e-4
