@@ -19,9 +19,17 @@ from typing import Generic, TypeVar
 import torch
 from torch import Tensor
 
-__all__ = ["ParameterKeyedCache"]
+__all__ = ["ParameterKeyedCache", "eager_acting"]
 
 T = TypeVar("T")
+
+
+def eager_acting() -> bool:
+    """Acting (inference mode) outside torch.compile: where the acting-time fast paths apply.
+
+    is_compiling is asked first: torch.compile cannot trace is_inference_mode_enabled, and that
+    graph break made it fall back to eager for the flow's whole coupling loop."""
+    return not torch.compiler.is_compiling() and torch.is_inference_mode_enabled()
 
 
 class ParameterKeyedCache(Generic[T]):
@@ -33,9 +41,7 @@ class ParameterKeyedCache(Generic[T]):
 
     def get(self, params: Sequence[Tensor], build: Callable[[], T]) -> T:
         """``build()``, from the cache when acting and ``params`` are unchanged since it was built."""
-        # is_compiling first: torch.compile cannot trace is_inference_mode_enabled (a graph
-        # break that made it fall back to eager for the flow's whole coupling loop).
-        if torch.compiler.is_compiling() or not torch.is_inference_mode_enabled():
+        if not eager_acting():
             return build()
         key = tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in params)
         if self._value is None or key != self._key:

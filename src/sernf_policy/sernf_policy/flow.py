@@ -59,7 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .acting_cache import ParameterKeyedCache
+from .acting_cache import ParameterKeyedCache, eager_acting
 from .config_io import build_dataclass
 from .fast_paths import fast_paths_enabled
 
@@ -274,7 +274,7 @@ class _Conditioner(nn.Module):
     def _scale_shift_heads(self, h: Tensor) -> tuple[Tensor, Tensor]:
         """``head_s(h), head_b(h)``; while acting, both heads' first layers run as one matmul
         and one GELU on their concatenated weights (same numbers, half the operators)."""
-        if torch.compiler.is_compiling() or not torch.is_inference_mode_enabled():  # (acting_cache: order)
+        if not eager_acting():
             return self.head_s(h), self.head_b(h)
         first_s, first_b = self.head_s[0], self.head_b[0]
         w, b = self._heads_in_cache.get(
