@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -25,13 +24,8 @@ TINY = {  # point_full.yaml shrunk to seconds
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_learning", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_learning"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("bench_learning", None)
+def bench(bench_script):
+    return bench_script("learning")
 
 
 def test_run_specs_apply_each_methods_changes(bench):

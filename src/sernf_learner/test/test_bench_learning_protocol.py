@@ -3,7 +3,6 @@ methods' evaluation variants, paired comparisons, and the `--quick` form end to 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -19,13 +18,8 @@ POINT = REPO / "config" / "point_full.yaml"
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_learning_protocol", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_learning_protocol"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("bench_learning_protocol", None)
+def bench(bench_script):
+    return bench_script("learning")
 
 
 def test_hand_config_quick_budgets_and_overrides(bench):

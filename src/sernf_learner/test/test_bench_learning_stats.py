@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,13 +11,8 @@ REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
-def st():
-    spec = importlib.util.spec_from_file_location("learning_stats", REPO / "bench" / "learning_stats.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["learning_stats"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("learning_stats", None)
+def st(bench_script):
+    return bench_script("learning_stats")
 
 
 def test_t_interval_over_seeds(st):

@@ -9,9 +9,7 @@ without a critic (most likely of N samples, §IV-D a), the RL policies by Alg. 2
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -24,16 +22,8 @@ REPO = Path(__file__).resolve().parents[3]
 CONFIG = REPO / "config" / "point_full.yaml"
 
 
-def _stats():
-    spec = importlib.util.spec_from_file_location("bench_learning_stats", REPO / "bench" / "learning_stats.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
-def test_online_rl_beats_imitation_on_the_point_task(tmp_path):
+def test_online_rl_beats_imitation_on_the_point_task(tmp_path, bench_script):
     # The shipped config, but 3 of its 5 online iterations and no offline-RL evaluation: the
     # suite's 25-minute budget (the 5-seed figures in docs/results.md use the whole config).
     config = load_config(CONFIG, {"trainer.progress": False, "trainer.tensorboard": False,
@@ -50,7 +40,7 @@ def test_online_rl_beats_imitation_on_the_point_task(tmp_path):
     # Paired on the same 200 fixed episodes (one seed costs ~4 min; the 5-seed claim is
     # bench/learning.py's): a clear margin and an exact McNemar test, so one lucky stretch of
     # episodes cannot pass it.
-    test = _stats().mcnemar_exact(results["online_rl"]["episode_success"], results["il"]["episode_success"])
+    test = bench_script("learning_stats").mcnemar_exact(results["online_rl"]["episode_success"], results["il"]["episode_success"])
     print(json.dumps({"mcnemar": test.to_dict()}))
     # The actor alone after RL gains about +0.1 over IL; the margin needs the critic's selection.
     assert online >= il + 0.25, report
