@@ -709,13 +709,15 @@ def episode_outcomes(entry: dict[str, Any], variant: str | None = None) -> tuple
 
 def comparison_plan(methods: dict[str, Any]) -> list[tuple[tuple[str, str | None], tuple[str, str | None]]]:
     """The paired comparisons reported: every method vs ``nf_il`` (their results), SERNF full vs
-    offline, and each RL method's best-of-N after RL vs its own IL policy (same runs); for
-    SERNF full also the actor alone after RL and IL + warmed-up critic vs its IL policy."""
+    offline and vs each ablation (the paper's ordering claim), and each RL method's best-of-N
+    after RL vs its own IL policy (same runs); for SERNF full also the actor alone after RL and
+    IL + warmed-up critic vs its IL policy."""
     pairs: list[tuple[tuple[str, str | None], tuple[str, str | None]]] = []
     if "nf_il" in methods:
         pairs += [((name, None), ("nf_il", None)) for name in methods if name != "nf_il"]
-    if "sernf_full" in methods and "sernf_offline" in methods:
-        pairs.append((("sernf_full", None), ("sernf_offline", None)))
+    if "sernf_full" in methods:
+        pairs += [(("sernf_full", None), (name, None)) for name in methods
+                  if name == "sernf_offline" or name.startswith("ablation_")]
     for name, m in methods.items():
         if "rl_best_of_n" in m["variants"] and "il_most_likely" in m["variants"]:
             pairs.append(((name, "rl_best_of_n"), (name, "il_most_likely")))

@@ -99,6 +99,7 @@ def test_paired_comparisons_from_results(bench, tmp_path):
         "sernf_full": {0: _result(0, [1, 1, 1, 0], {"il_most_likely": [1, 0, 0, 0], "rl_best_of_n": [1, 1, 1, 0]}),
                        1: _result(1, [1, 1, 1, 1], {"il_most_likely": [0, 0, 1, 0], "rl_best_of_n": [1, 1, 1, 1]})},
         "sernf_offline": {0: _result(0, [1, 0, 0, 0], setting="other episodes")},
+        "ablation_per_step_critic": {0: _result(0, [0, 0, 0, 0]), 1: _result(1, [0, 1, 0, 0])},
     }
     for name, seeds in runs.items():
         for seed, result in seeds.items():
@@ -120,6 +121,11 @@ def test_paired_comparisons_from_results(bench, tmp_path):
     assert own_il["mcnemar"]["a_only"] == 5 and own_il["seeds"] == [0, 1]
     assert "different episodes" in rows[("sernf_offline", "nf_il")]["error"]
     assert "different episodes" in rows[("sernf_full", "sernf_offline")]["error"]
+    # the ablation ordering is reported directly: full vs each ablation, seed by seed
+    vs_ablation = rows[("sernf_full", "ablation_per_step_critic")]
+    assert [s["difference"] for s in vs_ablation["per_seed"]] == [0.75, 0.75]
+    assert vs_ablation["mcnemar"]["a_only"] == 6 and vs_ablation["mcnemar"]["b_only"] == 0
+    assert ("ablation_per_step_critic", "sernf_full") not in rows
     table = bench.comparisons_table(bench.paired_comparisons(methods))
     assert "| sernf_full vs nf_il | 2 | +0.625 |" in table and "| 5 / 0 | 0.062 |" in table
     assert "| sernf_full | 0.250 [" in bench.variants_table(methods)
