@@ -73,6 +73,11 @@ class PolicySpec:
     context, a mixture of K Gaussians (our departure, docs/results.md)."""
     noise_std: float = 0.05
     """σ_noise on normalised training actions (0.05 sim, 0.01 real)."""
+    action_margin: float = 0.05
+    """Headroom of the action normalizer: the data's min/max range is widened by this fraction
+    on each side, so the data spans ±1/(1 + 2·margin) of the flow's (-1, 1). Too little, and
+    σ_noise pushes data near its extremes past ±1, where the clamp before atanh turns it into
+    outliers of |u| ≈ 7 (docs/results.md, hand task)."""
     critic_d_model: int = 512
     """Critic transformer width (paper: 512)."""
     critic_heads: int = 8
@@ -151,6 +156,10 @@ class PolicySpec:
         check_int(self, "flow_base_components", allow_zero=True)
         if not (math.isfinite(self.sigma_sample) and self.sigma_sample > 0):
             raise ValueError(f"PolicySpec.sigma_sample must be > 0, got {self.sigma_sample}")
+        if isinstance(self.action_margin, bool) or not isinstance(self.action_margin, int | float) or not (
+            0.0 <= self.action_margin < 1.0
+        ):
+            raise ValueError(f"PolicySpec.action_margin must be in [0, 1), got {self.action_margin!r}")
         if not self.v_min < self.v_max:
             raise ValueError(f"PolicySpec needs v_min < v_max, got {self.v_min}, {self.v_max}")
         if self.image_backbone not in ("resnet18", "dinov2"):

@@ -188,6 +188,30 @@ def test_resume_without_checkpoint_starts_fresh_and_finished_run_is_a_no_op(tmp_
         Trainer(cfg, out, "offline", resume=True)
 
 
+def test_action_margin_sets_the_normalizers_headroom(tmp_path):
+    """The fitted action normalizer maps the offline data onto ±1/(1 + 2·margin); the low-dim
+    observation normalizers keep the default headroom."""
+    spans = {}
+    for margin in (0.05, 0.25):
+        cfg = tiny_config(il=ILConfig(steps=1, batch_size=16))
+        cfg.policy.action_margin = margin
+        out = tmp_path / f"m{margin}"
+        Trainer(cfg, out, "il").run()
+        policy = Policy.load(out / "policy_il")
+        store = EpisodeStore(out / cfg.data.offline_uri, mode="r")
+        arrays = store.load_arrays().arrays
+        actions = policy.action_normalizer.normalize(torch.tensor(arrays["action"], dtype=torch.float32))
+        spans[margin] = actions.abs().amax(dim=0)
+        assert torch.allclose(spans[margin], torch.full_like(spans[margin], 1 / (1 + 2 * margin)), atol=1e-5)
+        key = next(iter(policy.obs_normalizers))
+        obs = policy.obs_normalizers[key].normalize(torch.tensor(arrays[key], dtype=torch.float32))
+        assert float(obs.abs().amax()) == pytest.approx(1 / 1.1, abs=1e-5)
+    assert bool((spans[0.25] < spans[0.05]).all())
+    for bad in (-0.1, 1.0, float("nan"), True):
+        with pytest.raises(ValueError, match="action_margin"):
+            PolicySpec(action_margin=bad)
+
+
 def test_distillation_resumes_exactly(tmp_path):
     straight, run = tmp_path / "straight", tmp_path / "run"
     Trainer(tiny_config(), straight, "distill").run()
