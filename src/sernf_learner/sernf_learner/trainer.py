@@ -409,9 +409,7 @@ class Trainer:
         snap = self.offline_store.load_arrays()
         # Dataset statistics of all offline data (§IV-B); they travel in the checkpoint.
         lowdim = {k: snap.arrays[k] for k, v in spec.obs.items() if v.kind == "lowdim"}
-        policy.fit_normalizers(snap.arrays["action"], lowdim)
-        # Only the actions get the configured headroom: they pass through the flow's atanh.
-        policy.action_normalizer.fit_(snap.arrays["action"], margin=self.config.policy.action_margin)
+        policy.fit_normalizers(snap.arrays["action"], lowdim, action_margin=self.config.policy.action_margin)
         return policy
 
     def _check_value_support(self) -> None:

@@ -360,10 +360,16 @@ class Policy(nn.Module):
         observations: Mapping[str, Any] | None = None,
         margin: float = 0.05,
         min_range: float = 1e-4,
+        action_margin: float | None = None,
     ) -> None:
         """Fit the action normalizer on raw actions ``[..., A]`` and, if given, the low-dim
-        observation normalizers on ``{key: [..., d]}`` (dataset statistics, §IV-B)."""
-        self.action_normalizer.fit_(actions, margin=margin, min_range=min_range)
+        observation normalizers on ``{key: [..., d]}`` (dataset statistics, §IV-B).
+
+        ``action_margin`` (default: ``margin``) is the actions' own headroom: they pass through
+        the flow's atanh, where data pushed past ±1 by the training noise becomes outliers."""
+        self.action_normalizer.fit_(
+            actions, margin=margin if action_margin is None else action_margin, min_range=min_range
+        )
         for key, values in (observations or {}).items():
             if key not in self.obs_normalizers:
                 raise ValueError(f"no low-dim observation key {key!r} to fit a normalizer for")
