@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import cpu_dropout
 from .acting_cache import ParameterKeyedCache
 from .config_io import build_dataclass
 from .fast_paths import fast_paths_enabled
@@ -198,20 +199,27 @@ def _encoder_layer(layer: nn.TransformerEncoderLayer, x: Tensor, qkv: Tensor | N
         def split_heads(t: Tensor) -> Tensor:
             return t.unflatten(-1, (heads, d // heads)).transpose(1, 2)  # [B', heads, T, hd]
 
-        att = F.scaled_dot_product_attention(split_heads(q), split_heads(k), split_heads(v), dropout_p=p)
+        att = cpu_dropout.attention(split_heads(q), split_heads(k), split_heads(v), dropout_p=p)
         att_rows = att.transpose(1, 2).flatten(-2)
     if readout_only:
         x = x[:, :1]
-    sa = layer.dropout1(attn.out_proj(att_rows))
+    sa = _dropout(layer.dropout1, attn.out_proj(att_rows))
 
     def feed_forward(t: Tensor) -> Tensor:
-        return layer.dropout2(layer.linear2(layer.dropout(layer.activation(layer.linear1(t)))))
+        hidden = _dropout(layer.dropout, layer.activation(layer.linear1(t)))
+        return _dropout(layer.dropout2, layer.linear2(hidden))
 
     if layer.norm_first:
         x = x + sa
         return x + feed_forward(layer.norm2(x))
     x = layer.norm1(x + sa)
     return layer.norm2(x + feed_forward(x))
+
+
+def _dropout(module: nn.Dropout, t: Tensor) -> Tensor:
+    """One of ``nn.TransformerEncoderLayer``'s dropouts, at its rate and mode, with the cheaper CPU
+    mask (:mod:`cpu_dropout`; the reference path runs the layer itself and keeps torch's)."""
+    return cpu_dropout.dropout(t, module.p, module.training) if module.training and module.p > 0.0 else t
 
 
 def _readout_attention(x_in: Tensor, w: Tensor, b: Tensor, heads: int, dropout_p: float) -> Tensor:
@@ -234,7 +242,7 @@ def _readout_attention(x_in: Tensor, w: Tensor, b: Tensor, heads: int, dropout_p
     q_x = torch.einsum("bhe,hed->bhd", q, w_k.unflatten(0, (heads, hd))) * (1.0 / math.sqrt(hd))
     probs = torch.softmax(torch.bmm(q_x, x_in.transpose(1, 2)), dim=-1)  # [B', heads, T]
     if dropout_p > 0.0:
-        probs = F.dropout(probs, dropout_p)
+        probs = cpu_dropout.dropout(probs, dropout_p)
     pooled = torch.bmm(probs, x_in)  # [B', heads, d]: sum_j p_j x_j per head
     out = torch.einsum("bhd,hed->bhe", pooled, w_v.unflatten(0, (heads, hd)))  # [B', heads, hd]
     bias = b_v.unflatten(0, (heads, hd))
@@ -342,7 +350,7 @@ def _batched_encoder_layer(layer: nn.TransformerEncoderLayer, prefix: str, stack
         q_x = torch.einsum("mbhe,mhed->mbhd", q, w[:, d:2 * d].unflatten(1, (heads, hd))) * (1.0 / math.sqrt(hd))
         probs = torch.softmax(torch.matmul(q_x, x_in.transpose(-1, -2)), dim=-1)  # [M, B', heads, T]
         if p > 0.0:
-            probs = F.dropout(probs, p)
+            probs = cpu_dropout.dropout(probs, p)
         pooled = torch.matmul(probs, x_in)  # [M, B', heads, d]
         out = torch.einsum("mbhd,mhed->mbhe", pooled, w[:, 2 * d:].unflatten(1, (heads, hd)))
         bias_v = b[:, 2 * d:].unflatten(1, (heads, hd)).unsqueeze(1)  # [M, 1, heads, hd]
@@ -366,15 +374,15 @@ def _batched_encoder_layer(layer: nn.TransformerEncoderLayer, prefix: str, stack
             t = t.unflatten(-1, (heads, hd)).transpose(-3, -2)
             return t.flatten(0, 1) if compiling else t
 
-        att = F.scaled_dot_product_attention(split_heads(q), split_heads(k), split_heads(v), dropout_p=p)
+        att = cpu_dropout.attention(split_heads(q), split_heads(k), split_heads(v), dropout_p=p)
         att_rows = (att.unflatten(0, x.shape[:2]) if compiling else att).transpose(-3, -2).flatten(-2)
     if readout_only:
         x = x[:, :, :1]
-    sa = layer.dropout1(_batched_linear(att_rows, par["self_attn.out_proj.weight"], par["self_attn.out_proj.bias"]))
+    sa = _dropout(layer.dropout1, _batched_linear(att_rows, par["self_attn.out_proj.weight"], par["self_attn.out_proj.bias"]))
 
     def feed_forward(t: Tensor) -> Tensor:
-        hidden = layer.dropout(layer.activation(_batched_linear(t, par["linear1.weight"], par["linear1.bias"])))
-        return layer.dropout2(_batched_linear(hidden, par["linear2.weight"], par["linear2.bias"]))
+        hidden = _dropout(layer.dropout, layer.activation(_batched_linear(t, par["linear1.weight"], par["linear1.bias"])))
+        return _dropout(layer.dropout2, _batched_linear(hidden, par["linear2.weight"], par["linear2.bias"]))
 
     if layer.norm_first:
         x = x + sa

@@ -59,6 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import cpu_dropout
 from .acting_cache import ParameterKeyedCache, eager_acting
 from .config_io import build_dataclass
 from .fast_paths import fast_paths_enabled
@@ -255,8 +256,9 @@ class _Conditioner(nn.Module):
         return self._heads(k).unsqueeze(1), self._heads(v).unsqueeze(1)
 
     def _residual(self, t: Tensor) -> Tensor:
-        """The residual branch's dropout (a no-op call skipped when it cannot drop anything)."""
-        return self.resid_drop(t) if self.training and self.dropout_p > 0.0 else t
+        """The residual branch's dropout (a no-op call skipped when it cannot drop anything), with
+        the cheaper CPU mask (:mod:`cpu_dropout`; the reference :meth:`forward` keeps torch's)."""
+        return cpu_dropout.dropout(t, self.dropout_p) if self.training and self.dropout_p > 0.0 else t
 
     def _query_rows(self, plan: _CouplingPlan) -> tuple[Tensor, Tensor, Tensor]:
         """q, k, v ``[heads, R, hd]`` (RoPE applied to q and k) of the R rows that enter as the
@@ -322,7 +324,7 @@ class _Conditioner(nn.Module):
             q = _rope(self._heads(F.linear(normed.index_select(-2, plan.rows), w[:hid])), self.rope_base, plan.rope_rows)
             k = _rope(self._heads(k), self.rope_base, plan.rope_all)
             v = self._heads(v)
-        att = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # [B, N, heads, R, hd]
+        att = cpu_dropout.attention(q, k, v, dropout_p=p)  # [B, N, heads, R, hd]
         h = h + self._residual(self.self_out(att.transpose(-3, -2).flatten(-2)))
 
         ck, cv = ctx_kv  # [B, 1, heads, L, hd]
@@ -338,7 +340,7 @@ class _Conditioner(nn.Module):
         else:
             q = self._heads(self.cross_q(self.norm_cross(h)))
             shape = (b_, n_, *ck.shape[2:])
-            att = F.scaled_dot_product_attention(q, ck.expand(shape), cv.expand(shape), dropout_p=p)
+            att = cpu_dropout.attention(q, ck.expand(shape), cv.expand(shape), dropout_p=p)
             att = att.transpose(-3, -2).flatten(-2)
         h = h + self._residual(self.cross_out(att))
 

@@ -1,0 +1,102 @@
+"""The cheaper CPU dropout mask: the rate, the scaling, reproducibility, gradients, fall-backs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sernf_policy import cpu_dropout
+from sernf_policy.dropout_rate import set_dropout_rate
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_every_lane_drops_at_the_rate(p):
+    x = torch.ones(400_000)
+    torch.manual_seed(0)
+    y = cpu_dropout.dropout(x, p)
+    dropped = (y == 0).float()
+    # Four elements share one 64-bit draw: check each 16-bit lane, not only the mean (a lane
+    # fed by a constant bit would drop never or always).
+    per_lane = dropped.view(-1, 4).mean(0)
+    sd = math.sqrt(p * (1 - p) / (x.numel() / 4))
+    assert torch.all((per_lane - p).abs() < 5 * sd), per_lane
+
+
+def test_kept_values_are_scaled_to_keep_the_expectation():
+    p = 0.1
+    x = torch.randn(64, 128)
+    torch.manual_seed(1)
+    y = cpu_dropout.dropout(x, p)
+    keep = y != 0
+    lanes = 1 << 16
+    scale = lanes / (lanes - round(p * lanes))
+    torch.testing.assert_close(y[keep], x[keep] * scale, rtol=0, atol=0)
+    ones = cpu_dropout.dropout(torch.ones(1_000_000), p)
+    assert abs(ones.mean().item() - 1.0) < 5 * math.sqrt(p / (1 - p) / 1e6)
+
+
+def test_same_seed_same_mask_and_other_seed_another():
+    x = torch.randn(32, 256)
+    torch.manual_seed(7)
+    a = cpu_dropout.dropout(x, 0.2)
+    torch.manual_seed(7)
+    b = cpu_dropout.dropout(x, 0.2)
+    torch.manual_seed(8)
+    c = cpu_dropout.dropout(x, 0.2)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_gradient_is_the_scaled_mask():
+    x = torch.randn(16, 512, requires_grad=True)
+    torch.manual_seed(3)
+    y = cpu_dropout.dropout(x, 0.3)
+    y.sum().backward()
+    mask = (y != 0).float() * (1 << 16) / ((1 << 16) - round(0.3 * (1 << 16)))
+    torch.testing.assert_close(x.grad, mask, rtol=0, atol=0)
+
+
+def test_identity_when_it_cannot_drop_and_refuses_bad_rates():
+    x = torch.randn(100, 100)
+    assert cpu_dropout.dropout(x, 0.5, training=False) is x
+    assert cpu_dropout.dropout(x, 0.0) is x
+    for p in (-0.1, 1.0, float("nan")):
+        with pytest.raises(ValueError, match="dropout probability"):
+            cpu_dropout.dropout(x, p)
+
+
+def test_small_tensors_use_torchs_own_dropout():
+    x = torch.randn(cpu_dropout.MIN_NUMEL - 1)
+    torch.manual_seed(5)
+    ours = cpu_dropout.dropout(x, 0.25)
+    torch.manual_seed(5)
+    native = F.dropout(x, 0.25, training=True)
+    assert torch.equal(ours, native)
+
+
+def test_module_follows_rate_changes_and_eval_mode():
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), cpu_dropout.Dropout(0.5))
+    set_dropout_rate(model, 0.1)
+    assert model[1].p == 0.1
+    x = torch.randn(1024, 8)
+    model.eval()
+    torch.testing.assert_close(model(x), model[0](x))
+    model.train()
+    assert (model(x) == 0).any()
+
+
+def test_attention_matches_torchs_and_drops_attention_weights():
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(8, 4, 6, 16, generator=gen) for _ in range(3))
+    k, v = k.repeat(1, 1, 200, 1), v.repeat(1, 1, 200, 1)  # 1,200 keys: the mask path, not the fall-back
+    torch.testing.assert_close(cpu_dropout.attention(q, k, v), F.scaled_dot_product_attention(q, k, v))
+    torch.manual_seed(11)
+    dropped = cpu_dropout.attention(q, k, v, dropout_p=0.5)
+    torch.manual_seed(11)
+    probs = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(16), dim=-1)
+    expected = cpu_dropout.dropout(probs, 0.5) @ v
+    torch.testing.assert_close(dropped, expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(dropped, F.scaled_dot_product_attention(q, k, v), atol=1e-3)
