@@ -23,7 +23,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 MIN_NUMEL = 4096
 """Smaller tensors use ``F.dropout``: the fixed cost of the extra operators would exceed the saving."""
@@ -50,16 +50,10 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     bits = torch.randint(-(1 << 63), (1 << 63) - 1, ((x.numel() + 3) // 4,), dtype=torch.int64, device=x.device)
     lanes = bits.view(torch.int16)[: x.numel()].view(x.shape)  # uniform on [-2^15, 2^15)
     keep = lanes >= drop_lanes - (_LANES >> 1)
-    # A multiply by the scaled mask: faster forward and backward than torch.where (measured).
+    # A multiply by the scaled float mask: forward and backward 1.3x faster than torch.where and
+    # 1.7x faster than multiplying by the bool mask (measured on [512, 24, 512]). Autograd keeps
+    # the float mask, 4 bytes per element where torch's dropout keeps 1.
     return x * keep.to(x.dtype).mul_(_LANES / (_LANES - drop_lanes))
-
-
-class Dropout(nn.Dropout):
-    """``nn.Dropout`` with :func:`dropout`'s mask (a subclass, so rate changes that look for
-    ``nn.Dropout`` modules still find it)."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return dropout(x, self.p, self.training)
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0) -> Tensor:

@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from sernf_policy import cpu_dropout
-from sernf_policy.dropout_rate import set_dropout_rate
+from sernf_policy.critic import ChunkCritic, ChunkCriticConfig
+from sernf_policy.fast_paths import reference_paths
+from sernf_policy.flow import ChunkFlow, ChunkFlowConfig
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5])
@@ -77,17 +79,6 @@ def test_small_tensors_use_torchs_own_dropout():
     assert torch.equal(ours, native)
 
 
-def test_module_follows_rate_changes_and_eval_mode():
-    model = torch.nn.Sequential(torch.nn.Linear(8, 8), cpu_dropout.Dropout(0.5))
-    set_dropout_rate(model, 0.1)
-    assert model[1].p == 0.1
-    x = torch.randn(1024, 8)
-    model.eval()
-    torch.testing.assert_close(model(x), model[0](x))
-    model.train()
-    assert (model(x) == 0).any()
-
-
 def test_attention_matches_torchs_and_drops_attention_weights():
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(8, 4, 6, 16, generator=gen) for _ in range(3))
@@ -100,3 +91,30 @@ def test_attention_matches_torchs_and_drops_attention_weights():
     expected = cpu_dropout.dropout(probs, 0.5) @ v
     torch.testing.assert_close(dropped, expected, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(dropped, F.scaled_dot_product_attention(q, k, v), atol=1e-3)
+
+
+def _flow_and_critic_outputs(reference: bool):
+    """Training-mode outputs of a flow and a critic with dropout, for a fixed seed."""
+    torch.manual_seed(0)
+    flow = ChunkFlow(ChunkFlowConfig(action_dim=3, horizon=6, context_dim=16, num_layers=2, hidden_dim=32,
+                                     num_heads=4, dropout=0.2)).train()
+    with torch.no_grad():  # the s / b heads start at zero, where dropout could not show
+        for layer in flow.layers:
+            for head in (layer.conditioner.head_s, layer.conditioner.head_b):
+                head[-1].weight.normal_(0.0, 0.3)
+    critic = ChunkCritic(ChunkCriticConfig(action_dim=3, horizon=6, prefix_len=2, obs_dim=16, d_model=32,
+                                           num_heads=4, num_layers=2, ff_dim=32, dropout=0.2)).train()
+    context, actions = torch.randn(64, 5, 16), torch.rand(64, 6, 3) * 1.8 - 0.9
+    tokens, prefix = torch.randn(64, 5, 16), torch.rand(64, 2, 3)
+    with reference_paths() if reference else torch.enable_grad():
+        torch.manual_seed(1)
+        return flow.log_prob(actions, context), critic(tokens, prefix, actions)
+
+
+@pytest.mark.parametrize("reference", [False, True])
+def test_only_the_optimised_training_paths_use_the_cheaper_mask(reference, monkeypatch):
+    cheap = _flow_and_critic_outputs(reference)
+    monkeypatch.setattr(cpu_dropout, "MIN_NUMEL", 1 << 62)  # every tensor takes torch's own dropout
+    native = _flow_and_critic_outputs(reference)
+    for ours, theirs in zip(cheap, native, strict=True):
+        assert torch.equal(ours, theirs) == reference  # the reference paths keep torch's masks
