@@ -219,7 +219,7 @@ def _encoder_layer(layer: nn.TransformerEncoderLayer, x: Tensor, qkv: Tensor | N
 def _dropout(module: nn.Dropout, t: Tensor) -> Tensor:
     """One of ``nn.TransformerEncoderLayer``'s dropouts, at its rate and mode, with the cheaper CPU
     mask (:mod:`cpu_dropout`; the reference path runs the layer itself and keeps torch's)."""
-    return cpu_dropout.dropout(t, module.p, module.training) if module.training and module.p > 0.0 else t
+    return cpu_dropout.dropout(t, module.p, module.training)
 
 
 def _readout_attention(x_in: Tensor, w: Tensor, b: Tensor, heads: int, dropout_p: float) -> Tensor:

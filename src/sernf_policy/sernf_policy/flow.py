@@ -256,9 +256,9 @@ class _Conditioner(nn.Module):
         return self._heads(k).unsqueeze(1), self._heads(v).unsqueeze(1)
 
     def _residual(self, t: Tensor) -> Tensor:
-        """The residual branch's dropout (a no-op call skipped when it cannot drop anything), with
-        the cheaper CPU mask (:mod:`cpu_dropout`; the reference :meth:`forward` keeps torch's)."""
-        return cpu_dropout.dropout(t, self.dropout_p) if self.training and self.dropout_p > 0.0 else t
+        """The residual branch's dropout (``t`` itself when it cannot drop anything), with the
+        cheaper CPU mask (:mod:`cpu_dropout`; the reference :meth:`forward` keeps torch's)."""
+        return cpu_dropout.dropout(t, self.dropout_p, self.training)
 
     def _query_rows(self, plan: _CouplingPlan) -> tuple[Tensor, Tensor, Tensor]:
         """q, k, v ``[heads, R, hd]`` (RoPE applied to q and k) of the R rows that enter as the
