@@ -71,6 +71,10 @@ class PolicySpec:
     flow_base_components: int = 0
     """The flow's base distribution: 0 = the paper's fixed N(0, I); K >= 1 = learned from the
     context, a mixture of K Gaussians (our departure, docs/results.md)."""
+    flow_components: int = 1
+    """M: the actor as a mixture of M conditional flows that share their weights, each with its
+    own learned context token, weighted by the context (1 = one flow, the paper; our departure
+    for multimodal demonstrations, docs/results.md). Costs M flow passes per likelihood."""
     noise_std: float = 0.05
     """σ_noise on normalised training actions (0.05 sim, 0.01 real)."""
     action_margin: float = 0.05
@@ -154,6 +158,10 @@ class PolicySpec:
             check_int(self, name)
         check_int(self, "prefix_len", allow_zero=True)
         check_int(self, "flow_base_components", allow_zero=True)
+        check_int(self, "flow_components")
+        if self.flow_components > 1 and self.flow_base_components > 1:
+            raise ValueError(f"PolicySpec: flow_components {self.flow_components} needs flow_base_components "
+                             f"0 or 1, got {self.flow_base_components}")
         if not (math.isfinite(self.sigma_sample) and self.sigma_sample > 0):
             raise ValueError(f"PolicySpec.sigma_sample must be > 0, got {self.sigma_sample}")
         if isinstance(self.action_margin, bool) or not isinstance(self.action_margin, int | float) or not (

@@ -20,6 +20,10 @@ sampler cuts chunks of ``PolicyConfig.imitation_horizon`` actions).
 Departure from the paper: the chunk mask is ignored — chunks running past an episode's end are
 padded with its last action (docs/architecture.md), which is what a chunked policy should
 predict there anyway (hold still), so the padded chunk is a valid target.
+
+Departure for a mixture of flows (``policy.flow_components`` M >= 2, not in the paper): each
+demonstration is imitated by one flow, chosen by :class:`FlowAssignment` (hard EM over whole
+demonstrations), instead of maximising the mixture's likelihood chunk by chunk.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sernf_learner.distributed import sync_gradients
+from sernf_learner.distributed import sync_gradients, world_size
 from sernf_learner.metrics import MetricsLogger, RateMeter
 
 
@@ -69,6 +73,102 @@ class ILConfig:
             raise ValueError(f"ILConfig.success_only must be a bool, got {self.success_only!r}")
 
 
+#: The share of a demonstration's running score per flow that one batch's chunks of it replace.
+ASSIGNMENT_RATE = 0.1
+
+
+class FlowAssignment:
+    """Which flow of a mixture of M flows imitates each demonstration.
+
+    Why whole demonstrations: the M flows share their weights and differ only in a context
+    token. Trained on the mixture's likelihood, or each chunk on the flow that explains it
+    best, every flow learned both strategies of a two-strategy task, in a toy with two
+    sign-symmetric modes (6 of 6 runs) as on the hand benchmark's mixed demonstrations. A
+    demonstration follows one strategy from start to end, so assigning it as a whole (as
+    k-means assigns points to centres) lets each flow specialise on the strategy its
+    demonstrations share; in the toy the assignment then matched the strategies exactly and
+    each flow sampled one of them (docs/results.md, hand task).
+
+    The evidence is the log-likelihood under each flow of the demonstration's chunks that start
+    within its first chunk (decision steps ``t < H``): that is where a demonstration chooses its
+    strategy and the context does not yet show which. Later chunks are explained by their
+    context whichever the strategy, and averaging them in drowned the choice: on the hand
+    benchmark the two strategies' first chunks differed by 6 nats in their preference between
+    the flows, later chunks by 0.1-0.3 (with a spread of 0.7-2.5), and the assignment that used
+    every chunk ignored the strategies. Each demonstration's score per flow is a running mean
+    of that evidence (:data:`ASSIGNMENT_RATE` per batch it appears in); it is imitated by the
+    flow whose score, relative to the mean score of all demonstrations seen, is highest (so a
+    flow that fits everything a little better does not take every demonstration, as k-means
+    compares distances, not likelihoods). Scores start as small random values (a random
+    assignment), which training then sorts. The mixture weights learn to predict the
+    assignment from the context, so the exact mixture likelihood stays what the policy reports.
+    """
+
+    def __init__(self, components: int, seed: int, horizon: int) -> None:
+        if components < 2:
+            raise ValueError(f"FlowAssignment needs >= 2 flows, got {components}")
+        if horizon < 1:
+            raise ValueError(f"FlowAssignment needs a horizon >= 1, got {horizon}")
+        self.components = components
+        self.horizon = horizon
+        self.scores = torch.empty(0, components)  # [E, M], grown as episodes appear
+        self.seen = torch.zeros(0, dtype=torch.bool)  # [E]: episodes a batch has held
+        self._generator = torch.Generator().manual_seed(seed)
+
+    def _grow(self, size: int) -> None:
+        if size > self.scores.shape[0]:
+            start = 0.01 * torch.randn(size - self.scores.shape[0], self.components, generator=self._generator)
+            self.scores = torch.cat([self.scores, start])
+            self.seen = torch.cat([self.seen, torch.zeros(start.shape[0], dtype=torch.bool)])
+
+    def observe(self, episode: torch.Tensor, step: torch.Tensor, per_flow: torch.Tensor) -> torch.Tensor:
+        """Update the scores of the batch's episodes ``[B]`` from the log-likelihoods ``[B, M]``
+        under each flow of their chunks at decision steps ``step [B]`` (those with ``step < H``
+        count); returns the flow ``[B]`` each chunk is imitated by."""
+        episode, step = episode.to("cpu", torch.int64), step.to("cpu", torch.int64)
+        if episode.ndim != 1 or step.shape != episode.shape or per_flow.shape != (episode.shape[0], self.components):
+            raise ValueError(f"FlowAssignment.observe: episode [B], step [B] and per-flow log-likelihoods "
+                             f"[B, {self.components}] expected, got {tuple(episode.shape)}, {tuple(step.shape)} "
+                             f"and {tuple(per_flow.shape)}")
+        if episode.numel() and (int(episode.min()) < 0 or int(step.min()) < 0):
+            raise ValueError("FlowAssignment.observe: negative episode index or step")
+        self._grow(int(episode.max()) + 1 if episode.numel() else 0)
+        first = step < self.horizon
+        values = per_flow.detach().to("cpu", torch.float32)[first]
+        centred = values - values.mean(dim=1, keepdim=True)
+        sums = torch.zeros_like(self.scores).index_add_(0, episode[first], centred)
+        counts = torch.zeros(self.scores.shape[0]).index_add_(0, episode[first], torch.ones(values.shape[0]))
+        seen = counts > 0
+        self.scores[seen] = (1 - ASSIGNMENT_RATE) * self.scores[seen] + ASSIGNMENT_RATE * sums[seen] / counts[seen, None]
+        self.seen |= seen
+        return self.assigned()[episode]
+
+    def assigned(self) -> torch.Tensor:
+        """``[E]``: the flow each demonstration is imitated by (score relative to the mean score
+        of the demonstrations seen)."""
+        mean = self.scores[self.seen].mean(dim=0) if self.seen.any() else torch.zeros(self.components)
+        return (self.scores - mean).argmax(dim=1)
+
+    def shares(self) -> torch.Tensor:
+        """``[M]``: the fraction of the demonstrations seen so far that each flow imitates."""
+        if not self.seen.any():
+            return torch.zeros(self.components)
+        chosen = self.assigned()[self.seen]
+        return torch.bincount(chosen, minlength=self.components).float() / chosen.shape[0]
+
+    def state_dict(self) -> dict:
+        return {"scores": self.scores.clone(), "seen": self.seen.clone(), "generator": self._generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        scores, seen = state["scores"], state["seen"]
+        if scores.ndim != 2 or scores.shape[1] != self.components or seen.shape != scores.shape[:1]:
+            raise ValueError(f"FlowAssignment state has scores {tuple(scores.shape)} and seen {tuple(seen.shape)}, "
+                             f"expected [E, {self.components}] and [E]")
+        self.scores = scores.clone().float()
+        self.seen = seen.clone().bool()
+        self._generator.set_state(state["generator"])
+
+
 class ImitationLearning:
     """One NLL update of the actor per call of :meth:`update`."""
 
@@ -81,10 +181,22 @@ class ImitationLearning:
             self.params, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.999), eps=1e-8, foreach=True
         )
         policy.flow.set_dropout(config.dropout)
+        components = policy.config.flow.components if policy.config.actor == "flow" else 1
+        self.assignment = None
+        if components > 1 and world_size() > 1:
+            # Each process would keep its own assignment from its own batches, and the averaged
+            # gradient would train a demonstration's chunks on different flows.
+            raise ValueError("imitating a mixture of flows (policy.flow_components > 1) runs in one process; "
+                             f"this run has {world_size()}")
+        if components > 1:
+            self.assignment = FlowAssignment(components, policy.config.flow.seed, policy.config.flow.horizon)
 
     def update(self, batch: dict) -> dict[str, float]:
         self.policy.train()
-        loss, metrics = imitation_loss(self.policy, batch)
+        if self.assignment is None:
+            loss, metrics = imitation_loss(self.policy, batch)
+        else:
+            loss, metrics = assigned_imitation_loss(self.policy, batch, self.assignment)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         sync_gradients(self.params)  # data-parallel runs: the combined batch's gradient
@@ -93,10 +205,37 @@ class ImitationLearning:
         return {**metrics, "il/grad_norm": grad_norm}
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict()}
+        state = {"optimizer": self.optimizer.state_dict()}
+        if self.assignment is not None:
+            state["flow_assignment"] = self.assignment.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.assignment is not None:
+            if "flow_assignment" not in state:
+                raise ValueError("IL state lacks the mixture of flows' per-demonstration assignment")
+            self.assignment.load_state_dict(state["flow_assignment"])
+
+
+def assigned_imitation_loss(policy, batch: dict, assignment: FlowAssignment) -> tuple[torch.Tensor, dict[str, float]]:
+    """Stage I loss of a mixture of flows: ``-(log pi_m(c) + log p(a | c, m))`` with m the flow
+    that imitates the chunk's demonstration (:class:`FlowAssignment`); the metrics report the
+    exact mixture NLL beside it."""
+    if "episode" not in batch or "step" not in batch:
+        raise ValueError("imitating a mixture of flows needs the batch's 'episode' and 'step' indices "
+                         "(TransitionSampler batches)")
+    norm = policy.action_normalizer
+    prefix = norm.normalize(batch["prefix"])
+    chunk = norm.normalize(batch["chunk"])
+    log_w, per_flow = policy.flow.component_log_likelihoods(chunk, policy.actor_context(batch["obs"], prefix),
+                                                            add_noise=True)
+    flow = assignment.observe(batch["episode"], batch["step"], per_flow).to(per_flow.device)[:, None]
+    loss = -(log_w.gather(1, flow) + per_flow.gather(1, flow)).mean()
+    nll = -torch.logsumexp(log_w + per_flow, dim=1).mean().item()
+    h, a = chunk.shape[-2:]
+    return loss, {"il/nll": nll, "il/nll_per_dim": nll / (h * a), "il/assigned_nll": loss.item(),
+                  "il/largest_flow_share": float(assignment.shares().max())}
 
 
 def imitation_loss(policy, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:

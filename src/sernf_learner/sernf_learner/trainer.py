@@ -203,7 +203,7 @@ def build_policy_config(config: RunConfig, observation_spec: dict, action_dim: i
         flow = ChunkFlowConfig(
             action_dim=action_dim, horizon=p.horizon, context_dim=p.token_dim, num_layers=p.flow_layers,
             hidden_dim=p.flow_hidden, num_heads=p.flow_heads, noise_std=p.noise_std, seed=config.seed,
-            base_components=p.flow_base_components,
+            base_components=p.flow_base_components, components=p.flow_components,
         )
     critic = None if p.actor in LIKELIHOOD_FREE_ACTORS else ChunkCriticConfig(  # baselines: IL only
         action_dim=action_dim, horizon=p.critic_horizon or p.horizon, prefix_len=p.prefix_len,

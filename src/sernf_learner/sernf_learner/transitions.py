@@ -353,6 +353,8 @@ class TransitionSampler:
             "discount": np.full(t.shape, self.timing.discount, dtype=np.float32),  # [B]
             "done": done.astype(np.float32),  # [B]
             "is_offline": np.full(t.shape, self.config.is_offline, dtype=bool),  # [B]
+            "episode": episode,  # [B] int64: the episode's index in this sampler's store
+            "step": t,  # [B] int64: the decision step t within that episode
         }
 
     def _observations(self, rows: np.ndarray) -> dict[str, np.ndarray]:

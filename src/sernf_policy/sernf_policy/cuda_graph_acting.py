@@ -73,6 +73,9 @@ class ActingGraph:
         if cfg.actor == "flow" and cfg.flow.base_components:  # the component draw is no graph input
             raise ValueError("CUDA-graph acting supports the N(0, I) base (flow base_components 0), this policy "
                              f"has base_components {cfg.flow.base_components}")
+        if cfg.actor == "flow" and cfg.flow.components > 1:  # nor is the choice among the flows
+            raise ValueError("CUDA-graph acting supports one flow (flow components 1), this policy is a mixture "
+                             f"of {cfg.flow.components}")
         if device.type != "cuda":
             raise ValueError(f"a CUDA graph needs the policy on a CUDA device, it is on {device}")
         if cfg.actor != "flow":

@@ -107,6 +107,14 @@ class ChunkFlowConfig:
     #: direct path to where the chunk lies, and with K > 1 room for separate strategies (on
     #: the hand benchmark one component helped and more did not separate its two strategies).
     base_components: int = 0
+    #: M: the number of conditional flows in a mixture ``p(a | c) = sum_m pi_m(c) p(a | c, m)``
+    #: (1: one flow, the paper). The M flows share every weight; flow m sees one more context
+    #: token, its own learned embedding, and the weights ``pi_m(c)`` come from the pooled context.
+    #: Our departure for multimodal demonstrations (docs/results.md, hand task): one flow of
+    #: affine couplings bridges two separate strategies with mass between them, where each
+    #: component only has to fit one. Densities stay exact (log-sum-exp over the M flows), at M
+    #: passes per likelihood and 2M per sample. Needs ``base_components <= 1``.
+    components: int = 1
 
     def __post_init__(self) -> None:
         for name in ("action_dim", "horizon", "context_dim", "num_layers", "hidden_dim", "num_heads", "head_ratio"):
@@ -115,6 +123,13 @@ class ChunkFlowConfig:
                 raise ValueError(f"ChunkFlowConfig.{name} must be a positive int, got {value!r}")
         if isinstance(self.base_components, bool) or not isinstance(self.base_components, int) or self.base_components < 0:
             raise ValueError(f"ChunkFlowConfig.base_components must be an int >= 0, got {self.base_components!r}")
+        if isinstance(self.components, bool) or not isinstance(self.components, int) or self.components < 1:
+            raise ValueError(f"ChunkFlowConfig.components must be an int >= 1, got {self.components!r}")
+        if self.components > 1 and self.base_components > 1:
+            raise ValueError(
+                f"ChunkFlowConfig: a mixture of {self.components} flows needs base_components 0 or 1 "
+                f"(got {self.base_components}): one component draw per candidate picks the flow"
+            )
         if self.hidden_dim % self.num_heads or (self.hidden_dim // self.num_heads) % 2:
             raise ValueError(
                 f"ChunkFlowConfig: hidden_dim ({self.hidden_dim}) / num_heads ({self.num_heads}) "
@@ -483,6 +498,12 @@ class _CouplingPlan:
 _MIXTURE_LOG_STD_BOUND = 3.0
 
 
+def _inverse_cdf(log_w: Tensor, u: Tensor) -> Tensor:
+    """The component index ``[B, N]`` that uniforms ``u [B, N]`` pick from weights ``log_w [B, K]``."""
+    cdf = torch.cumsum(log_w.exp(), dim=-1)
+    return torch.searchsorted(cdf.contiguous(), u.contiguous(), right=True).clamp(max=cdf.shape[-1] - 1)
+
+
 class _MixtureBase(nn.Module):
     """Context-conditioned mixture of K diagonal Gaussians over the latent ``z [H, A]``
     (``ChunkFlowConfig.base_components >= 1``; not in the paper, see the config field).
@@ -532,8 +553,7 @@ class _MixtureBase(nn.Module):
         """``z = mean_k + sigma s_k eps`` with ``k`` drawn from the weights by the uniforms
         ``component_u [B, N]`` (inverse CDF); ``eps [B, N, H, A]``. ``sigma < 1`` tempers each
         component around its mean, as ``sigma`` tempers ``N(0, I)`` for K = 1."""
-        cdf = torch.cumsum(log_w.exp(), dim=-1)  # [B, K]
-        k = torch.searchsorted(cdf.contiguous(), component_u.contiguous(), right=True).clamp(max=cdf.shape[-1] - 1)
+        k = _inverse_cdf(log_w, component_u)
         index = k[..., None, None].expand(-1, -1, *eps.shape[-2:])  # [B, N, H, A]
         return mean.gather(1, index) + sigma * torch.exp(log_std.gather(1, index)) * eps
 
@@ -552,6 +572,17 @@ class ChunkFlow(nn.Module):
         masks = coupling_keep_masks(config.horizon, config.action_dim, config.num_layers, config.seed)
         self.layers = nn.ModuleList(_AffineCoupling(config, m) for m in masks)
         self.base = _MixtureBase(config) if config.base_components else None
+        self.component_tokens: nn.Parameter | None = None
+        self.component_logits: nn.Linear | None = None
+        if config.components > 1:
+            # Distinct unit-scale tokens from the config's seed: flows that start identical
+            # would get identical gradients and never separate. The weights start equal.
+            gen = torch.Generator().manual_seed(config.seed + 2)
+            self.component_tokens = nn.Parameter(torch.randn(config.components, config.context_dim, generator=gen))
+            self.component_logits = nn.Linear(config.context_dim, config.components)
+            with torch.no_grad():
+                self.component_logits.weight.zero_()
+                self.component_logits.bias.zero_()
         self._compiled_inverse: Any = None
 
     def compile_for_acting(self, **compile_kwargs: Any) -> None:
@@ -629,14 +660,23 @@ class ChunkFlow(nn.Module):
         return 2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))
 
     # -- the bijection (tanh / atanh included) ------------------------------------------------
+    def _refuse_mixture(self, what: str) -> None:
+        if self.config.components > 1:
+            raise ValueError(f"ChunkFlow.{what}: a mixture of {self.config.components} flows is no single "
+                             "bijection; use log_prob / sample")
+
     def forward_transform(self, actions: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
-        """Actions -> latent, *including* the elementwise ``atanh``.
+        """Actions -> latent, *including* the elementwise ``atanh`` (one flow: ``components`` 1).
 
         ``actions [B, H, A]`` or ``[B, N, H, A]`` (N chunks per context ``[B, L, D]``, which
         share its keys and values) must lie strictly inside (-1, 1) (no clamping here: this is
         the pure bijection; :meth:`log_prob` clamps). Returns ``z`` of the same shape and
         ``log|det dz/da|`` ``[B]`` / ``[B, N]`` (couplings + ``atanh``).
         """
+        self._refuse_mixture("forward_transform")
+        return self._forward_transform(actions, context)
+
+    def _forward_transform(self, actions: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
         squeeze = actions.ndim == 3
         self._check_chunk(actions, "actions", 3 if squeeze else 4)
         self._check_context(context)
@@ -648,12 +688,16 @@ class ChunkFlow(nn.Module):
         return (z.squeeze(1), logdet.squeeze(1)) if squeeze else (z, logdet)
 
     def inverse_transform(self, z: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
-        """Latent -> actions, *including* the final ``tanh``.
+        """Latent -> actions, *including* the final ``tanh`` (one flow: ``components`` 1).
 
         ``z [B, H, A]`` or ``[B, N, H, A]`` (N latents per context ``[B, L, D]``). Returns
         actions of the same shape (in (-1, 1), unclamped) and ``log|det da/dz|`` ``[B]`` /
         ``[B, N]``.
         """
+        self._refuse_mixture("inverse_transform")
+        return self._inverse_transform(z, context)
+
+    def _inverse_transform(self, z: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
         squeeze = z.ndim == 3
         self._check_chunk(z, "z", 3 if squeeze else 4)
         self._check_context(context)
@@ -682,10 +726,31 @@ class ChunkFlow(nn.Module):
         self._check_context(context)
         if actions.shape[0] != context.shape[0]:
             raise ValueError(f"batch mismatch: actions {tuple(actions.shape)} vs context {tuple(context.shape)}")
+        return self.clamped_log_prob(self._training_chunk(actions, add_noise), context)
+
+    def _training_chunk(self, actions: Tensor, add_noise: bool) -> Tensor:
+        """:meth:`log_prob`'s input: perturbed by sigma_noise when training, then clamped."""
         if self.training and add_noise and self.config.noise_std > 0:
             actions = actions + self.config.noise_std * torch.randn_like(actions)
         eps = self.config.clamp_eps
-        return self.clamped_log_prob(actions.clamp(-1.0 + eps, 1.0 - eps), context)
+        return actions.clamp(-1.0 + eps, 1.0 - eps)
+
+    def component_log_likelihoods(self, actions: Tensor, context: Tensor,
+                                  add_noise: bool = False) -> tuple[Tensor, Tensor]:
+        """A mixture of flows' parts for chunks ``actions [B, H, A]``: ``(log pi_m(c) [B, M],
+        log p(a | c, m) [B, M])``, with :meth:`log_prob`'s noise and clamp; their log-sum-exp
+        over m is :meth:`log_prob`. Imitation trains each demonstration on one flow with them
+        (``sernf_learner.il``)."""
+        if self.config.components == 1:
+            raise ValueError("ChunkFlow.component_log_likelihoods: this flow is not a mixture (components 1)")
+        self._check_chunk(actions, "actions", 3)
+        self._check_context(context)
+        if actions.shape[0] != context.shape[0]:
+            raise ValueError(f"batch mismatch: actions {tuple(actions.shape)} vs context {tuple(context.shape)}")
+        a = self._training_chunk(actions, add_noise).unsqueeze(1)  # [B, 1, H, A]
+        b, m = a.shape[0], self.config.components
+        per_flow = self._clamped_log_prob_one(self._per_component(a), self._component_contexts(context)).view(b, m)
+        return self.component_log_weights(context), per_flow
 
     def draw_noise(self, context: Tensor, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
         """The sampler's standard-normal draw ``eps [B, N, H, A]`` for ``context [B, L, D]``."""
@@ -705,7 +770,10 @@ class ChunkFlow(nn.Module):
 
         The latent is ``z = sigma * eps`` for the ``N(0, I)`` base; for a mixture base
         (``base_components >= 1``) ``component_u [B, N]``, uniforms in [0, 1), pick each
-        candidate's component and ``z = mean_k + sigma s_k eps``."""
+        candidate's component and ``z = mean_k + sigma s_k eps``. For a mixture of flows
+        (``components >= 2``) ``component_u`` picks each candidate's flow instead: every flow
+        transforms the same ``eps`` and the candidate keeps its flow's chunk, whose ``log_prob``
+        is the mixture's exact density at the returned (clamped) chunk."""
         self._check_context(context)
         if not (math.isfinite(sigma) and sigma > 0):
             raise ValueError(f"sigma must be > 0, got {sigma}")
@@ -713,17 +781,39 @@ class ChunkFlow(nn.Module):
         if eps.ndim != 4 or eps.shape[0] != context.shape[0] or eps.shape[2:] != (cfg.horizon, cfg.action_dim):
             raise ValueError(f"noise must have shape [B={context.shape[0]}, N, {cfg.horizon}, {cfg.action_dim}], "
                              f"got {tuple(eps.shape)}")
+        if (self.base is not None or cfg.components > 1) and (
+            component_u is None or component_u.shape != eps.shape[:2]
+        ):
+            got = None if component_u is None else tuple(component_u.shape)
+            raise ValueError(f"a mixture base or mixture of flows needs component_u of shape {tuple(eps.shape[:2])}, "
+                             f"got {got}")
+        if cfg.components == 1:
+            return self._transform_noise_one(context, eps, sigma, component_u)
+        b, n, m = eps.shape[0], eps.shape[1], cfg.components
+        # Every flow transforms every candidate's noise (M inverse passes as one batch of B M);
+        # the candidate keeps the chunk of the flow its uniform picks by the weights pi_m(c).
+        actions_m, _, clamped_m = self._transform_noise_one(
+            self._component_contexts(context), self._per_component(eps), sigma, self._per_component(component_u)
+        )
+        pick = _inverse_cdf(self.component_log_weights(context), component_u)  # [B, N]
+        index = pick[:, None, :, None, None].expand(b, 1, n, cfg.horizon, cfg.action_dim)
+        actions = actions_m.view(b, m, n, cfg.horizon, cfg.action_dim).gather(1, index).squeeze(1)
+        clamped = clamped_m.view(b, m, n).gather(1, pick[:, None]).squeeze(1)
+        return actions, self.clamped_log_prob(actions, context), clamped
+
+    def _transform_noise_one(self, context: Tensor, eps: Tensor, sigma: float,
+                             component_u: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`transform_noise` of one flow (``context`` carries its component token, if any)."""
+        cfg = self.config
         if self.base is None:
             z = sigma * eps
             base_log_prob = self.base_log_prob(z, context)
         else:
-            if component_u is None or component_u.shape != eps.shape[:2]:
-                got = None if component_u is None else tuple(component_u.shape)
-                raise ValueError(f"a mixture base needs component_u of shape {tuple(eps.shape[:2])}, got {got}")
+            assert component_u is not None
             mixture = self.base(self.context_norm(context))
             z = self.base.latent(eps, component_u, sigma, *mixture)
             base_log_prob = self.base.log_prob(z, *mixture)
-        actions, logdet = self.inverse_transform(z, context)  # [B, N, H, A], [B, N]
+        actions, logdet = self._inverse_transform(z, context)  # [B, N, H, A], [B, N]
         log_prob = base_log_prob - logdet
         bound = 1.0 - cfg.clamp_eps
         clamped = (actions.abs() > bound).flatten(2).any(dim=-1)  # [B, N]
@@ -771,13 +861,48 @@ class ChunkFlow(nn.Module):
         it, and skipping the others saves a whole forward pass through the couplings."""
         eps = self.draw_noise(context, num_samples, generator)
         component_u = None
-        if self.base is not None:  # drawn after eps: the N(0, I) base's random stream is unchanged
+        if self.base is not None or self.config.components > 1:  # after eps: N(0, I)'s stream is unchanged
             component_u = torch.rand(eps.shape[:2], generator=generator, device=eps.device, dtype=eps.dtype)
         return self.transform_noise(context, eps, sigma, component_u)
 
     def clamped_log_prob(self, actions: Tensor, context: Tensor) -> Tensor:
         """``log pi`` ``[B]`` / ``[B, N]`` of chunks ``actions [B, H, A]`` / ``[B, N, H, A]``
         already inside the clamp (what :meth:`log_prob` computes for them, without clamping
-        again)."""
-        z, logdet = self.forward_transform(actions, context)
+        again). For a mixture of flows, ``log sum_m pi_m(c) p(a | c, m)`` over the M flows."""
+        if self.config.components == 1:
+            return self._clamped_log_prob_one(actions, context)
+        squeeze = actions.ndim == 3
+        a = actions.unsqueeze(1) if squeeze else actions
+        self._check_chunk(a, "actions", 4)
+        self._check_context(context)
+        if a.shape[0] != context.shape[0]:
+            raise ValueError(f"batch mismatch: actions {tuple(actions.shape)} vs context {tuple(context.shape)}")
+        b, n, m = a.shape[0], a.shape[1], self.config.components
+        per_flow = self._clamped_log_prob_one(self._per_component(a), self._component_contexts(context)).view(b, m, n)
+        log_prob = torch.logsumexp(self.component_log_weights(context)[:, :, None] + per_flow, dim=1)  # [B, N]
+        return log_prob.squeeze(1) if squeeze else log_prob
+
+    def _clamped_log_prob_one(self, actions: Tensor, context: Tensor) -> Tensor:
+        z, logdet = self._forward_transform(actions, context)
         return self.base_log_prob(z, context) + logdet
+
+    # -- the mixture of flows (``components >= 2``) -------------------------------------------
+    def component_log_weights(self, context: Tensor) -> Tensor:
+        """``log pi_m(c)`` ``[B, M]`` of a mixture of flows, from the mean-pooled normalised
+        context ``[B, L, D]``."""
+        if self.component_logits is None:
+            raise ValueError("ChunkFlow.component_log_weights: this flow is not a mixture (components 1)")
+        return torch.log_softmax(self.component_logits(self.context_norm(context).mean(dim=1)), dim=-1)
+
+    def _component_contexts(self, context: Tensor) -> Tensor:
+        """``[B, L, D]`` -> ``[B M, L + 1, D]``: row ``b M + m`` is context b with flow m's token."""
+        b, length, d = context.shape
+        m = self.config.components
+        assert self.component_tokens is not None
+        tokens = self.component_tokens.to(context.dtype)[None, :, None, :].expand(b, m, 1, d)
+        return torch.cat([context[:, None].expand(b, m, length, d), tokens], dim=2).reshape(b * m, length + 1, d)
+
+    def _per_component(self, x: Tensor) -> Tensor:
+        """``[B, ...]`` -> ``[B M, ...]`` (each row repeated for the M flows, as the contexts)."""
+        m = self.config.components
+        return x[:, None].expand(x.shape[0], m, *x.shape[1:]).reshape(x.shape[0] * m, *x.shape[1:])
