@@ -102,6 +102,13 @@ class FlowAssignment:
     compares distances, not likelihoods). Scores start as small random values (a random
     assignment), which training then sorts. The mixture weights learn to predict the
     assignment from the context, so the exact mixture likelihood stays what the policy reports.
+
+    What it does not do (measured, docs/results.md): on the hand benchmark's demonstrations the
+    assignment settled on a split that is not the strategies' (box 9 / 23, cylinder 18 / 21
+    demonstrations on the two flows): the flows' difference in the first chunks' likelihood
+    varies between demonstrations (standard deviation ~20 nats) more than between the two
+    strategies (~12 nats), and imitation did not improve. It does what it should where the strategy dominates the chunks (the toy of
+    ``test_flow_assignment.py``).
     """
 
     def __init__(self, components: int, seed: int, horizon: int) -> None:

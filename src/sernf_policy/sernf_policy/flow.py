@@ -113,7 +113,8 @@ class ChunkFlowConfig:
     #: Our departure for multimodal demonstrations (docs/results.md, hand task): one flow of
     #: affine couplings bridges two separate strategies with mass between them, where each
     #: component only has to fit one. Densities stay exact (log-sum-exp over the M flows), at M
-    #: passes per likelihood and 2M per sample. Needs ``base_components <= 1``.
+    #: passes per likelihood and 2M per sample. Needs ``base_components <= 1``. On the hand
+    #: benchmark the flows did not separate its two strategies (docs/results.md).
     components: int = 1
 
     def __post_init__(self) -> None:
