@@ -52,6 +52,25 @@ def density_grid():
     return atanh_grid
 
 
+def sample_histogram(flow: ChunkFlow, ctx: torch.Tensor, num_samples: int = 40_000) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a flow with H = A = 1 and one context ``[1, L, D]``: ``(observed, expected)``, the
+    fraction of ``num_samples`` samples at sigma 1 in each of 16 bins (uniform in atanh(a) over
+    [-4, 4]) and the mass the flow's density puts there (a fine Riemann sum)."""
+    edges = torch.tanh(torch.linspace(-4.0, 4.0, 17, dtype=torch.float64))
+    fine = torch.tanh(torch.linspace(-6.0, 6.0, 20_001, dtype=torch.float64))
+    mids, widths = (fine[1:] + fine[:-1]) / 2, fine[1:] - fine[:-1]
+    with torch.no_grad():
+        samples, _ = flow.sample(ctx, num_samples, sigma=1.0)
+        mass = flow.log_prob(mids.view(-1, 1, 1), ctx.expand(mids.numel(), *ctx.shape[1:])).exp() * widths
+    expected = torch.stack([mass[(mids >= lo) & (mids < hi)].sum() for lo, hi in zip(edges[:-1], edges[1:], strict=True)])
+    return torch.histogram(samples.flatten(), bins=edges).hist / samples.numel(), expected
+
+
+@pytest.fixture
+def histogram():
+    return sample_histogram
+
+
 LOWDIM_SPEC = {"hand": {"kind": "lowdim", "shape": [3]}, "cube": {"kind": "lowdim", "shape": [2]}}
 
 

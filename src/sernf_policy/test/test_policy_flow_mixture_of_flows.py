@@ -58,7 +58,7 @@ def test_sampled_log_prob_is_the_mixture_density(perturb, components, base_compo
     torch.testing.assert_close(log_prob, again, atol=1e-8, rtol=1e-8)
 
 
-def test_samples_follow_the_mixture_density(perturb):
+def test_samples_follow_the_mixture_density(perturb, histogram):
     """H = A = 1: the histogram of 40k samples at sigma 1 matches the density's mass per bin, so
     each candidate's flow is drawn with its weight."""
     flow = flows(perturb, h=1, a=1, components=2, seed=3, std=0.4)
@@ -67,24 +67,12 @@ def test_samples_follow_the_mixture_density(perturb):
                                                       generator=torch.Generator().manual_seed(5)))
     ctx = torch.randn(1, 2, 6, dtype=torch.float64)
     torch.manual_seed(0)
-    edges = torch.tanh(torch.linspace(-4.0, 4.0, 17, dtype=torch.float64))
-    fine = torch.tanh(torch.linspace(-6.0, 6.0, 20_001, dtype=torch.float64))
-    mids, widths = (fine[1:] + fine[:-1]) / 2, fine[1:] - fine[:-1]
-
-    def histograms():
-        with torch.no_grad():
-            samples, _ = flow.sample(ctx, 40_000, sigma=1.0)
-            mass = flow.log_prob(mids.view(-1, 1, 1), ctx.expand(mids.numel(), 2, 6)).exp() * widths
-        expected = torch.stack([mass[(mids >= lo) & (mids < hi)].sum()
-                                for lo, hi in zip(edges[:-1], edges[1:], strict=True)])
-        return torch.histogram(samples.flatten(), bins=edges).hist / samples.numel(), expected
-
-    observed, expected = histograms()
+    observed, expected = histogram(flow, ctx)
     assert expected.sum() > 0.98
     assert (observed - expected).abs().max() < 0.01
     with torch.no_grad():  # the weights matter: other weights give another density and histogram
         flow.component_logits.bias.add_(torch.tensor([3.0, -3.0], dtype=torch.float64))
-    other_observed, other_expected = histograms()
+    other_observed, other_expected = histogram(flow, ctx)
     assert (other_observed - other_expected).abs().max() < 0.01
     assert (other_expected - expected).abs().max() > 0.03
 
