@@ -200,10 +200,7 @@ class ImitationLearning:
 
     def update(self, batch: dict) -> dict[str, float]:
         self.policy.train()
-        if self.assignment is None:
-            loss, metrics = imitation_loss(self.policy, batch)
-        else:
-            loss, metrics = assigned_imitation_loss(self.policy, batch, self.assignment)
+        loss, metrics = imitation_loss(self.policy, batch, self.assignment)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         sync_gradients(self.params)  # data-parallel runs: the combined batch's gradient
@@ -225,30 +222,14 @@ class ImitationLearning:
             self.assignment.load_state_dict(state["flow_assignment"])
 
 
-def assigned_imitation_loss(policy, batch: dict, assignment: FlowAssignment) -> tuple[torch.Tensor, dict[str, float]]:
-    """Stage I loss of a mixture of flows: ``-(log pi_m(c) + log p(a | c, m))`` with m the flow
-    that imitates the chunk's demonstration (:class:`FlowAssignment`); the metrics report the
-    exact mixture NLL beside it."""
-    if "episode" not in batch or "step" not in batch:
-        raise ValueError("imitating a mixture of flows needs the batch's 'episode' and 'step' indices "
-                         "(TransitionSampler batches)")
-    norm = policy.action_normalizer
-    prefix = norm.normalize(batch["prefix"])
-    chunk = norm.normalize(batch["chunk"])
-    log_w, per_flow = policy.flow.component_log_likelihoods(chunk, policy.actor_context(batch["obs"], prefix),
-                                                            add_noise=True)
-    flow = assignment.observe(batch["episode"], batch["step"], per_flow).to(per_flow.device)[:, None]
-    loss = -(log_w.gather(1, flow) + per_flow.gather(1, flow)).mean()
-    nll = -torch.logsumexp(log_w + per_flow, dim=1).mean().item()
-    h, a = chunk.shape[-2:]
-    return loss, {"il/nll": nll, "il/nll_per_dim": nll / (h * a), "il/assigned_nll": loss.item(),
-                  "il/largest_flow_share": float(assignment.shares().max())}
-
-
-def imitation_loss(policy, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+def imitation_loss(
+    policy, batch: dict, assignment: FlowAssignment | None = None
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Stage I loss of ``policy``'s actor on a sampler batch, and its metrics.
 
-    * ``flow`` / ``gaussian``: the NLL of eq. (8), training chunks perturbed by σ_noise;
+    * ``flow`` / ``gaussian``: the NLL of eq. (8), training chunks perturbed by σ_noise; for a
+      mixture of flows (with its ``assignment``) ``-(log pi_m(c) + log p(a | c, m))`` with m the
+      flow that imitates the chunk's demonstration, the exact mixture NLL in the metrics;
     * ``flow_matching``: the conditional flow-matching loss on the same context (observation +
       prefix tokens);
     * ``act``: ACT's L1 + KL loss of its ``chunk_len``-action chunk, from the observation tokens.
@@ -260,6 +241,18 @@ def imitation_loss(policy, batch: dict) -> tuple[torch.Tensor, dict[str, float]]
     if chunk.shape[-2] != policy.config.imitation_horizon:
         raise ValueError(f"IL batch chunks have {chunk.shape[-2]} actions; actor {kind!r} imitates "
                          f"{policy.config.imitation_horizon} (sample with that chunk length)")
+    if kind == "flow" and assignment is not None:
+        if "episode" not in batch or "step" not in batch:
+            raise ValueError("imitating a mixture of flows needs the batch's 'episode' and 'step' indices "
+                             "(TransitionSampler batches)")
+        log_w, per_flow = policy.flow.component_log_likelihoods(
+            chunk, policy.actor_context(batch["obs"], prefix), add_noise=True)
+        flow = assignment.observe(batch["episode"], batch["step"], per_flow).to(per_flow.device)[:, None]
+        loss = -(log_w.gather(1, flow) + per_flow.gather(1, flow)).mean()
+        nll = -torch.logsumexp(log_w + per_flow, dim=1).mean().item()
+        h, a = chunk.shape[-2:]
+        return loss, {"il/nll": nll, "il/nll_per_dim": nll / (h * a), "il/assigned_nll": loss.item(),
+                      "il/largest_flow_share": float(assignment.shares().max())}
     if kind in ("flow", "gaussian"):
         loss = -policy.log_prob(batch["obs"], prefix, chunk, add_noise=True).mean()
         h, a = chunk.shape[-2:]

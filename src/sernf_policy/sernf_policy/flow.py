@@ -745,13 +745,8 @@ class ChunkFlow(nn.Module):
         if self.config.components == 1:
             raise ValueError("ChunkFlow.component_log_likelihoods: this flow is not a mixture (components 1)")
         self._check_chunk(actions, "actions", 3)
-        self._check_context(context)
-        if actions.shape[0] != context.shape[0]:
-            raise ValueError(f"batch mismatch: actions {tuple(actions.shape)} vs context {tuple(context.shape)}")
-        a = self._training_chunk(actions, add_noise).unsqueeze(1)  # [B, 1, H, A]
-        b, m = a.shape[0], self.config.components
-        per_flow = self._clamped_log_prob_one(self._per_component(a), self._component_contexts(context)).view(b, m)
-        return self.component_log_weights(context), per_flow
+        log_w, per_flow = self._flow_log_probs(self._training_chunk(actions, add_noise).unsqueeze(1), context)
+        return log_w, per_flow.squeeze(2)
 
     def draw_noise(self, context: Tensor, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
         """The sampler's standard-normal draw ``eps [B, N, H, A]`` for ``context [B, L, D]``."""
@@ -873,15 +868,20 @@ class ChunkFlow(nn.Module):
         if self.config.components == 1:
             return self._clamped_log_prob_one(actions, context)
         squeeze = actions.ndim == 3
-        a = actions.unsqueeze(1) if squeeze else actions
-        self._check_chunk(a, "actions", 4)
-        self._check_context(context)
-        if a.shape[0] != context.shape[0]:
-            raise ValueError(f"batch mismatch: actions {tuple(actions.shape)} vs context {tuple(context.shape)}")
-        b, n, m = a.shape[0], a.shape[1], self.config.components
-        per_flow = self._clamped_log_prob_one(self._per_component(a), self._component_contexts(context)).view(b, m, n)
-        log_prob = torch.logsumexp(self.component_log_weights(context)[:, :, None] + per_flow, dim=1)  # [B, N]
+        log_w, per_flow = self._flow_log_probs(actions.unsqueeze(1) if squeeze else actions, context)
+        log_prob = torch.logsumexp(log_w[:, :, None] + per_flow, dim=1)  # [B, N]
         return log_prob.squeeze(1) if squeeze else log_prob
+
+    def _flow_log_probs(self, actions: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
+        """A mixture's parts for chunks ``actions [B, N, H, A]`` inside the clamp: ``(log pi_m(c)
+        [B, M], log p(a | c, m) [B, M, N])``, the M flows as one batch of ``B M`` contexts."""
+        self._check_chunk(actions, "actions", 4)
+        self._check_context(context)
+        if actions.shape[0] != context.shape[0]:
+            raise ValueError(f"batch mismatch: actions {tuple(actions.shape)} vs context {tuple(context.shape)}")
+        b, n, m = actions.shape[0], actions.shape[1], self.config.components
+        per_flow = self._clamped_log_prob_one(self._per_component(actions), self._component_contexts(context))
+        return self.component_log_weights(context), per_flow.view(b, m, n)
 
     def _clamped_log_prob_one(self, actions: Tensor, context: Tensor) -> Tensor:
         z, logdet = self._forward_transform(actions, context)
