@@ -69,7 +69,7 @@ class Operator(GraphProbe):
                 self.diagnostics.append({"message": status.message, **{kv.key: kv.value for kv in status.values}})
 
     def arm_status(self) -> dict:
-        return json.loads(self.call(self.status_client, Trigger.Request()).message)
+        return json.loads(self.call_idempotent(self.status_client, Trigger.Request()).message)
 
     def command(self, translation, rotation=(1.0, 0.0, 0.0, 0.0), frame: str = "ee") -> None:
         msg = PoseStamped()
