@@ -760,16 +760,17 @@ class ChunkFlow(nn.Module):
     def transform_noise(self, context: Tensor, eps: Tensor, sigma: float,
                         component_u: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """The tempered base draw through the inverse flow: ``(actions [B, N, H, A] clamped,
-        log_prob [B, N], clamped [B, N])``, where ``log_prob`` is still the density of the
-        *unclamped* point for the ``clamped`` candidates (:meth:`sample` recomputes those). No
-        host synchronisation: the part of sampling a CUDA graph can hold.
+        log_prob [B, N], clamped [B, N])``, where ``clamped`` marks the candidates whose
+        ``log_prob`` is still the density of the *unclamped* point (:meth:`sample` recomputes
+        those). No host synchronisation: the part of sampling a CUDA graph can hold.
 
         The latent is ``z = sigma * eps`` for the ``N(0, I)`` base; for a mixture base
         (``base_components >= 1``) ``component_u [B, N]``, uniforms in [0, 1), pick each
         candidate's component and ``z = mean_k + sigma s_k eps``. For a mixture of flows
         (``components >= 2``) ``component_u`` picks each candidate's flow instead: every flow
         transforms the same ``eps`` and the candidate keeps its flow's chunk, whose ``log_prob``
-        is the mixture's exact density at the returned (clamped) chunk."""
+        is the mixture's exact density at the returned (clamped) chunk, so no candidate is
+        marked ``clamped`` (there is nothing to recompute)."""
         self._check_context(context)
         if not (math.isfinite(sigma) and sigma > 0):
             raise ValueError(f"sigma must be > 0, got {sigma}")
@@ -788,14 +789,15 @@ class ChunkFlow(nn.Module):
         b, n, m = eps.shape[0], eps.shape[1], cfg.components
         # Every flow transforms every candidate's noise (M inverse passes as one batch of B M);
         # the candidate keeps the chunk of the flow its uniform picks by the weights pi_m(c).
-        actions_m, _, clamped_m = self._transform_noise_one(
+        actions_m, _, _ = self._transform_noise_one(
             self._component_contexts(context), self._per_component(eps), sigma, self._per_component(component_u)
         )
         pick = _inverse_cdf(self.component_log_weights(context), component_u)  # [B, N]
         index = pick[:, None, :, None, None].expand(b, 1, n, cfg.horizon, cfg.action_dim)
         actions = actions_m.view(b, m, n, cfg.horizon, cfg.action_dim).gather(1, index).squeeze(1)
-        clamped = clamped_m.view(b, m, n).gather(1, pick[:, None]).squeeze(1)
-        return actions, self.clamped_log_prob(actions, context), clamped
+        # The mixture's density needs every flow's likelihood of the kept chunk anyway: computed
+        # at the returned chunk, it is already exact where the chunk was clamped.
+        return actions, self.clamped_log_prob(actions, context), torch.zeros_like(pick, dtype=torch.bool)
 
     def _transform_noise_one(self, context: Tensor, eps: Tensor, sigma: float,
                              component_u: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:

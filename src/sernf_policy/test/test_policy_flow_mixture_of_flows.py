@@ -58,6 +58,21 @@ def test_sampled_log_prob_is_the_mixture_density(perturb, components, base_compo
     torch.testing.assert_close(log_prob, again, atol=1e-8, rtol=1e-8)
 
 
+
+def test_a_clamped_sample_keeps_its_exact_density_without_a_second_pass(perturb):
+    # Heads perturbed strongly enough that samples reach the action clamp (as in the issue's
+    # finding for one flow): the mixture's density is computed at the returned chunk, so
+    # nothing is marked for recomputation and it still equals log_prob of what is returned.
+    flow = flows(perturb, h=2, a=2, std=2.0)
+    ctx = torch.randn(3, 2, 6, dtype=torch.float64)
+    with torch.no_grad():
+        actions, log_prob, marked = flow.sample_deferring_clamped(ctx, num_samples=40, sigma=1.0)
+        again = flow.log_prob(actions.flatten(0, 1), ctx.repeat_interleave(40, dim=0)).view(3, 40)
+    on_clamp = (actions.abs() >= 1.0 - flow.config.clamp_eps).flatten(2).any(dim=-1)
+    assert on_clamp.any()
+    assert not marked.any()
+    torch.testing.assert_close(log_prob, again, atol=1e-8, rtol=1e-8)
+
 def test_samples_follow_the_mixture_density(perturb, histogram):
     """H = A = 1: the histogram of 40k samples at sigma 1 matches the density's mass per bin, so
     each candidate's flow is drawn with its weight."""
