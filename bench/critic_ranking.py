@@ -1,12 +1,18 @@
-"""Does a policy's critic rank recorded chunks by how their episodes ended?
+"""Does a policy's critic rank recorded chunks by what followed them?
 
 Best-of-N selection (Alg. 2) helps only if the critic orders chunks by what they lead to. For
 every episode of the given replay stores that is long enough, this scores the recorded chunk
 at decision step t (with the recorded observation history and prefix, as training sees them)
-by the policy's min-Q and prints, per t, the area under the ROC curve of that score for the
-episode's outcome (success, or one subtask with ``--subtask``): 0.5 is a critic that cannot
-tell the episodes that succeed from those that fail, 1.0 one that ranks every success first.
-The two-sided Mann-Whitney p-value says whether the ranking differs from chance at all.
+by the policy's min-Q and prints, per t:
+
+* the Spearman rank correlation of that score with the discounted return from t on,
+  ``G_t = sum_k gamma^k r_{t+k}`` (what Q estimates, for the policy that recorded them);
+* among the episodes with no reward before t (so that what is still to come decides), the
+  area under the ROC curve of the score for the episode's outcome (success, or one subtask
+  with ``--subtask``), with its two-sided Mann-Whitney p-value: 0.5 is a critic that cannot
+  tell the episodes that will succeed from those that will not, 1.0 one that ranks every
+  success first. (Counting every episode would mix in rewards already collected: after a
+  grasp, Q rightly drops by the grasp's reward.)
 
 Scored on episodes the critic never trained on (e.g. the online rollouts of another run or
 seed), this is the critic's ranking of that policy's behaviour; on its own training data, how
@@ -14,7 +20,8 @@ well it fits them. In a recorded episode the chunk at step t is one of many that
 outcome, so even a perfect critic stays below 1.0 at early t.
 
 Run:  .venv/bin/python bench/critic_ranking.py --policy RUN/policy_critic_warmup \\
-          --episodes OTHER_RUN/online_replay [more stores] [--source online] [--steps 0 10 20 30]
+          --episodes OTHER_RUN/online_replay [more stores] [--source online] [--steps 0 10 20 30] \\
+          [--gamma 0.99]
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,14 +47,31 @@ Episode = tuple[Mapping[str, np.ndarray], Mapping]
 ScoreFn = Callable[[dict[str, np.ndarray], np.ndarray, np.ndarray], np.ndarray]
 
 
+@dataclass
+class Decisions:
+    """The training-format inputs at one decision step of n episodes, and what followed."""
+
+    obs: dict[str, np.ndarray]
+    """Observation history per key ``[n, T, ...]``."""
+    prefix: np.ndarray
+    """Queued actions ``[n, P, A]`` (raw units)."""
+    chunk: np.ndarray
+    """The recorded chunk ``[n, H, A]`` (raw units)."""
+    outcome: np.ndarray
+    """``[n]`` bool: the episode succeeded (or the chosen subtask did)."""
+    return_to_go: np.ndarray
+    """``[n]``: discounted return from the decision step on."""
+    rewarded_before: np.ndarray
+    """``[n]`` bool: some reward came before the decision step."""
+
+
 def decisions_at(episodes: Sequence[Episode], step: int, obs_keys: Sequence[str], timing: tuple[int, int, int],
-                 subtask: str | None = None) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
-    """The training-format inputs at decision ``step`` of each episode with a whole chunk there:
-    ``(obs {key: [n, T, ...]}, prefix [n, P, A], chunk [n, H, A], outcome [n] bool)``. The
-    history before step 0 repeats the first observation, as the transition sampler does."""
+                 subtask: str | None = None, gamma: float = 0.99) -> Decisions:
+    """:class:`Decisions` at ``step`` of each episode with a whole chunk there. The history
+    before step 0 repeats the first observation, as the transition sampler does."""
     T, P, H = timing
     obs: dict[str, list[np.ndarray]] = {k: [] for k in obs_keys}
-    prefixes, chunks, outcome = [], [], []
+    prefixes, chunks, outcome, returns, before = [], [], [], [], []
     for steps, meta in episodes:
         if len(steps["action"]) < step + P + H:
             continue
@@ -55,10 +80,14 @@ def decisions_at(episodes: Sequence[Episode], step: int, obs_keys: Sequence[str]
         prefixes.append(steps["action"][step:step + P])
         chunks.append(steps["action"][step + P:step + P + H])
         outcome.append(bool(meta["subtask_success"][subtask] if subtask else meta["success"]))
+        rewards = np.asarray(steps["reward"], dtype=np.float64)
+        returns.append(float(np.sum(rewards[step:] * gamma ** np.arange(len(rewards) - step))))
+        before.append(bool(np.any(rewards[:step] != 0)))
     if not chunks:
-        return {k: np.zeros((0,)) for k in obs_keys}, np.zeros((0,)), np.zeros((0,)), np.zeros((0,), dtype=bool)
-    return ({k: np.stack(v) for k, v in obs.items()}, np.stack(prefixes).astype(np.float32),
-            np.stack(chunks).astype(np.float32), np.asarray(outcome))
+        empty = np.zeros((0,))
+        return Decisions({k: empty for k in obs_keys}, empty, empty, empty.astype(bool), empty, empty.astype(bool))
+    return Decisions({k: np.stack(v) for k, v in obs.items()}, np.stack(prefixes).astype(np.float32),
+                     np.stack(chunks).astype(np.float32), np.asarray(outcome), np.asarray(returns), np.asarray(before))
 
 
 def ranking(scores: np.ndarray, outcome: np.ndarray) -> dict:
@@ -78,13 +107,21 @@ def ranking(scores: np.ndarray, outcome: np.ndarray) -> dict:
 
 
 def rank_episodes(score_fn: ScoreFn, episodes: Sequence[Episode], steps: Sequence[int], obs_keys: Sequence[str],
-                  timing: tuple[int, int, int], subtask: str | None = None) -> list[dict]:
-    """:func:`ranking` of ``score_fn`` at each decision step in ``steps``."""
+                  timing: tuple[int, int, int], subtask: str | None = None, gamma: float = 0.99) -> list[dict]:
+    """Per decision step in ``steps``: the Spearman correlation of ``score_fn`` with the return
+    to go (``spearman``, over every episode with a chunk there) and :func:`ranking` for the
+    outcome among the episodes not rewarded before the step."""
+    from scipy.stats import spearmanr
+
     rows = []
     for step in steps:
-        obs, prefix, chunk, outcome = decisions_at(episodes, step, obs_keys, timing, subtask)
-        scores = score_fn(obs, prefix, chunk) if len(outcome) else np.zeros((0,))
-        rows.append({"step": int(step), **ranking(scores, outcome)})
+        d = decisions_at(episodes, step, obs_keys, timing, subtask, gamma)
+        scores = score_fn(d.obs, d.prefix, d.chunk) if len(d.outcome) else np.zeros((0,))
+        varied = len(scores) > 2 and np.ptp(scores) > 0 and np.ptp(d.return_to_go) > 0
+        rho = float(spearmanr(scores, d.return_to_go).statistic) if varied else None
+        open_ = ~d.rewarded_before
+        rows.append({"step": int(step), "scored": int(len(scores)), "spearman": rho,
+                     **ranking(scores[open_], d.outcome[open_])})
     return rows
 
 
@@ -128,11 +165,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", default=None, help="only episodes of this source (demo, online, ...)")
     parser.add_argument("--subtask", default=None, help="rank for this subtask's success instead (e.g. grasp)")
     parser.add_argument("--steps", type=int, nargs="+", default=[0, 10, 20, 30], help="decision steps to score")
+    parser.add_argument("--gamma", type=float, default=0.99, help="per-step discount of the return to go (the run's)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args(argv)
     if any(s < 0 for s in args.steps):
         parser.error("--steps must be >= 0")
+    if not 0.0 < args.gamma <= 1.0:
+        parser.error("--gamma must be in (0, 1]")
 
     import torch
 
@@ -147,21 +187,25 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no episodes{f' of source {args.source!r}' if args.source else ''} in {args.episodes}")
     cfg = policy.config
     rows = rank_episodes(policy_min_q(policy), episodes, args.steps, list(cfg.observation_spec),
-                         (cfg.obs_history, cfg.prefix_len, cfg.horizon), args.subtask)
+                         (cfg.obs_history, cfg.prefix_len, cfg.horizon), args.subtask, args.gamma)
     outcome = args.subtask or "success"
-    print(f"{args.policy}: min-Q of the recorded chunk against the episode's {outcome}, "
-          f"{len(episodes)} episodes from {len(args.episodes)} store(s)")
-    print("| step | episodes | with " + outcome + " | mean Q, " + outcome + " | mean Q, not | AUC | p |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"{args.policy}: min-Q of the recorded chunk against the return to go (gamma {args.gamma:g}) and, "
+          f"among episodes not yet rewarded, their {outcome}; {len(episodes)} episodes from "
+          f"{len(args.episodes)} store(s)")
+    print(f"| step | scored | Spearman (Q, return to go) | not yet rewarded | with {outcome} | "
+          f"mean Q, {outcome} | mean Q, not | AUC | p |")
+    print("|---|---|---|---|---|---|---|---|---|")
 
     def fmt(v: float | None, spec: str) -> str:
         return "-" if v is None else format(v, spec)
 
     for r in rows:
-        print(f"| {r['step']} | {r['episodes']} | {r['successes']} | {fmt(r['mean_score_success'], '.3f')} | "
-              f"{fmt(r['mean_score_failure'], '.3f')} | {fmt(r['auc'], '.2f')} | {fmt(r['p'], '.2g')} |")
+        print(f"| {r['step']} | {r['scored']} | {fmt(r['spearman'], '.2f')} | {r['episodes']} | {r['successes']} | "
+              f"{fmt(r['mean_score_success'], '.3f')} | {fmt(r['mean_score_failure'], '.3f')} | "
+              f"{fmt(r['auc'], '.2f')} | {fmt(r['p'], '.2g')} |")
     if args.json is not None:
-        args.json.write_text(json.dumps({"policy": str(args.policy), "outcome": outcome, "rows": rows}, indent=1))
+        args.json.write_text(json.dumps({"policy": str(args.policy), "outcome": outcome, "gamma": args.gamma,
+                                         "rows": rows}, indent=1))
     return 0
 
 
