@@ -47,6 +47,10 @@ for _pkg in ("sernf_policy", "sernf_learner", "sernf_sim"):
     except ImportError:  # running from a source checkout without the colcon overlay
         sys.path.insert(0, str(_ROOT / "src" / _pkg))
 
+sys.path.insert(0, str(_ROOT / "bench"))
+
+from critic_ranking import decisions_at  # noqa: E402
+
 from sernf_sim.evaluation import rollout_chunked  # noqa: E402
 from sernf_sim.hand_pick_place import HAND_TIMING  # noqa: E402
 from sernf_sim.hand_pick_place import model as M  # noqa: E402
@@ -146,25 +150,19 @@ def _path(chunk: np.ndarray, max_pos_delta: float, max_rot_delta: float) -> np.n
 def fit_to_demos(act_fn, episodes, obs_keys, step: int, timing: tuple[int, int, int], max_pos_delta: float,
                  max_rot_delta: float) -> dict:
     """How well ``act_fn`` reproduces the recorded chunk at decision ``step`` of each episode
-    (``[(steps {key: [L, ...]}, metadata)]``); the figures of ``--fit-demos`` (metres)."""
-    T, P, H = timing
-    obs, prefixes, chunks = {k: [] for k in obs_keys}, [], []
-    for steps, _ in episodes:
-        if len(steps["action"]) < step + P + H:  # too short for a whole chunk at this step
-            continue
-        for k in obs_keys:  # history before step 0 repeats o_0, as in training
-            obs[k].append(np.stack([steps[k][max(step - T + 1 + i, 0)] for i in range(T)]))
-        prefixes.append(steps["action"][step:step + P])
-        chunks.append(steps["action"][step + P:step + P + H])
-    if len(chunks) < 2:
-        raise ValueError(f"need at least 2 episodes with {step + P + H} steps, got {len(chunks)}")
-    recorded = _path(np.stack(chunks), max_pos_delta, max_rot_delta)  # [n, H, 3]
-    chosen = _path(act_fn({k: np.stack(v) for k, v in obs.items()}, np.stack(prefixes).astype(np.float32)),
-                   max_pos_delta, max_rot_delta)
+    (``[(steps {key: [L, ...]}, metadata)]`` as a replay store returns them); the figures of
+    ``--fit-demos`` (metres). Episodes too short for a whole chunk at this step are left out; the
+    history before step 0 repeats o_0, as in training (:func:`critic_ranking.decisions_at`)."""
+    _, P, H = timing
+    d = decisions_at(episodes, step, obs_keys, timing)
+    if len(d.chunk) < 2:
+        raise ValueError(f"need at least 2 episodes with {step + P + H} steps, got {len(d.chunk)}")
+    recorded = _path(d.chunk, max_pos_delta, max_rot_delta)  # [n, H, 3]
+    chosen = _path(act_fn(d.obs, d.prefix), max_pos_delta, max_rot_delta)
     apart = np.linalg.norm(recorded[:, None] - recorded[None], axis=-1).mean(-1)  # [n, n]
     np.fill_diagonal(apart, np.inf)
     return {
-        "step": step, "demonstrations": len(chunks),
+        "step": step, "demonstrations": len(d.chunk),
         "path_error_m": float(np.median(np.linalg.norm(chosen - recorded, axis=-1).mean(-1))),
         "nearest_other_demo_m": float(np.median(apart.min(axis=1))),
         "demo_path_length_m": float(np.median(np.linalg.norm(recorded[:, -1], axis=-1))),

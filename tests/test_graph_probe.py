@@ -49,7 +49,7 @@ class SlowLifecycleServer:
             return response
         self.state = State.PRIMARY_STATE_INACTIVE
         if self.change_requests <= self.slow_answers:
-            # Hold the answer back (a response the client never sees, when there is no delay).
+            # Hold the answer back (for good when answer_delay_s is None: a lost response).
             self.stop.wait(self.answer_delay_s if self.answer_delay_s is not None else 3600.0)
         response.success = True
         return response

@@ -58,7 +58,6 @@ def test_sampled_log_prob_is_the_mixture_density(perturb, components, base_compo
     torch.testing.assert_close(log_prob, again, atol=1e-8, rtol=1e-8)
 
 
-
 def test_a_clamped_sample_keeps_its_exact_density_without_a_second_pass(perturb):
     # Heads perturbed strongly enough that samples reach the action clamp (as in the issue's
     # finding for one flow): the mixture's density is computed at the returned chunk, so
@@ -72,6 +71,7 @@ def test_a_clamped_sample_keeps_its_exact_density_without_a_second_pass(perturb)
     assert on_clamp.any()
     assert not marked.any()
     torch.testing.assert_close(log_prob, again, atol=1e-8, rtol=1e-8)
+
 
 def test_samples_follow_the_mixture_density(perturb, histogram):
     """H = A = 1: the histogram of 40k samples at sigma 1 matches the density's mass per bin, so
