@@ -15,12 +15,14 @@ cube pose 7):
   critic d_model 64 x 1 layer), batch 128.
 
 Run:  .venv/bin/python bench/learner_throughput.py [--configs paper small] [--updates 5] [--threads N]
-      [--reference] [--profile] [--compile]
+      [--reference | --bf16] [--profile] [--compile]
 Prints one line per config: updates/s and ms per update (median of timed updates after warm-up),
 the FLOP per update (torch's FLOP counter, forward + backward) and the achieved fraction of the
 matmul rate measured in the same run (``bench/matmul_rate.py``). ``--reference`` also times the
 reference model paths (``sernf_policy.fast_paths.reference_paths``) interleaved with the
-optimised ones; ``--profile`` prints the torch.profiler table of a few updates; ``--compile``
+optimised ones; ``--bf16`` also times the update in mixed precision (``trainer.precision:
+bf16``, ``sernf_policy.mixed_precision``) interleaved with the float32 one, and prints its FLOP
+rate against both the float32 and the bfloat16 matmul rate; ``--profile`` prints the torch.profiler table of a few updates; ``--compile``
 times ``torch.compile(OfflineRL.update)`` (the whole training step with its backward; graph
 breaks at the ``.item()`` metrics) and prints the compile time (the warm-up updates).
 """
@@ -80,7 +82,8 @@ def make_batch(batch: int, gen: torch.Generator) -> dict:
     }
 
 
-def make_learner(name: str, device: str, batch: int | None = None) -> tuple[OfflineRL, list[dict]]:
+def make_learner(name: str, device: str, batch: int | None = None,
+                 precision: str = "fp32") -> tuple[OfflineRL, list[dict]]:
     token_dim, flow, critic, default_batch = CONFIGS[name]
     batch = batch or default_batch
     torch.manual_seed(0)
@@ -88,7 +91,7 @@ def make_learner(name: str, device: str, batch: int | None = None) -> tuple[Offl
     policy = Policy(cfg).to(device)
     policy.fit_normalizers(torch.rand(1000, A) * 2 - 1)
     learner = OfflineRL(policy, TargetCritic(policy), OfflineRLConfig(
-        steps=1, batch_size=batch, critic=CriticConfig(), actor=ActorConfig()))
+        steps=1, batch_size=batch, critic=CriticConfig(), actor=ActorConfig()), precision)
     gen = torch.Generator().manual_seed(0)
     batches = [make_batch(batch, gen) for _ in range(4)]
     if device != "cpu":
@@ -98,27 +101,32 @@ def make_learner(name: str, device: str, batch: int | None = None) -> tuple[Offl
 
 
 def bench(name: str, updates: int, warmup: int, device: str, reference: bool = False,
-          batch: int | None = None, compile_update: bool = False) -> dict:
-    """Median seconds per update (optimised, and reference when asked, interleaved), FLOP;
+          batch: int | None = None, compile_update: bool = False, bf16: bool = False) -> dict:
+    """Median seconds per update (optimised, and reference or bf16 when asked, interleaved), FLOP;
     with ``compile_update`` the optimised update is ``torch.compile``d and ``compile_s`` is the
-    time of the warm-up updates (compilation included)."""
+    time of the warm-up updates (compilation included). ``bf16``: a second learner, built the
+    same way, updates under ``precision="bf16"`` (key ``bf16``)."""
     if compile_update and reference:
         raise ValueError("--compile and --reference cannot be combined (the reference path would recompile)")
+    if bf16 and (reference or compile_update):
+        raise ValueError("--bf16 times the optimised float32 update against the bf16 one; not with --reference "
+                         "or --compile")
     if compile_update and warmup < 1:
         raise ValueError("--compile needs --warmup >= 1 (the first update compiles)")
     learner, batches = make_learner(name, device, batch)
+    learner16 = make_learner(name, device, batch, precision="bf16")[0] if bf16 else None
     eager_update = learner.update  # FLOP are counted on it: the counter does not see compiled code
     if compile_update:
         learner.update = torch.compile(learner.update)
 
-    def one(i: int) -> float:
+    def one(i: int, which: OfflineRL | None = None) -> float:
         t0 = time.perf_counter()
-        learner.update(batches[i % len(batches)])
+        (which or learner).update(batches[i % len(batches)])
         if device != "cpu":
             torch.cuda.synchronize()
         return time.perf_counter() - t0
 
-    times: dict[str, list[float]] = {"optimised": [], "reference": []}
+    times: dict[str, list[float]] = {"optimised": [], "reference": [], "bf16": []}
     warm_start = time.perf_counter()
     for i in range(warmup + updates):
         if i == warmup:
@@ -127,10 +135,14 @@ def bench(name: str, updates: int, warmup: int, device: str, reference: bool = F
         if reference:
             with reference_paths():
                 ref = one(i)
+        if learner16 is not None:
+            half = one(i, learner16)
         if i >= warmup:
             times["optimised"].append(fast)
             if reference:
                 times["reference"].append(ref)
+            if learner16 is not None:
+                times["bf16"].append(half)
     flops = count_flops(eager_update, batches[0])
     with reference_paths():
         ref_flops = count_flops(eager_update, batches[0])
@@ -161,14 +173,20 @@ def main() -> None:
     parser.add_argument("--reference", action="store_true", help="also time the reference paths, interleaved")
     parser.add_argument("--profile", action="store_true", help="print the torch.profiler table per config")
     parser.add_argument("--compile", action="store_true", help="torch.compile the optimised update (not with --reference)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="also time the update in bf16 mixed precision (trainer.precision: bf16), interleaved")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     rate = matmul_rate(device=args.device)
     print(f"offline_rl updates on {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"cube timing A={A} H={H} P={P} T={T}; matmul rate {rate / 1e9:.1f} GFLOP/s")
+    if args.bf16:
+        rate16 = matmul_rate(device=args.device, dtype=torch.bfloat16)
+        print(f"bfloat16 matmul rate {rate16 / 1e9:.1f} GFLOP/s (same threads)")
     for name in args.configs:
-        r = bench(name, args.updates, args.warmup, args.device, args.reference, compile_update=args.compile)
+        r = bench(name, args.updates, args.warmup, args.device, args.reference, compile_update=args.compile,
+                  bf16=args.bf16)
         if "compile_s" in r:
             print(f"{name:6s} torch.compile of the update: {r['compile_s']:.1f} s for the {args.warmup} warm-up "
                   "update(s), compilation included; the optimised line below is the compiled update")
@@ -179,6 +197,13 @@ def main() -> None:
             print(f"{name:6s} batch {r['batch']:4d} {path:9s}: {1 / sec:8.2f} updates/s  ({1000 * sec:8.1f} ms/update, "
                   f"{r['batch'] / sec:8.0f} transitions/s, {flops / 1e9:7.1f} GFLOP/update = "
                   f"{flops / sec / rate * 100:5.1f} % of the matmul rate)")
+        if "bf16" in r:
+            sec = r["bf16"]
+            print(f"{name:6s} batch {r['batch']:4d} bf16     : {1 / sec:8.2f} updates/s  ({1000 * sec:8.1f} ms/update, "
+                  f"{r['batch'] / sec:8.0f} transitions/s, {r['flops'] / 1e9:7.1f} GFLOP/update = "
+                  f"{r['flops'] / sec / rate * 100:5.1f} % of the float32 matmul rate, "
+                  f"{r['flops'] / sec / rate16 * 100:5.1f} % of the bfloat16 one)")
+            print(f"{name:6s} bf16 speed-up {r['optimised'] / sec:.2f}x over float32 (interleaved)")
         if "reference" in r:
             print(f"{name:6s} speed-up {r['reference'] / r['optimised']:.2f}x "
                   f"(reference-path FLOP at optimised speed: {r['ref_flops'] / r['optimised'] / rate * 100:5.1f} % "

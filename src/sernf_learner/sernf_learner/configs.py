@@ -33,6 +33,7 @@ from sernf_learner.online_rl import OnlineRLConfig
 from sernf_learner.td_targets import CriticConfig
 from sernf_policy.config_io import build_dataclass, to_jsonable
 from sernf_policy.encoders import DinoV2EncoderConfig, ResNetEncoderConfig
+from sernf_policy.mixed_precision import check_precision
 from sernf_sim.gymnasium_task import GymnasiumEnvConfig
 
 #: Stage names, in the order of the paper's pipeline (Alg. 3) plus distillation.
@@ -325,6 +326,14 @@ class TrainerConfig:
     dropout masks over fewer rows, so only this setting reproduces, bit for bit, runs made
     before the optimisation (e.g. the figures of docs/results.md)."""
 
+    precision: str = "fp32"
+    """Arithmetic of the training stages: ``"fp32"`` (the default), or ``"bf16"``: every stage's
+    forward passes and losses under torch's bf16 autocast, with float32 weights, gradients,
+    optimiser state and densities (``sernf_policy.mixed_precision``). It pays where the matrix
+    products dominate and the hardware has bf16 units (recent GPUs; CPUs with AMX): the
+    paper-size offline-RL update on this project's 2-core AMX CPU runs 1.9x faster, the
+    CPU-sized configs not at all (docs/performance.md). Acting and evaluation stay float32."""
+
     feature_cache_dir: str = ""
     """Directory of the on-disk cache of frozen image-backbone features ("" = off; relative paths
     are relative to the run directory; a local path). When set, a stage reads cached features
@@ -337,6 +346,7 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.feature_cache_dir, str) or "://" in self.feature_cache_dir:
             raise ValueError(f"TrainerConfig.feature_cache_dir must be a local path or '', got {self.feature_cache_dir!r}")
+        check_precision(self.precision, "TrainerConfig.precision")
         if not isinstance(self.reference_model_paths, bool):
             raise ValueError(f"TrainerConfig.reference_model_paths must be a bool, got {self.reference_model_paths!r}")
         check_int(self, "checkpoint_every")

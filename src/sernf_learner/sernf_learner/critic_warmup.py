@@ -26,6 +26,7 @@ from sernf_learner.td_targets import (
     critic_update,
     make_critic_optimizer,
 )
+from sernf_policy.mixed_precision import check_precision
 
 
 @dataclass
@@ -47,12 +48,14 @@ class CriticWarmupConfig:
 
 
 class CriticWarmup:
-    """Critic-only TD updates with â' from the (frozen) current actor."""
+    """Critic-only TD updates with â' from the (frozen) current actor; forward passes in
+    ``precision`` (``"fp32"`` or ``"bf16"``, :mod:`sernf_policy.mixed_precision`)."""
 
-    def __init__(self, policy, target: TargetCritic, config: CriticWarmupConfig) -> None:
+    def __init__(self, policy, target: TargetCritic, config: CriticWarmupConfig, precision: str = "fp32") -> None:
         self.policy = policy
         self.target = target
         self.config = config
+        self.precision = check_precision(precision)
         self.optimizer = make_critic_optimizer(policy, config.critic)
         # π_θ0 is frozen: no gradient may reach it (its sampling for â' runs under no_grad
         # anyway; this makes the contract explicit and saves autograd bookkeeping).
@@ -67,7 +70,7 @@ class CriticWarmup:
 
     def update(self, batch: dict) -> dict[str, float]:
         self.policy.train()
-        return critic_update(self.policy, self.target, self.optimizer, batch, self.config.critic)
+        return critic_update(self.policy, self.target, self.optimizer, batch, self.config.critic, self.precision)
 
     def state_dict(self) -> dict:
         return {"critic_optimizer": self.optimizer.state_dict()}

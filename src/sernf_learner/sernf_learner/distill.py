@@ -35,6 +35,7 @@ import torch
 
 from sernf_learner.il import check_int
 from sernf_learner.metrics import MetricsLogger
+from sernf_policy.mixed_precision import autocast, check_precision
 from sernf_sim.evaluation import rollout_chunked
 
 
@@ -186,11 +187,13 @@ class _MixedController:
 
 
 class Distillation:
-    """Student NLL updates on teacher labels (the objective of Stage I)."""
+    """Student NLL updates on teacher labels (the objective of Stage I); forward passes in
+    ``precision`` (``"fp32"`` or ``"bf16"``, :mod:`sernf_policy.mixed_precision`)."""
 
-    def __init__(self, policy, config: DistillConfig) -> None:
+    def __init__(self, policy, config: DistillConfig, precision: str = "fp32") -> None:
         self.policy = policy
         self.config = config
+        self.precision = check_precision(precision)
         self.params = [p for p in policy.actor_parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             self.params, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.999), eps=1e-8
@@ -203,9 +206,10 @@ class Distillation:
         policy = self.policy
         policy.train()
         norm = policy.action_normalizer
-        log_prob = policy.log_prob(batch["obs"], norm.normalize(batch["prefix"]), norm.normalize(batch["chunk"]),
-                                   add_noise=True)  # [B]
-        loss = -log_prob.mean()
+        with autocast(self.precision, policy.device):
+            log_prob = policy.log_prob(batch["obs"], norm.normalize(batch["prefix"]), norm.normalize(batch["chunk"]),
+                                       add_noise=True)  # [B]
+            loss = -log_prob.mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, math.inf))

@@ -36,6 +36,7 @@ import torch
 
 from sernf_learner.distributed import sync_gradients, world_size
 from sernf_learner.metrics import MetricsLogger, RateMeter
+from sernf_policy.mixed_precision import autocast, check_precision
 
 
 @dataclass
@@ -177,11 +178,15 @@ class FlowAssignment:
 
 
 class ImitationLearning:
-    """One NLL update of the actor per call of :meth:`update`."""
+    """One NLL update of the actor per call of :meth:`update`.
 
-    def __init__(self, policy, config: ILConfig) -> None:
+    ``precision``: ``"fp32"`` or ``"bf16"`` (the forward pass and the loss under bf16 autocast;
+    :mod:`sernf_policy.mixed_precision`)."""
+
+    def __init__(self, policy, config: ILConfig, precision: str = "fp32") -> None:
         self.policy = policy
         self.config = config
+        self.precision = check_precision(precision)
         self.params = [p for p in policy.actor_parameters() if p.requires_grad]
         # foreach: one multi-tensor kernel per Adam step instead of a loop over parameters.
         self.optimizer = torch.optim.AdamW(
@@ -200,7 +205,8 @@ class ImitationLearning:
 
     def update(self, batch: dict) -> dict[str, float]:
         self.policy.train()
-        loss, metrics = imitation_loss(self.policy, batch, self.assignment)
+        with autocast(self.precision, self.policy.device):
+            loss, metrics = imitation_loss(self.policy, batch, self.assignment)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         sync_gradients(self.params)  # data-parallel runs: the combined batch's gradient

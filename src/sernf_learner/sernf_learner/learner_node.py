@@ -377,6 +377,7 @@ class OnlineLearner:
         step: int,
         keep_checkpoints: int = 3,
         origin: str = "",
+        precision: str = "fp32",
     ) -> None:
         if policy.critic is None:
             raise ValueError("the policy has no critic: online RL (Stage IV) trains actor and critic; "
@@ -401,7 +402,7 @@ class OnlineLearner:
         self.timing = timing = ChunkTiming(T=c.obs_history, P=c.prefix_len, H=c.horizon, gamma=gamma,
                                            td_horizon=c.critic_horizon)
         self.target = TargetCritic(policy)
-        self.rl = OnlineRL(policy, self.target, config)
+        self.rl = OnlineRL(policy, self.target, config, precision)  # the run config's trainer.precision
         # Our own read instance: the ingest thread writes through another one (one per thread).
         self.online_store = EpisodeStore(online_uri, mode="r")
         s_off, s_on, s_mix = (int(x) for x in np.random.SeedSequence([seed, 4]).generate_state(3))
@@ -489,7 +490,7 @@ class OnlineLearner:
     @classmethod
     def resume(cls, checkpoint: Path, config: OnlineRLConfig, offline_store: EpisodeStore,
                online_uri: str, out: Path, *, gamma: float, seed: int, device: str, keep_checkpoints: int = 3,
-               warn: Any = None) -> tuple[OnlineLearner, dict[str, Any]]:
+               warn: Any = None, precision: str = "fp32") -> tuple[OnlineLearner, dict[str, Any]]:
         """Rebuild the learner saved in ``checkpoint``; returns it and the checkpoint's JSON state."""
         from safetensors.torch import load_file
 
@@ -499,7 +500,7 @@ class OnlineLearner:
         tensors = load_file(str(checkpoint / "learner.safetensors"))
         policy = Policy.load(checkpoint / "policy", device=device)
         learner = cls(policy, config, offline_store, online_uri, out, gamma=gamma, seed=seed, step=int(state["step"]),
-                      keep_checkpoints=keep_checkpoints, origin=str(state.get("origin", "")))
+                      keep_checkpoints=keep_checkpoints, origin=str(state.get("origin", "")), precision=precision)
         learner.rounds = int(state["rounds"])
         learner.target.load_tensors({k[len("target/"):]: v for k, v in tensors.items() if k.startswith("target/")})
         learner.rl.load_state_dict(unflatten_state(state["optimizers"], tensors))
@@ -929,7 +930,7 @@ class LearnerNode(Node):
         if resume_from is not None:
             learner, state = OnlineLearner.resume(
                 resume_from, self.online_config, offline, online.uri, self.out, gamma=run.data.gamma,
-                seed=run.seed, device=device,
+                seed=run.seed, device=device, precision=run.trainer.precision,
                 keep_checkpoints=cfg.keep_checkpoints, warn=self.get_logger().warning)
             start = SavedCheckpoint(resume_from.name, resume_from, resume_from / "policy",
                                     _file_sha256(resume_from / "policy"), learner.step)
@@ -949,7 +950,8 @@ class LearnerNode(Node):
             seed_everything(run.seed)
             learner = OnlineLearner(model, self.online_config, offline, online.uri, self.out,
                                     gamma=run.data.gamma, seed=run.seed, step=step,
-                                    keep_checkpoints=cfg.keep_checkpoints, origin=str(start_dir))
+                                    keep_checkpoints=cfg.keep_checkpoints, origin=str(start_dir),
+                                    precision=run.trainer.precision)
             start = SavedCheckpoint(start_dir.name, start_dir, start_dir, _file_sha256(start_dir), step,
                                     stage or "initial")
             self.get_logger().info(f"starting online RL from {start_dir} (step {step}, stage {stage or '?'}), "

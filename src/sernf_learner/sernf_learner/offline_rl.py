@@ -47,6 +47,7 @@ from sernf_learner.td_targets import (
     critic_update,
     make_critic_optimizer,
 )
+from sernf_policy.mixed_precision import autocast, check_precision
 
 
 @dataclass
@@ -138,8 +139,31 @@ def make_actor_optimizer(policy, config: ActorConfig) -> torch.optim.Optimizer:
                              foreach=True)
 
 
-def actor_update(policy, optimizer: torch.optim.Optimizer, batch: dict, config: ActorConfig) -> dict[str, float]:
-    """One step of ``−Q(o, a_π)/s + λ·NLL(a_data)`` (BC on ``is_offline`` samples only)."""
+def actor_update(policy, optimizer: torch.optim.Optimizer, batch: dict, config: ActorConfig,
+                 precision: str = "fp32") -> dict[str, float]:
+    """One step of ``−Q(o, a_π)/s + λ·NLL(a_data)`` (BC on ``is_offline`` samples only);
+    ``precision`` ``"bf16"``: the forward passes and the loss under bf16 autocast."""
+    with autocast(precision, policy.device):
+        loss, q_mean, scale, bc_nll, offline = _actor_loss(policy, batch, config)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    sync_gradients(params)  # data-parallel runs: the combined batch's gradient
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.grad_clip_norm or math.inf))
+    optimizer.step()
+    return {
+        "actor/q": q_mean.item(),
+        "actor/q_scale": scale,
+        "actor/bc_nll": bc_nll.item(),
+        "actor/loss": loss.item(),
+        "actor/grad_norm": grad_norm,
+        "actor/offline_fraction": offline.float().mean().item(),
+    }
+
+
+def _actor_loss(policy, batch: dict, config: ActorConfig):
+    """The actor objective of :func:`actor_update` with its parts: loss, mean Q, Q scale, NLL,
+    the batch's offline mask."""
     norm = policy.action_normalizer
     prefix = norm.normalize(batch["prefix"])  # [B, P, A]
     # The actor context (observation encoder + prefix tokens) is computed once and shared by
@@ -161,30 +185,18 @@ def actor_update(policy, optimizer: torch.optim.Optimizer, batch: dict, config: 
     else:
         bc_nll = q_mean.new_zeros(())  # exactly zero: no offline sample, no imitation term
     loss = -scale * q_mean + config.bc_weight * bc_nll
-
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    sync_gradients(params)  # data-parallel runs: the combined batch's gradient
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.grad_clip_norm or math.inf))
-    optimizer.step()
-    return {
-        "actor/q": q_mean.item(),
-        "actor/q_scale": scale,
-        "actor/bc_nll": bc_nll.item(),
-        "actor/loss": loss.item(),
-        "actor/grad_norm": grad_norm,
-        "actor/offline_fraction": offline.float().mean().item(),
-    }
+    return loss, q_mean, scale, bc_nll, offline
 
 
 class OfflineRL:
-    """Critic step, actor step, Polyak step per :meth:`update` (Alg. 3 Stage III)."""
+    """Critic step, actor step, Polyak step per :meth:`update` (Alg. 3 Stage III); their forward
+    passes in ``precision`` (``"fp32"`` or ``"bf16"``, :mod:`sernf_policy.mixed_precision`)."""
 
-    def __init__(self, policy, target: TargetCritic, config: OfflineRLConfig) -> None:
+    def __init__(self, policy, target: TargetCritic, config: OfflineRLConfig, precision: str = "fp32") -> None:
         self.policy = policy
         self.target = target
         self.config = config
+        self.precision = check_precision(precision)
         policy.flow.set_dropout(config.actor.dropout)
         self.critic_optimizer = make_critic_optimizer(policy, config.critic)
         self.actor_optimizer = make_actor_optimizer(policy, config.actor)
@@ -193,9 +205,11 @@ class OfflineRL:
 
     def update(self, batch: dict) -> dict[str, float]:
         self.policy.train()
-        metrics = critic_update(self.policy, self.target, self.critic_optimizer, batch, self.config.critic)
+        metrics = critic_update(self.policy, self.target, self.critic_optimizer, batch, self.config.critic,
+                                self.precision)
         if self.num_updates % self.config.actor.update_every == 0:
-            self._actor_metrics = actor_update(self.policy, self.actor_optimizer, batch, self.config.actor)
+            self._actor_metrics = actor_update(self.policy, self.actor_optimizer, batch, self.config.actor,
+                                               self.precision)
         metrics.update(self._actor_metrics)  # between actor steps: those of the last one
         self.num_updates += 1
         return metrics

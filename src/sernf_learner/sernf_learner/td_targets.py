@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from sernf_learner.distributed import sync_gradients
+from sernf_policy.mixed_precision import autocast
 
 NEXT_ACTION_MODES = ("sample", "best_of_n")
 
@@ -259,20 +260,24 @@ def critic_update(
     optimizer: torch.optim.Optimizer,
     batch: dict,
     config: CriticConfig,
+    precision: str = "fp32",
 ) -> dict[str, float]:
-    """One HL-Gauss cross-entropy step of all M critics towards the TD target (Alg. 3)."""
+    """One HL-Gauss cross-entropy step of all M critics towards the TD target (Alg. 3);
+    ``precision`` ``"bf16"`` runs the target, the forward pass and the loss under bf16 autocast
+    (:mod:`sernf_policy.mixed_precision`)."""
     norm = policy.action_normalizer
-    y = td_target(
-        batch["reward"].float(),
-        batch["discount"].float(),
-        batch["done"].float(),
-        next_value(policy, target, batch["next_obs"], norm.normalize(batch["next_prefix"]), config),
-    )  # [B]
-    tokens = policy.critic_tokens(batch["obs"])
-    prefix, chunk = norm.normalize(batch["prefix"]), policy.critic_actions(norm.normalize(batch["chunk"]))
-    logits = policy.critic(tokens, prefix.to(tokens.dtype), chunk.to(tokens.dtype))  # [M, B, Z]
-    hl = policy.critic.hl_gauss
-    loss = hl.loss(logits, y.expand(logits.shape[0], -1)).mean()
+    with autocast(precision, policy.device):
+        y = td_target(
+            batch["reward"].float(),
+            batch["discount"].float(),
+            batch["done"].float(),
+            next_value(policy, target, batch["next_obs"], norm.normalize(batch["next_prefix"]), config).float(),
+        )  # [B]
+        tokens = policy.critic_tokens(batch["obs"])
+        prefix, chunk = norm.normalize(batch["prefix"]), policy.critic_actions(norm.normalize(batch["chunk"]))
+        logits = policy.critic(tokens, prefix.to(tokens.dtype), chunk.to(tokens.dtype))  # [M, B, Z]
+        hl = policy.critic.hl_gauss
+        loss = hl.loss(logits, y.expand(logits.shape[0], -1)).mean()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     params = [p for group in optimizer.param_groups for p in group["params"]]

@@ -481,8 +481,9 @@ class Trainer:
     def _build_stage(self, name: str, index: int) -> _Stage:
         """Objects of stage ``name``; consumes no global random numbers (see module doc)."""
         cfg, seed = self.config, self._stage_seed(index)
+        precision = cfg.trainer.precision
         if name == "il":
-            return _Stage(name, ImitationLearning(self.policy, cfg.il),
+            return _Stage(name, ImitationLearning(self.policy, cfg.il, precision),
                           self._sampler(self.offline_store, cfg.il.batch_size, seed, timing=self._imitation_timing(),
                                         success_only=cfg.il.success_only, stage=name))
         if name in (*_STAGES_WITH_CRITIC, "distill") and not self.policy.config.has_likelihood:
@@ -491,10 +492,10 @@ class Trainer:
         if name in _STAGES_WITH_CRITIC and self.target is None:
             raise ValueError(f"stage {name} needs a policy with a critic")
         if name == "critic_warmup":  # the learner first: it freezes the actor (which makes it cacheable)
-            learner = CriticWarmup(self.policy, self.target, cfg.critic_warmup)
+            learner = CriticWarmup(self.policy, self.target, cfg.critic_warmup, precision)
             return _Stage(name, learner, self._sampler(self.offline_store, cfg.critic_warmup.batch_size, seed, stage=name))
         if name == "offline_rl":
-            learner = OfflineRL(self.policy, self.target, cfg.offline_rl)
+            learner = OfflineRL(self.policy, self.target, cfg.offline_rl, precision)
             return _Stage(name, learner, self._sampler(self.offline_store, cfg.offline_rl.batch_size, seed, stage=name))
         if name == "online_rl":
             o = cfg.online_rl
@@ -504,11 +505,11 @@ class Trainer:
                 self._sampler(online_store, o.batch_size, seed + 2, is_offline=False, stage=name),
                 rho=o.rho, seed=seed + 3, batch_size=o.batch_size,
             )
-            stage = _Stage(name, OnlineRL(self.policy, self.target, o), sampler)
+            stage = _Stage(name, OnlineRL(self.policy, self.target, o, precision), sampler)
             stage.online_store = online_store  # type: ignore[attr-defined]
             return stage
         if name == "distill":
-            return _Stage(name, Distillation(self.policy, cfg.distill))
+            return _Stage(name, Distillation(self.policy, cfg.distill, precision))
         raise ValueError(f"unknown stage {name!r}")
 
     def _units(self, name: str) -> int:

@@ -279,7 +279,10 @@ def _tiny_policy(spec: StoreSpec, critic: bool = True):
     return Policy(config)
 
 
-def test_online_learner_resumes_exactly_where_it_stopped(world, tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_online_learner_resumes_exactly_where_it_stopped(world, tmp_path, precision):
+    """Also in bf16 mixed precision (the run config's trainer.precision): it trains in it and
+    resumes as exactly."""
     pytest.importorskip("rclpy")
     import torch
 
@@ -297,7 +300,9 @@ def test_online_learner_resumes_exactly_where_it_stopped(world, tmp_path):
     ingestor = world["ingestor"]
     ingestor.ingest(Announcement("a", world["actor"].uri, 12))
     out = world["out"]
-    learner = OnlineLearner(policy, config, offline, world["online"].uri, out, gamma=0.99, seed=1, step=50)
+    learner = OnlineLearner(policy, config, offline, world["online"].uri, out, gamma=0.99, seed=1, step=50,
+                            precision=precision)
+    assert learner.rl.precision == precision
     first = learner.run_round(3)
     assert first is not None and learner.step == 53 and first["online/episodes"] == 1
     saved = learner.save_checkpoint({0})
@@ -315,8 +320,8 @@ def test_online_learner_resumes_exactly_where_it_stopped(world, tmp_path):
     # ... and a learner restarted from the checkpoint does exactly the same.
     torch.manual_seed(999)  # a fresh process has other RNG states: the checkpoint restores them
     resumed, state = OnlineLearner.resume(saved.path, config, offline, world["online"].uri, out,
-                                          gamma=0.99, seed=1, device="cpu")
-    assert resumed.step == 53 and resumed.rounds == 1 and state["done_seqs"] == [0]
+                                          gamma=0.99, seed=1, device="cpu", precision=precision)
+    assert resumed.step == 53 and resumed.rl.precision == precision and resumed.rounds == 1 and state["done_seqs"] == [0]
     for k, v in resumed.policy.state_dict().items():
         assert torch.equal(v, state_at_save[k]), k
     assert torch.equal(torch.get_rng_state(), rng)

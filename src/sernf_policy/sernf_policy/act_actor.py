@@ -47,6 +47,7 @@ from torch import Tensor, nn
 
 from .config_io import build_dataclass
 from .dropout_rate import set_dropout_rate
+from .mixed_precision import RMSNorm, full_precision
 
 __all__ = ["ACTActorConfig", "ACTChunkActor"]
 
@@ -141,7 +142,7 @@ class ACTChunkActor(nn.Module):
             raise ValueError(f"ACTChunkActor needs an ACTActorConfig, got {type(config).__name__}")
         self.config = config
         d, k = config.hidden_dim, config.chunk_len
-        self.context_norm = nn.RMSNorm(config.context_dim, eps=1e-6)
+        self.context_norm = RMSNorm(config.context_dim, eps=1e-6)
         self.context_proj = nn.Identity() if config.context_dim == d else nn.Linear(config.context_dim, d)
 
         def layer_kw() -> dict[str, Any]:
@@ -203,8 +204,10 @@ class ACTChunkActor(nn.Module):
             raise ValueError(f"batch mismatch: actions {tuple(actions.shape)}, context {tuple(context.shape)}, "
                              f"state tokens {tuple(state_tokens.shape)}")
         mu, log_var = self.posterior(actions, state_tokens)
+        # bf16 training (mixed_precision): the latent, the KL and the L1 in float32.
+        mu, log_var = full_precision(mu), full_precision(log_var)
         z = mu + torch.exp(0.5 * log_var) * torch.randn_like(mu)
-        l1 = (self.decode(context, z) - actions).abs().mean()
+        l1 = (full_precision(self.decode(context, z)) - actions).abs().mean()
         kl = (-0.5 * (1.0 + log_var - mu.pow(2) - log_var.exp())).sum(dim=-1).mean()
         loss = l1 + self.config.kl_weight * kl
         return loss, {"il/act_l1": l1.item(), "il/act_kl": kl.item()}

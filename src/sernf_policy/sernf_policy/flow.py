@@ -63,6 +63,7 @@ from . import cpu_dropout
 from .acting_cache import ParameterKeyedCache, eager_acting
 from .config_io import build_dataclass
 from .fast_paths import fast_paths_enabled
+from .mixed_precision import RMSNorm, full_precision
 
 __all__ = ["ChunkFlow", "ChunkFlowConfig"]
 
@@ -236,16 +237,16 @@ class _Conditioner(nn.Module):
         self.in_proj = nn.Linear(cfg.action_dim, hid)
         # Stands in for a token whose actions are being transformed (no data from it enters g).
         self.query_embed = nn.Parameter(torch.randn(hid) * 0.02)
-        self.norm_self = nn.RMSNorm(hid, eps=1e-6)
+        self.norm_self = RMSNorm(hid, eps=1e-6)
         self.qkv = nn.Linear(hid, 3 * hid, bias=False)
         self.self_out = nn.Linear(hid, hid, bias=False)
-        self.norm_cross = nn.RMSNorm(hid, eps=1e-6)
+        self.norm_cross = RMSNorm(hid, eps=1e-6)
         self.cross_q = nn.Linear(hid, hid, bias=False)
         self.cross_kv = nn.Linear(cfg.context_dim, 2 * hid, bias=False)
         self.cross_out = nn.Linear(hid, hid, bias=False)
-        self.norm_mlp = nn.RMSNorm(hid, eps=1e-6)
+        self.norm_mlp = RMSNorm(hid, eps=1e-6)
         self.mlp = _SwiGLU(hid, cfg.mlp_hidden_dim)
-        self.norm_out = nn.RMSNorm(hid, eps=1e-6)
+        self.norm_out = RMSNorm(hid, eps=1e-6)
         head_hidden = cfg.head_ratio * hid
         self.head_s = nn.Sequential(
             nn.Linear(hid, head_hidden), nn.GELU(), nn.Linear(head_hidden, cfg.action_dim)
@@ -418,6 +419,7 @@ class _AffineCoupling(nn.Module):
 
     def _scale_shift(self, kept: Tensor, ctx_kv: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         s, b = self.conditioner(kept, self.keep_mask, ctx_kv)
+        s, b = full_precision(s), full_precision(b)  # bf16 training: the coupling runs in float32
         trans = (~self.keep_mask).to(kept.dtype)
         return torch.tanh(s) * trans, b * trans  # log-scale and shift, zero on kept entries
 
@@ -440,7 +442,8 @@ class _AffineCoupling(nn.Module):
         updated and written back into ``x`` (kept entries pass through untouched)."""
         plan = self.plan(x)
         s, b = self.conditioner.forward_rows(x, plan, ctx_kv)  # [B, N, R, A]
-        log_s, shift = torch.tanh(s), b
+        # bf16 training (mixed_precision): the coupling and its log-determinant in float32.
+        log_s, shift = torch.tanh(full_precision(s)), full_precision(b)
         if not plan.rows_fully_transformed:
             log_s, shift = log_s * plan.trans_f, shift * plan.trans_f
         rows = x.index_select(-2, plan.rows)
@@ -537,8 +540,10 @@ class _MixtureBase(nn.Module):
         deviations ``[B, K, H, A]``."""
         feat = self.trunk(ctx.mean(dim=1))
         shape = (ctx.shape[0], *self.shape)
-        log_std = _MIXTURE_LOG_STD_BOUND * torch.tanh(self.log_std(feat).view(shape) / _MIXTURE_LOG_STD_BOUND)
-        return torch.log_softmax(self.logits(feat), dim=-1), self.mean(feat).view(shape), log_std
+        log_std = full_precision(self.log_std(feat)).view(shape)  # bf16 training: densities in float32
+        log_std = _MIXTURE_LOG_STD_BOUND * torch.tanh(log_std / _MIXTURE_LOG_STD_BOUND)
+        return (torch.log_softmax(full_precision(self.logits(feat)), dim=-1),
+                full_precision(self.mean(feat)).view(shape), log_std)
 
     @staticmethod
     def log_prob(z: Tensor, log_w: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
@@ -569,7 +574,7 @@ class ChunkFlow(nn.Module):
         self.config = config
         # One shared norm of the incoming context tokens (encoders produce tokens of very
         # different scales: ResNet features, projected low-dim values, prefix embeddings).
-        self.context_norm = nn.RMSNorm(config.context_dim, eps=1e-6)
+        self.context_norm = RMSNorm(config.context_dim, eps=1e-6)
         masks = coupling_keep_masks(config.horizon, config.action_dim, config.num_layers, config.seed)
         self.layers = nn.ModuleList(_AffineCoupling(config, m) for m in masks)
         self.base = _MixtureBase(config) if config.base_components else None
@@ -895,7 +900,7 @@ class ChunkFlow(nn.Module):
         context ``[B, L, D]``."""
         if self.component_logits is None:
             raise ValueError("ChunkFlow.component_log_weights: this flow is not a mixture (components 1)")
-        return torch.log_softmax(self.component_logits(self.context_norm(context).mean(dim=1)), dim=-1)
+        return torch.log_softmax(full_precision(self.component_logits(self.context_norm(context).mean(dim=1))), dim=-1)
 
     def _component_contexts(self, context: Tensor) -> Tensor:
         """``[B, L, D]`` -> ``[B M, L + 1, D]``: row ``b M + m`` is context b with flow m's token."""

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from .config_io import build_dataclass
 from .dropout_rate import set_dropout_rate
+from .mixed_precision import RMSNorm, full_precision
 
 __all__ = ["FlowMatchingActorConfig", "FlowMatchingChunkActor"]
 
@@ -173,7 +174,7 @@ class FlowMatchingChunkActor(nn.Module):
             raise ValueError(f"FlowMatchingChunkActor needs a FlowMatchingActorConfig, got {type(config).__name__}")
         self.config = config
         d = config.hidden_dim
-        self.context_norm = nn.RMSNorm(config.context_dim, eps=1e-6)
+        self.context_norm = RMSNorm(config.context_dim, eps=1e-6)
         self.context_proj = nn.Identity() if config.context_dim == d else nn.Linear(config.context_dim, d)
         self.action_in = nn.Linear(config.action_dim, d)
         self.action_pos = nn.Parameter(torch.randn(config.horizon, d) * 0.02)  # [H, d]
@@ -228,7 +229,8 @@ class FlowMatchingChunkActor(nn.Module):
         noise = torch.randn_like(actions)
         tau = self.sample_time(actions.shape[0], actions.device, actions.dtype)
         x_tau = (1.0 - tau)[:, None, None] * noise + tau[:, None, None] * actions
-        return F.mse_loss(self.velocity(x_tau, tau, memory, cond), actions - noise)
+        # bf16 training (mixed_precision): the regression target and loss in float32.
+        return F.mse_loss(full_precision(self.velocity(x_tau, tau, memory, cond)), actions - noise)
 
     # -- sampling -------------------------------------------------------------------------------
     def sample(

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from .config_io import build_dataclass
 from .dropout_rate import set_dropout_rate
+from .mixed_precision import RMSNorm, full_precision
 
 __all__ = ["GaussianActorConfig", "GaussianChunkActor"]
 
@@ -131,7 +132,7 @@ class GaussianChunkActor(nn.Module):
             raise ValueError(f"GaussianChunkActor needs a GaussianActorConfig, got {type(config).__name__}")
         self.config = config
         hid = config.hidden_dim
-        self.context_norm = nn.RMSNorm(config.context_dim, eps=1e-6)
+        self.context_norm = RMSNorm(config.context_dim, eps=1e-6)
         self.context_proj = nn.Identity() if config.context_dim == hid else nn.Linear(config.context_dim, hid)
         self.queries = nn.Parameter(torch.randn(config.horizon, hid) * 0.02)  # [H, hid], one per chunk step
         layer = nn.TransformerDecoderLayer(
@@ -156,8 +157,9 @@ class GaussianChunkActor(nn.Module):
         memory = self.context_proj(self.context_norm(context))  # [B, L, hid]
         queries = self.queries.unsqueeze(0).expand(context.shape[0], -1, -1)  # [B, H, hid]
         h = self.decoder(queries, memory)  # [B, H, hid]
-        mean = self.head_mean(h)
-        squash = torch.sigmoid(self.head_log_std(h) + self._log_std_offset)
+        # bf16 training (mixed_precision): the distribution's parameters in float32.
+        mean = full_precision(self.head_mean(h))
+        squash = torch.sigmoid(full_precision(self.head_log_std(h)) + self._log_std_offset)
         log_std = cfg.log_std_min + (cfg.log_std_max - cfg.log_std_min) * squash
         return mean, log_std
 

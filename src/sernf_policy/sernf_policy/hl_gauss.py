@@ -17,6 +17,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .mixed_precision import full_precision
+
 __all__ = ["HLGauss"]
 
 
@@ -63,7 +65,7 @@ class HLGauss(nn.Module):
     def to_value(self, logits: Tensor) -> Tensor:
         """``logits [..., Z]`` -> expected value ``[...]`` under ``softmax(logits)``."""
         self._check_bins(logits)
-        probs = torch.softmax(logits, dim=-1)
+        probs = torch.softmax(full_precision(logits), dim=-1)  # bf16 training: float32 values
         return (probs * self.centers.to(probs.dtype)).sum(-1)
 
     def loss(self, logits: Tensor, target_values: Tensor) -> Tensor:
@@ -74,6 +76,7 @@ class HLGauss(nn.Module):
                 f"HLGauss.loss: logits {tuple(logits.shape)} need targets of shape "
                 f"{tuple(logits.shape[:-1])}, got {tuple(target_values.shape)}"
             )
+        logits = full_precision(logits)  # bf16 training: the cross-entropy in float32
         target = self.to_probs(target_values.detach()).to(logits.dtype)
         return -(target * torch.log_softmax(logits, dim=-1)).sum(-1)
 
