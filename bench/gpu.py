@@ -154,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunks", type=int, default=100, help="timed chunks per config")
     parser.add_argument("--updates", type=int, default=20, help="timed learner updates per batch size")
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls (faster, not bit-equal to fp32)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="also time the learner in bf16 mixed precision (trainer.precision: bf16), interleaved")
     parser.add_argument("--skip-scissors", action="store_true")
     parser.add_argument("--profile", action="store_true",
                         help="also print torch.profiler's table for one cube chunk (where its time goes)")
@@ -194,10 +196,13 @@ def main(argv: list[str] | None = None) -> int:
         graph_latency(policy, cube_observation, args.chunks, "cube")
     del policy
     for batch in (48, 512):
-        r = learner_bench("paper", args.updates, 3, device, batch=batch)
-        sec = r["optimised"]
-        print(f"learner offline_rl cube paper size, batch {batch:3d}: {1 / sec:7.1f} updates/s "
-              f"({1000 * sec:6.1f} ms/update, {r['flops'] / sec / rate * 100:5.1f} % of the matmul rate)")
+        r = learner_bench("paper", args.updates, 3, device, batch=batch, bf16=args.bf16)
+        for label, key in (("", "optimised"), (" bf16", "bf16")):
+            if key not in r:
+                continue
+            sec = r[key]
+            print(f"learner offline_rl cube paper size{label}, batch {batch:3d}: {1 / sec:7.1f} updates/s "
+                  f"({1000 * sec:6.1f} ms/update, {r['flops'] / sec / rate * 100:5.1f} % of the fp32 matmul rate)")
     print(f"total {time.perf_counter() - t_start:.0f} s")
     return 0
 

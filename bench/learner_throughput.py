@@ -176,6 +176,8 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true",
                         help="also time the update in bf16 mixed precision (trainer.precision: bf16), interleaved")
     args = parser.parse_args()
+    if args.bf16 and (args.reference or args.compile):
+        parser.error("--bf16 times the optimised float32 update against the bf16 one; not with --reference or --compile")
     if args.threads:
         torch.set_num_threads(args.threads)
     rate = matmul_rate(device=args.device)

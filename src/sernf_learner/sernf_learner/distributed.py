@@ -23,6 +23,7 @@ ranks wait at a barrier. ``torchrun`` sets ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_R
 from __future__ import annotations
 
 import datetime
+import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -138,6 +139,19 @@ def sync_gradients(params: Iterable[torch.nn.Parameter]) -> None:
         g.copy_(flat[offset:offset + g.numel()].view_as(g))
         p.grad = g
         offset += g.numel()
+
+
+def gradient_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, grad_clip_norm: float = 0.0) -> float:
+    """The optimiser step of every training stage: gradients of ``loss`` (outside any autocast
+    context), averaged over the ranks, clipped to ``grad_clip_norm`` (0: not clipped), then the
+    step. Returns the gradient's global norm before clipping."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    sync_gradients(params)  # data-parallel runs: the combined batch's gradient
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip_norm or math.inf))
+    optimizer.step()
+    return grad_norm
 
 
 def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:

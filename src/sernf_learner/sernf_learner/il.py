@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sernf_learner.distributed import sync_gradients, world_size
+from sernf_learner.distributed import gradient_step, world_size
 from sernf_learner.metrics import MetricsLogger, RateMeter
 from sernf_policy.mixed_precision import autocast, check_precision
 
@@ -207,11 +207,7 @@ class ImitationLearning:
         self.policy.train()
         with autocast(self.precision, self.policy.device):
             loss, metrics = imitation_loss(self.policy, batch, self.assignment)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        sync_gradients(self.params)  # data-parallel runs: the combined batch's gradient
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip_norm or math.inf))
-        self.optimizer.step()
+        grad_norm = gradient_step(self.optimizer, loss, self.config.grad_clip_norm)
         return {**metrics, "il/grad_norm": grad_norm}
 
     def state_dict(self) -> dict:

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from sernf_learner.distributed import mean_over_ranks, sync_gradients
+from sernf_learner.distributed import gradient_step, mean_over_ranks
 from sernf_learner.il import check_int
 from sernf_learner.metrics import MetricsLogger, RateMeter
 from sernf_learner.td_targets import (
@@ -145,12 +145,7 @@ def actor_update(policy, optimizer: torch.optim.Optimizer, batch: dict, config: 
     ``precision`` ``"bf16"``: the forward passes and the loss under bf16 autocast."""
     with autocast(precision, policy.device):
         loss, q_mean, scale, bc_nll, offline = _actor_loss(policy, batch, config)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    sync_gradients(params)  # data-parallel runs: the combined batch's gradient
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.grad_clip_norm or math.inf))
-    optimizer.step()
+    grad_norm = gradient_step(optimizer, loss, config.grad_clip_norm)
     return {
         "actor/q": q_mean.item(),
         "actor/q_scale": scale,

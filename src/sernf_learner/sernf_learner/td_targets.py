@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sernf_learner.distributed import sync_gradients
+from sernf_learner.distributed import gradient_step
 from sernf_policy.mixed_precision import autocast
 
 NEXT_ACTION_MODES = ("sample", "best_of_n")
@@ -278,12 +278,7 @@ def critic_update(
         logits = policy.critic(tokens, prefix.to(tokens.dtype), chunk.to(tokens.dtype))  # [M, B, Z]
         hl = policy.critic.hl_gauss
         loss = hl.loss(logits, y.expand(logits.shape[0], -1)).mean()
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    sync_gradients(params)  # data-parallel runs: the combined batch's gradient
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.grad_clip_norm or math.inf))
-    optimizer.step()
+    grad_norm = gradient_step(optimizer, loss, config.grad_clip_norm)
     target.update(policy, config.tau)
     with torch.no_grad():
         q = hl.to_value(logits)  # [M, B]

@@ -39,7 +39,15 @@ def test_inference_latency_prints_percentiles_beside_the_matmul_rate():
 
 
 def test_learner_throughput_prints_updates_and_matmul_fraction():
-    result = _run("learner_throughput.py", "--configs", "small", "--updates", "1", "--warmup", "0", "--threads", "1")
+    result = _run("learner_throughput.py", "--configs", "small", "--updates", "1", "--warmup", "0", "--threads", "1",
+                  "--bf16")
     assert result.returncode == 0, result.stderr
     assert re.search(r"matmul rate [0-9.]+ GFLOP/s", result.stdout)
     assert re.search(r"small +batch +128 optimised: +[0-9.]+ updates/s .* % of the matmul rate", result.stdout)
+    # Mixed precision, timed beside it: against both matmul rates, and the speed-up.
+    assert re.search(r"bfloat16 matmul rate [0-9.]+ GFLOP/s", result.stdout)
+    assert re.search(r"small +batch +128 bf16 +: +[0-9.]+ updates/s .* % of the float32 matmul rate, +[0-9.]+ % "
+                     r"of the bfloat16 one", result.stdout)
+    assert re.search(r"small +bf16 speed-up [0-9.]+x over float32", result.stdout)
+    refused = _run("learner_throughput.py", "--configs", "small", "--updates", "1", "--bf16", "--reference")
+    assert refused.returncode != 0 and "--bf16" in refused.stderr
