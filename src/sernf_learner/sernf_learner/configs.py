@@ -331,7 +331,7 @@ class TrainerConfig:
     forward passes and losses under torch's bf16 autocast, with float32 weights, gradients,
     optimiser state and densities (``sernf_policy.mixed_precision``). It pays where the matrix
     products dominate and the hardware has bf16 units (recent GPUs; CPUs with AMX): the
-    paper-size offline-RL update on this project's 2-core AMX CPU runs 1.9x faster, the
+    paper-size offline-RL update on this project's 2-core AMX CPU runs 1.6x faster, the
     CPU-sized configs not at all (docs/performance.md). Acting and evaluation stay float32."""
 
     feature_cache_dir: str = ""
