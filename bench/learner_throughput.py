@@ -106,13 +106,9 @@ def bench(name: str, updates: int, warmup: int, device: str, reference: bool = F
     with ``compile_update`` the optimised update is ``torch.compile``d and ``compile_s`` is the
     time of the warm-up updates (compilation included). ``bf16``: a second learner, built the
     same way, updates under ``precision="bf16"`` (key ``bf16``)."""
-    if compile_update and reference:
-        raise ValueError("--compile and --reference cannot be combined (the reference path would recompile)")
-    if bf16 and (reference or compile_update):
-        raise ValueError("--bf16 times the optimised float32 update against the bf16 one; not with --reference "
-                         "or --compile")
-    if compile_update and warmup < 1:
-        raise ValueError("--compile needs --warmup >= 1 (the first update compiles)")
+    problem = mode_conflict(reference, compile_update, bf16, warmup)
+    if problem:
+        raise ValueError(problem)
     learner, batches = make_learner(name, device, batch)
     learner16 = make_learner(name, device, batch, precision="bf16")[0] if bf16 else None
     eager_update = learner.update  # FLOP are counted on it: the counter does not see compiled code
@@ -151,6 +147,17 @@ def bench(name: str, updates: int, warmup: int, device: str, reference: bool = F
             **{k: statistics.median(v) for k, v in times.items() if v}}
 
 
+def mode_conflict(reference: bool, compile_update: bool, bf16: bool, warmup: int) -> str | None:
+    """Why these timing modes cannot be combined, or None."""
+    if compile_update and reference:
+        return "--compile and --reference cannot be combined (the reference path would recompile)"
+    if bf16 and (reference or compile_update):
+        return "--bf16 times the optimised float32 update against the bf16 one; not with --reference or --compile"
+    if compile_update and warmup < 1:
+        return "--compile needs --warmup >= 1 (the first update compiles)"
+    return None
+
+
 def profile(name: str, device: str, updates: int = 3, rows: int = 15) -> str:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
@@ -176,8 +183,9 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true",
                         help="also time the update in bf16 mixed precision (trainer.precision: bf16), interleaved")
     args = parser.parse_args()
-    if args.bf16 and (args.reference or args.compile):
-        parser.error("--bf16 times the optimised float32 update against the bf16 one; not with --reference or --compile")
+    problem = mode_conflict(args.reference, args.compile, args.bf16, args.warmup)
+    if problem:
+        parser.error(problem)
     if args.threads:
         torch.set_num_threads(args.threads)
     rate = matmul_rate(device=args.device)

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from sernf_learner.distributed import gradient_step
 from sernf_learner.il import check_int
 from sernf_learner.metrics import MetricsLogger
 from sernf_policy.mixed_precision import autocast, check_precision
@@ -210,10 +211,7 @@ class Distillation:
             log_prob = policy.log_prob(batch["obs"], norm.normalize(batch["prefix"]), norm.normalize(batch["chunk"]),
                                        add_noise=True)  # [B]
             loss = -log_prob.mean()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, math.inf))
-        self.optimizer.step()
+        grad_norm = gradient_step(self.optimizer, loss)  # one process (distillation collects episodes)
         return {"distill/nll": loss.item(), "distill/grad_norm": grad_norm}
 
     def collect(self, env, teacher, iteration: int) -> dict[str, float]:

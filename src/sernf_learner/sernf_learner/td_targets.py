@@ -271,7 +271,7 @@ def critic_update(
             batch["reward"].float(),
             batch["discount"].float(),
             batch["done"].float(),
-            next_value(policy, target, batch["next_obs"], norm.normalize(batch["next_prefix"]), config).float(),
+            next_value(policy, target, batch["next_obs"], norm.normalize(batch["next_prefix"]), config),
         )  # [B]
         tokens = policy.critic_tokens(batch["obs"])
         prefix, chunk = norm.normalize(batch["prefix"]), policy.critic_actions(norm.normalize(batch["chunk"]))
