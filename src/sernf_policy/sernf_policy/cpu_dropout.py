@@ -19,8 +19,6 @@ kernels run unchanged.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -59,15 +57,3 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
         # rounds to 1.109 in bf16); multiplying by the Python float rounds once, in the result.
         return x * keep.to(x.dtype) * scale
     return x * keep.to(x.dtype).mul_(scale)
-
-
-def attention(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0) -> Tensor:
-    """``F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)`` (no mask, default scale).
-
-    With dropout on a CPU, torch computes attention by its math path anyway (softmax, dropout,
-    matmul); this is that path with :func:`dropout`'s mask. Otherwise it is torch's call.
-    """
-    if dropout_p == 0.0 or q.device.type != "cpu" or torch.compiler.is_compiling():
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
-    scores = torch.matmul(q * (1.0 / math.sqrt(q.shape[-1])), k.transpose(-2, -1))
-    return torch.matmul(dropout(torch.softmax(scores, dim=-1), dropout_p), v)

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import cpu_dropout
+from . import cpu_attention, cpu_dropout
 from .acting_cache import ParameterKeyedCache
 from .config_io import build_dataclass
 from .fast_paths import fast_paths_enabled
@@ -199,7 +199,7 @@ def _encoder_layer(layer: nn.TransformerEncoderLayer, x: Tensor, qkv: Tensor | N
         def split_heads(t: Tensor) -> Tensor:
             return t.unflatten(-1, (heads, d // heads)).transpose(1, 2)  # [B', heads, T, hd]
 
-        att = cpu_dropout.attention(split_heads(q), split_heads(k), split_heads(v), dropout_p=p)
+        att = cpu_attention.attention(split_heads(q), split_heads(k), split_heads(v), dropout_p=p)
         att_rows = att.transpose(1, 2).flatten(-2)
     if readout_only:
         x = x[:, :1]
@@ -374,7 +374,7 @@ def _batched_encoder_layer(layer: nn.TransformerEncoderLayer, prefix: str, stack
             t = t.unflatten(-1, (heads, hd)).transpose(-3, -2)
             return t.flatten(0, 1) if compiling else t
 
-        att = cpu_dropout.attention(split_heads(q), split_heads(k), split_heads(v), dropout_p=p)
+        att = cpu_attention.attention(split_heads(q), split_heads(k), split_heads(v), dropout_p=p)
         att_rows = (att.unflatten(0, x.shape[:2]) if compiling else att).transpose(-3, -2).flatten(-2)
     if readout_only:
         x = x[:, :, :1]

@@ -59,7 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import cpu_dropout
+from . import cpu_attention, cpu_dropout
 from .acting_cache import ParameterKeyedCache, eager_acting
 from .config_io import build_dataclass
 from .fast_paths import fast_paths_enabled
@@ -341,7 +341,7 @@ class _Conditioner(nn.Module):
             q = _rope(self._heads(F.linear(normed.index_select(-2, plan.rows), w[:hid])), self.rope_base, plan.rope_rows)
             k = _rope(self._heads(k), self.rope_base, plan.rope_all)
             v = self._heads(v)
-        att = cpu_dropout.attention(q, k, v, dropout_p=p)  # [B, N, heads, R, hd]
+        att = cpu_attention.attention(q, k, v, dropout_p=p)  # [B, N, heads, R, hd]
         h = h + self._residual(self.self_out(att.transpose(-3, -2).flatten(-2)))
 
         ck, cv = ctx_kv  # [B, 1, heads, L, hd]
@@ -357,7 +357,7 @@ class _Conditioner(nn.Module):
         else:
             q = self._heads(self.cross_q(self.norm_cross(h)))
             shape = (b_, n_, *ck.shape[2:])
-            att = cpu_dropout.attention(q, ck.expand(shape), cv.expand(shape), dropout_p=p)
+            att = cpu_attention.attention(q, ck.expand(shape), cv.expand(shape), dropout_p=p)
             att = att.transpose(-3, -2).flatten(-2)
         h = h + self._residual(self.cross_out(att))
 
