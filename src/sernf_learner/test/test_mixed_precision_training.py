@@ -84,14 +84,18 @@ def test_a_bf16_update_is_the_float32_update_up_to_rounding():
 
 def test_imitation_in_bf16_learns_as_float32_does():
     """60 NLL updates on a fixed set of chunks that depend on the observation: bf16 reaches
-    the float32 run's likelihood (within 1.5 nats per chunk of 24 actions)."""
+    the float32 run's likelihood (within 0.5 nats per chunk of 24 actions).
+
+    At lr 2e-3 the two runs stay together (0.02-0.09 nats apart for four batch orders); at 5e-3
+    training is chaotic, float32 alone ends between -14.6 and -23.1 nats with the batch order,
+    and any rounding difference moves the end point by several nats."""
     data = _batch(256, 1)
     # Chunks that follow the observation, so there is something to learn beyond the marginal.
     data["chunk"] = torch.tanh(data["obs"]["object"][:, -1, :1, None].expand(-1, H, A) + 0.1 * data["chunk"])
     final = {}
     for precision in ("fp32", "bf16"):
         policy = _policy()
-        learner = ImitationLearning(policy, ILConfig(steps=60, batch_size=32, lr=5e-3), precision)
+        learner = ImitationLearning(policy, ILConfig(steps=60, batch_size=32, lr=2e-3), precision)
         rng = np.random.default_rng(0)
         for _ in range(60):
             idx = torch.as_tensor(rng.choice(256, 32, replace=False))
@@ -107,7 +111,7 @@ def test_imitation_in_bf16_learns_as_float32_does():
         norm = start.action_normalizer
         initial = -start.log_prob(data["obs"], norm.normalize(data["prefix"]), norm.normalize(data["chunk"])).mean().item()
     assert final["fp32"] < initial - 20  # it did learn
-    assert abs(final["bf16"] - final["fp32"]) < 1.5  # measured 0.5 (from 17.6 to -15.7 / -16.2)
+    assert abs(final["bf16"] - final["fp32"]) < 0.5  # measured 0.02 (from 17.6 to -21.85 / -21.83)
 
 
 def test_the_trainer_runs_every_stage_in_the_configured_precision(tmp_path):

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import cpu_dropout
+from .mixed_precision import full_precision
 
 SMALL_GEMM_MACS = 400
 """ATen's CPU ``bmm`` computes products of fewer multiply-adds than this in a scalar loop."""
@@ -55,6 +56,9 @@ def attention(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0) -> Tensor
     pad = _rows_for_batched_gemm(rows, head_dim, keys) - rows
     q = q * (1.0 / math.sqrt(head_dim))
     scores = torch.matmul(F.pad(q, (0, 0, 0, pad)) if pad else q, k.transpose(-2, -1))[..., :rows, :]
+    # Under bf16 autocast the scores come out in bf16; the softmax runs in float32, as torch's
+    # fused attention kernel does internally (autocast would leave it in bf16 on a CPU).
+    scores = full_precision(scores)
     probs = _ShortRowSoftmax.apply(scores) if keys < SHORT_ROW else torch.softmax(scores, dim=-1)
     probs = cpu_dropout.dropout(probs, dropout_p)
     if not pad:
