@@ -26,6 +26,10 @@ Protocol:
   likely of N) and best-of-N after RL (the final policy: the method's success). One that the
   trainer already ran with the same policy and selection (after ``il``, after the last stage)
   is taken from it; the others run after training, each saved to ``eval_variants/<name>.json``.
+* Imitation-only flows (``nf_il``, ``nf_il_more_demos``) are also evaluated acting by one sample
+  (``il_one_sample``), the likelihood-free baselines' acting rule, and the flow-matching
+  baseline is paired with that evaluation too. A run finished before an evaluation was
+  planned gets it on the next call, without training again.
 * Statistics (``bench/learning_stats.py``): per method the mean over seeds with a 95 % Student
   t interval over seeds; paired comparisons (each method vs ``nf_il``, full vs offline, each RL
   method's best-of-N after RL vs its own IL policy) with McNemar's exact test on the
@@ -186,15 +190,27 @@ VARIANTS: dict[str, Variant] = {
     "rl_best_of_n": Variant(None, "best_of_n", "best-of-N after RL"),
 }
 
+# An imitation-only flow scores by the most likely of its N samples (§IV-D a), which the
+# likelihood-free baselines (flow matching, ACT) cannot do: they act by one sample. This
+# evaluation puts the flow on the baselines' acting rule, so Table I's comparison of the
+# imitation policies is also made sample for sample.
+IMITATION_VARIANTS: dict[str, Variant] = {
+    "il_one_sample": Variant("il", "single", "IL one sample"),
+}
+
 
 def variant_plan(method: Method, actor: str) -> dict[str, tuple[str, str]]:
-    """``{variant: (stage, selection)}`` for an RL method (critic warm-up and a final RL stage,
-    an actor with a likelihood to rank candidates by); empty for the others."""
+    """``{variant: (stage, selection)}``: :data:`VARIANTS` for an RL method (critic warm-up and
+    a final RL stage), :data:`IMITATION_VARIANTS` for an imitation-only method; both only for
+    an actor with a likelihood to rank candidates by. Empty for the others."""
     from sernf_policy.policy import LIKELIHOOD_FREE_ACTORS
 
     stages = method.stages
-    if "critic_warmup" not in stages or method.final_stage not in ("offline_rl", "online_rl") \
-            or actor in LIKELIHOOD_FREE_ACTORS:
+    if actor in LIKELIHOOD_FREE_ACTORS:
+        return {}
+    if method.final_stage == "il":
+        return {name: (v.stage, v.selection) for name, v in IMITATION_VARIANTS.items()}
+    if "critic_warmup" not in stages or method.final_stage not in ("offline_rl", "online_rl"):
         return {}
     return {name: (v.stage or method.final_stage, v.selection) for name, v in VARIANTS.items()}
 
@@ -352,11 +368,18 @@ def same_run_spec(old: dict[str, Any], new: dict[str, Any]) -> bool:
     """Whether a stored run spec describes the run ``new`` asks for. A config written before a
     RunConfig field existed lacks that field; it is read back through ``RunConfig.from_dict``,
     which gives the field its default (the behaviour the run had), so finished runs stay usable
-    when a field is added. Every field the stored config names must still be equal."""
+    when a field is added. Every field the stored config names must still be equal. The
+    evaluation plan (``variants``) may have grown: its evaluations run after training, so a
+    finished run gets the new ones without training again."""
     if old == new:
         return True
-    if set(old) != set(new) or any(old[k] != new[k] for k in old if k != "config"):
+    old_plan, new_plan = old.get("variants") or {}, new.get("variants") or {}
+    if any(new_plan.get(name) != plan for name, plan in old_plan.items()):
         return False
+    if set(old) != set(new) or any(old[k] != new[k] for k in old if k not in ("config", "variants")):
+        return False
+    if old["config"] == new["config"]:
+        return True
     try:
         completed = RunConfig.from_dict(old["config"]).to_dict()
     except (TypeError, ValueError):
@@ -370,11 +393,20 @@ def prepare_run(directory: Path, spec: dict[str, Any]) -> bool:
     spec_path = directory / "run.json"
     if spec_path.exists():
         old = json.loads(spec_path.read_text(encoding="utf-8"))
-        if not same_run_spec(old, json.loads(json.dumps(spec))):
+        new = json.loads(json.dumps(spec))
+        if not same_run_spec(old, new):
             raise BenchError(f"{directory} holds a run with another config; delete it or use another --out")
+        if old.get("variants") != new.get("variants"):
+            _write_json(spec_path, spec)  # the evaluation plan grew (the worker reads it from here)
     else:
         _write_json(spec_path, spec)
-    return (directory / "result.json").exists()
+    result_path = directory / "result.json"
+    if not result_path.exists():
+        return False
+    # Done unless an evaluation planned since is missing: the worker then resumes the finished
+    # trainer run (nothing left to train) and runs only the missing evaluations.
+    evaluated = json.loads(result_path.read_text(encoding="utf-8")).get("variants") or {}
+    return set(spec.get("variants") or {}) <= set(evaluated)
 
 
 # --------------------------------------------------------------------------------- worker
@@ -540,7 +572,13 @@ def worker(directory: Path) -> int:
         "offline_episodes": len(episodes),
         "offline_successful_episodes": sum(bool(m["success"]) for m in episodes),
     }
-    _write_json(directory / "result.json", result)
+    earlier = directory / "result.json"
+    if earlier.exists():  # a finished run given the evaluations planned since: keep its training times
+        before = json.loads(earlier.read_text(encoding="utf-8"))
+        result["stage_time_s"] = before.get("stage_time_s", {})
+        result["wall_s"] = before["wall_s"] + result["wall_s"]
+        result["variants_time_s"] += before.get("variants_time_s", 0.0)
+    _write_json(earlier, result)
     return 0
 
 
@@ -654,7 +692,7 @@ def aggregate(out: Path, names: list[str], seeds: list[int]) -> tuple[dict[str, 
         success = [r["success"] for r in per_seed]
         subtasks = sorted({k for r in per_seed for k in r["subtask_success"]})
         variants: dict[str, Any] = {}
-        for vname, variant in VARIANTS.items():
+        for vname, variant in {**VARIANTS, **IMITATION_VARIANTS}.items():
             runs = [r for r in per_seed if vname in (r.get("variants") or {})]
             if runs:
                 values = [r["variants"][vname]["success_rate"] for r in runs]
@@ -708,13 +746,16 @@ def episode_outcomes(entry: dict[str, Any], variant: str | None = None) -> tuple
 
 
 def comparison_plan(methods: dict[str, Any]) -> list[tuple[tuple[str, str | None], tuple[str, str | None]]]:
-    """The paired comparisons reported: every method vs ``nf_il`` (their results), SERNF full vs
-    offline and vs each ablation (the paper's ordering claim), and each RL method's best-of-N
-    after RL vs its own IL policy (same runs); for SERNF full also the actor alone after RL and
-    IL + warmed-up critic vs its IL policy."""
+    """The paired comparisons reported: every method vs ``nf_il`` (their results), the
+    flow-matching baseline vs ``nf_il`` acting by one sample as it does, SERNF full vs offline
+    and vs each ablation (the paper's ordering claim), and each RL method's best-of-N after RL
+    vs its own IL policy (same runs); for SERNF full also the actor alone after RL and IL +
+    warmed-up critic vs its IL policy."""
     pairs: list[tuple[tuple[str, str | None], tuple[str, str | None]]] = []
     if "nf_il" in methods:
         pairs += [((name, None), ("nf_il", None)) for name in methods if name != "nf_il"]
+        if "fm_il" in methods and "il_one_sample" in methods["nf_il"]["variants"]:
+            pairs.append((("fm_il", None), ("nf_il", "il_one_sample")))
     if "sernf_full" in methods:
         pairs += [(("sernf_full", None), (name, None)) for name in methods
                   if name == "sernf_offline" or name.startswith("ablation_")]
@@ -779,7 +820,7 @@ def markdown_table(methods: dict[str, Any]) -> str:
 
 def variants_table(methods: dict[str, Any]) -> str:
     """The RL methods' four evaluations: mean over seeds [95 % t interval]; empty without any."""
-    with_variants = {n: m for n, m in methods.items() if m["variants"]}
+    with_variants = {n: m for n, m in methods.items() if _is_rl(m)}
     if not with_variants:
         return ""
     rows = ["| method | " + " | ".join(v.label for v in VARIANTS.values()) + " |",
@@ -788,6 +829,19 @@ def variants_table(methods: dict[str, Any]) -> str:
         cells = [_fmt_interval(m["variants"][v]["interval"]) if v in m["variants"] else "" for v in VARIANTS]
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
+
+
+def _is_rl(entry: dict[str, Any]) -> bool:
+    return any(v in entry["variants"] for v in VARIANTS)
+
+
+def imitation_variants_table(methods: dict[str, Any]) -> str:
+    """Imitation-only flows by their score (most likely of N) and by one sample; empty without any."""
+    rows = [f"| {name} | {_fmt_interval(m['interval'])} | {_fmt_interval(m['variants']['il_one_sample']['interval'])} |"
+            for name, m in methods.items() if "il_one_sample" in m["variants"] and m["success"]]
+    if not rows:
+        return ""
+    return "\n".join(["| method | most likely of N (its score) | one sample |", "|---|---|---|", *rows])
 
 
 def comparisons_table(comparisons: list[dict[str, Any]]) -> str:
@@ -824,7 +878,7 @@ def plot(methods: dict[str, Any], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     names = list(methods)
-    rl = [n for n in names if methods[n]["variants"]]
+    rl = [n for n in names if _is_rl(methods[n])]
     widths = [1.3 * len(names) + 1.5] + ([1.6 * len(rl) + 2.0] if rl else [])
     fig, axes = plt.subplots(1, len(widths), figsize=(sum(widths) + 1.0, 5.0), squeeze=False,
                              gridspec_kw={"width_ratios": widths})
@@ -995,6 +1049,11 @@ def main(argv: list[str] | None = None) -> int:
     table = variants_table(methods)
     if table:
         print("\nEvaluation variants of the RL methods (mean over seeds [95 % t interval]):\n")
+        print(table)
+    table = imitation_variants_table(methods)
+    if table:
+        print("\nImitation-only flows acting by one sample, as the flow-matching baseline does "
+              "(mean over seeds [95 % t interval]):\n")
         print(table)
     if comparisons:
         print("\nPaired comparisons (same seeds, same evaluation episodes):\n")

@@ -128,6 +128,34 @@ def test_benchmark_end_to_end_with_tiny_budgets(tmp_path):
     spec["config"]["trainer"]["eval"]["torch_threads"] = 2
     spec_path.write_text(json.dumps(spec))
     assert _run(out, methods).returncode == 2
+    del spec["config"]["trainer"]["eval"]["torch_threads"]
+    spec_path.write_text(json.dumps(spec))
+
+    # A run finished before an evaluation was planned (here: NF IL by one sample) gets it on the
+    # next call, without training again, and keeps its training times.
+    run = out / "runs" / "nf_il_more_demos" / "seed0"
+    assert more["variants"]["il_one_sample"]["selection"] == "single"
+    for path, key in ((run / "run.json", "variants"), (run / "result.json", "variants")):
+        stored = json.loads(path.read_text())
+        del stored[key]["il_one_sample"]
+        path.write_text(json.dumps(stored))
+    (run / "eval_variants" / "il_one_sample.json").unlink()
+    before = json.loads((run / "result.json").read_text())
+    exported = {p: p.stat().st_mtime_ns for p in (run / "policy_il").rglob("*") if p.is_file()}
+    grown = _run(out, methods)
+    assert grown.returncode == 0, grown.stdout + grown.stderr
+    assert "1 already done, 1 to run" in grown.stdout
+    after = json.loads((run / "result.json").read_text())
+    assert after["variants"]["il_one_sample"]["episode_success"] is not None
+    assert after["stage_time_s"] == before["stage_time_s"] and after["wall_s"] > before["wall_s"]
+    assert after["episode_success"] == before["episode_success"]
+    assert {p: p.stat().st_mtime_ns for p in exported} == exported  # the imitation stage did not run again
+    assert json.loads((run / "run.json").read_text())["variants"]["il_one_sample"] == ["il", "single"]
+    # A stored plan that evaluates differently is another run.
+    stored = json.loads((run / "run.json").read_text())
+    stored["variants"]["il_one_sample"] = ["il", "most_likely"]
+    (run / "run.json").write_text(json.dumps(stored))
+    assert _run(out, methods).returncode == 2
 
 
 def test_benchmark_runs_the_imitation_baselines(tmp_path):
@@ -135,11 +163,18 @@ def test_benchmark_runs_the_imitation_baselines(tmp_path):
     from sernf_policy.policy import Policy
 
     out = tmp_path / "bench"
-    methods = ["fm_il", "act_il"]
+    methods = ["fm_il", "act_il", "nf_il"]
     proc = _run(out, methods, {"il.steps": 10, "trainer.log_every": 5})  # two logged IL updates
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads((out / "learning.json").read_text())
     assert report["missing"] == []
+    # The NF policy is also evaluated by one sample, and paired with flow matching on that rule.
+    one_sample = report["results"]["nf_il"]["variants"]["il_one_sample"]
+    assert one_sample["selection"] == "single" and len(one_sample["success"]) == 1
+    pairs = {(c["a"], c["b"]): c for c in report["comparisons"]}
+    assert pairs[("fm_il", "nf_il:il_one_sample")]["mcnemar"]["pairs"] == 10
+    assert ("fm_il", "nf_il") in pairs and ("act_il", "nf_il:il_one_sample") not in pairs
+    assert "Imitation-only flows acting by one sample" in proc.stdout and "| nf_il | " in proc.stdout
     for name, actor in (("fm_il", "flow_matching"), ("act_il", "act")):
         r = report["results"][name]
         assert r["schedule"] == ["il"] and r["selection"] == ["single"] and r["n_eval_episodes"] == [10]

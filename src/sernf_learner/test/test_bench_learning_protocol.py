@@ -37,11 +37,15 @@ def test_hand_config_quick_budgets_and_overrides(bench):
         bench.load_bench_config(HAND, [("bench.other", 1)])
 
 
-def test_run_specs_plan_variants_for_rl_methods_only(bench):
+def test_run_specs_plan_variants_for_rl_methods_and_imitation_flows(bench):
     base, demos = bench.load_bench_config(HAND, [])
     specs = {name: bench.run_spec(base, name, 3, 1, False, demos) for name in bench.METHODS}
     rl = {"sernf_offline", "sernf_full", "ablation_per_step_critic", "ablation_gaussian_actor"}
-    assert {n for n, s in specs.items() if s["variants"]} == rl
+    assert {n for n, s in specs.items() if set(s["variants"]) == set(bench.VARIANTS)} == rl
+    # Imitation-only flows also act by one sample, as the likelihood-free baselines do.
+    assert {n for n, s in specs.items() if s["variants"] == {"il_one_sample": ("il", "single")}} == {
+        "nf_il", "nf_il_more_demos"}
+    assert specs["fm_il"]["variants"] == {} and specs["act_il"]["variants"] == {}
     assert specs["sernf_full"]["variants"] == {
         "il_most_likely": ("il", "most_likely"), "il_critic_best_of_n": ("critic_warmup", "best_of_n"),
         "rl_actor_most_likely": ("online_rl", "most_likely"), "rl_best_of_n": ("online_rl", "best_of_n")}
