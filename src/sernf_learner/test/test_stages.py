@@ -14,7 +14,7 @@ from sernf_data.store import EpisodeStore, StoreSpec
 from sernf_learner.critic_warmup import CriticWarmup, CriticWarmupConfig, train_critic_warmup
 from sernf_learner.distill import Distillation, DistillConfig, _MixedController, train_distill
 from sernf_learner.il import ILConfig, ImitationLearning, train_il
-from sernf_learner.offline_rl import ActorConfig, OfflineRL, OfflineRLConfig
+from sernf_learner.offline_rl import ActorConfig, OfflineRL, OfflineRLConfig, _actor_loss
 from sernf_learner.online_rl import OnlineRL, OnlineRLConfig
 from sernf_learner.td_targets import (
     CriticConfig,
@@ -185,6 +185,47 @@ def test_stage4_bc_term_uses_only_offline_samples(point_store):
     metrics = learner.update(batch)
     assert metrics["actor/bc_nll"] == pytest.approx(expected, rel=1e-5)
     assert metrics["actor/offline_fraction"] == pytest.approx(mask.float().mean().item())
+
+
+@pytest.mark.parametrize("offline_every", [1, 3])
+def test_actor_loss_projects_the_context_once_for_both_flow_passes(point_store, offline_every):
+    """The reparameterised samples and the data NLL share each coupling's context keys and
+    values (one ``cross_kv`` projection per coupling, not two), and the loss and its gradients
+    are those of the two passes projecting the context themselves."""
+    policy = tiny_policy(point_store)
+    policy.train()
+    batch = TransitionSampler(point_store, TIMING, 16, seed=0).sample()
+    mask = torch.zeros(16, dtype=torch.bool)
+    mask[::offline_every] = True
+    batch["is_offline"] = mask
+    config = ActorConfig()
+    calls = []
+    hooks = [layer.conditioner.cross_kv.register_forward_hook(lambda *_: calls.append(1))
+             for layer in policy.flow.layers]
+    torch.manual_seed(5)
+    loss = _actor_loss(policy, batch, config)[0]
+    for hook in hooks:
+        hook.remove()
+    assert len(calls) == len(policy.flow.layers)
+    params = [p for p in policy.actor_parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+
+    # The same objective with each flow pass projecting the context itself.
+    torch.manual_seed(5)
+    norm = policy.action_normalizer
+    prefix = norm.normalize(batch["prefix"])
+    context = policy.actor_context(batch["obs"], prefix)
+    chunks, _ = policy.flow.sample(context, config.num_samples, config.sigma)
+    q = policy.min_q(batch["obs"], prefix, chunks)
+    scale = config.q_alpha / q.detach().abs().mean().clamp_min(1e-6).item()
+    nll = -policy.flow.log_prob(norm.normalize(batch["chunk"][mask]), context[mask], add_noise=True).mean()
+    expected = -scale * q.mean() + config.bc_weight * nll
+    torch.testing.assert_close(loss, expected, rtol=0, atol=0)
+    for got, want in zip(grads, torch.autograd.grad(expected, params, allow_unused=True), strict=True):
+        if want is None:
+            assert got is None
+        else:
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------ TD target math

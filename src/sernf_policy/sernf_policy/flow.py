@@ -65,9 +65,18 @@ from .config_io import build_dataclass
 from .fast_paths import fast_paths_enabled
 from .mixed_precision import RMSNorm, full_precision
 
-__all__ = ["ChunkFlow", "ChunkFlowConfig"]
+__all__ = ["ChunkFlow", "ChunkFlowConfig", "ContextKV", "select_context_kv"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
+
+ContextKV = list[tuple[Tensor, Tensor]]
+"""Every coupling's cross-attention keys and values of one context (:meth:`ChunkFlow.context_kv`)."""
+
+
+def select_context_kv(context_kv: ContextKV, rows: Tensor) -> ContextKV:
+    """The keys and values of the contexts ``rows`` (an index or a boolean mask over the batch),
+    for a pass over those contexts only (``context[rows]``)."""
+    return [(k[rows], v[rows]) for k, v in context_kv]
 
 
 @dataclass
@@ -632,18 +641,50 @@ class ChunkFlow(nn.Module):
         ctx = self.context_norm(context)
         return [layer.conditioner.context_kv(ctx) for layer in self.layers]
 
-    def _couplings_forward(self, x: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
+    def context_kv(self, context: Tensor) -> ContextKV:
+        """Every coupling's cross-attention keys and values of ``context [B, L, D]``.
+
+        Two passes over one context can share them: give the result as ``context_kv`` to
+        :meth:`sample` and :meth:`log_prob` (rows of it: :func:`select_context_kv`). The RL
+        actor's loss samples chunks and scores the data chunks on the same context; sharing
+        computes the projection, and its backward, once instead of twice (the same numbers:
+        the keys and values do not depend on the pass). One flow only (``components`` 1): a
+        mixture's flows attend to per-flow contexts.
+        """
+        self._check_context(context)
+        if self.config.components > 1:
+            raise ValueError(f"ChunkFlow.context_kv: a mixture of {self.config.components} flows attends to "
+                             "per-flow contexts; call sample / log_prob without context_kv")
+        return self._context_kv(context)
+
+    def _kv_for(self, context: Tensor, context_kv: ContextKV | None) -> list[tuple[Tensor, Tensor]]:
+        """``context_kv`` after checking that it belongs to ``context``, or the keys and values
+        computed from it."""
+        if context_kv is None:
+            return self._context_kv(context)
+        if self.config.components > 1:
+            raise ValueError("context_kv is for one flow (components 1), not a mixture of flows")
+        if len(context_kv) != len(self.layers) or any(
+            k.shape[0] != context.shape[0] or v.shape[0] != context.shape[0] for k, v in context_kv
+        ):
+            raise ValueError(f"context_kv must hold {len(self.layers)} (keys, values) pairs for a batch of "
+                             f"{context.shape[0]} contexts (from ChunkFlow.context_kv)")
+        return list(context_kv)
+
+    def _couplings_forward(self, x: Tensor, context: Tensor,
+                           context_kv: ContextKV | None = None) -> tuple[Tensor, Tensor]:
         # x [B, N, H, A] (pre-tanh space) -> z, log|det dz/dx| [B, N]
-        kvs = self._context_kv(context)
+        kvs = self._kv_for(context, context_kv)
         logdet = x.new_zeros(x.shape[:2])
         for layer, kv in zip(self.layers, kvs, strict=True):
             x, ld = layer(x, kv)
             logdet = logdet + ld
         return x, logdet
 
-    def _couplings_inverse(self, z: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
+    def _couplings_inverse(self, z: Tensor, context: Tensor,
+                           context_kv: ContextKV | None = None) -> tuple[Tensor, Tensor]:
         # z [B, N, H, A] -> x (pre-tanh space), log|det dx/dz| [B, N]
-        kvs = self._context_kv(context)
+        kvs = self._kv_for(context, context_kv)
         logdet = z.new_zeros(z.shape[:2])
         for layer, kv in zip(reversed(self.layers), reversed(kvs), strict=True):
             z, ld = layer.inverse(z, kv)
@@ -682,14 +723,15 @@ class ChunkFlow(nn.Module):
         self._refuse_mixture("forward_transform")
         return self._forward_transform(actions, context)
 
-    def _forward_transform(self, actions: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
+    def _forward_transform(self, actions: Tensor, context: Tensor,
+                           context_kv: ContextKV | None = None) -> tuple[Tensor, Tensor]:
         squeeze = actions.ndim == 3
         self._check_chunk(actions, "actions", 3 if squeeze else 4)
         self._check_context(context)
         if actions.shape[0] != context.shape[0]:
             raise ValueError(f"batch mismatch: actions {tuple(actions.shape)} vs context {tuple(context.shape)}")
         u = torch.atanh(actions.unsqueeze(1) if squeeze else actions)
-        z, logdet = self._couplings_forward(u, context)
+        z, logdet = self._couplings_forward(u, context, context_kv)
         logdet = logdet - self._log_dtanh(u).sum(dim=(-2, -1))  # atanh: log 1/(1-a^2)
         return (z.squeeze(1), logdet.squeeze(1)) if squeeze else (z, logdet)
 
@@ -703,7 +745,8 @@ class ChunkFlow(nn.Module):
         self._refuse_mixture("inverse_transform")
         return self._inverse_transform(z, context)
 
-    def _inverse_transform(self, z: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
+    def _inverse_transform(self, z: Tensor, context: Tensor,
+                           context_kv: ContextKV | None = None) -> tuple[Tensor, Tensor]:
         squeeze = z.ndim == 3
         self._check_chunk(z, "z", 3 if squeeze else 4)
         self._check_context(context)
@@ -711,28 +754,30 @@ class ChunkFlow(nn.Module):
         if zz.shape[0] != context.shape[0]:
             raise ValueError(f"batch mismatch: z {tuple(z.shape)} vs context {tuple(context.shape)}")
         compiled = self._compiled_inverse
-        if compiled is not None and torch.is_inference_mode_enabled() and fast_paths_enabled():
+        if compiled is not None and context_kv is None and torch.is_inference_mode_enabled() and fast_paths_enabled():
             u, logdet = compiled(zz, context)
         else:
-            u, logdet = self._couplings_inverse(zz, context)
+            u, logdet = self._couplings_inverse(zz, context, context_kv)
         a = torch.tanh(u)
         logdet = logdet + self._log_dtanh(u).sum(dim=(-2, -1))
         return (a.squeeze(1), logdet.squeeze(1)) if squeeze else (a, logdet)
 
     # -- densities and sampling ---------------------------------------------------------------
-    def log_prob(self, actions: Tensor, context: Tensor, add_noise: bool = False) -> Tensor:
+    def log_prob(self, actions: Tensor, context: Tensor, add_noise: bool = False,
+                 context_kv: ContextKV | None = None) -> Tensor:
         """Exact ``log pi(a | c)`` ``[B]`` of normalised chunks ``actions [B, H, A]``.
 
         With ``add_noise`` *and* in training mode, actions are first perturbed by
         ``N(0, noise_std^2)`` (paper §IV-B: crucial for stable action modelling); the result is
         then the density of the perturbed chunk. Actions are clamped to
-        ``[-1 + clamp_eps, 1 - clamp_eps]`` before ``atanh``.
+        ``[-1 + clamp_eps, 1 - clamp_eps]`` before ``atanh``. ``context_kv``: the context's
+        keys and values from :meth:`context_kv`, when another pass shares them.
         """
         self._check_chunk(actions, "actions", 3)
         self._check_context(context)
         if actions.shape[0] != context.shape[0]:
             raise ValueError(f"batch mismatch: actions {tuple(actions.shape)} vs context {tuple(context.shape)}")
-        return self.clamped_log_prob(self._training_chunk(actions, add_noise), context)
+        return self.clamped_log_prob(self._training_chunk(actions, add_noise), context, context_kv)
 
     def _training_chunk(self, actions: Tensor, add_noise: bool) -> Tensor:
         """:meth:`log_prob`'s input: perturbed by sigma_noise when training, then clamped."""
@@ -763,7 +808,8 @@ class ChunkFlow(nn.Module):
         return torch.randn(shape, generator=generator, device=context.device, dtype=context.dtype)
 
     def transform_noise(self, context: Tensor, eps: Tensor, sigma: float,
-                        component_u: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                        component_u: Tensor | None = None,
+                        context_kv: ContextKV | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """The tempered base draw through the inverse flow: ``(actions [B, N, H, A] clamped,
         log_prob [B, N], clamped [B, N])``, where ``clamped`` marks the candidates whose
         ``log_prob`` is still the density of the *unclamped* point (:meth:`sample` recomputes
@@ -790,7 +836,9 @@ class ChunkFlow(nn.Module):
             raise ValueError(f"a mixture base or mixture of flows needs component_u of shape {tuple(eps.shape[:2])}, "
                              f"got {got}")
         if cfg.components == 1:
-            return self._transform_noise_one(context, eps, sigma, component_u)
+            return self._transform_noise_one(context, eps, sigma, component_u, context_kv)
+        if context_kv is not None:
+            raise ValueError("context_kv is for one flow (components 1), not a mixture of flows")
         b, n, m = eps.shape[0], eps.shape[1], cfg.components
         # Every flow transforms every candidate's noise (M inverse passes as one batch of B M);
         # the candidate keeps the chunk of the flow its uniform picks by the weights pi_m(c).
@@ -804,8 +852,8 @@ class ChunkFlow(nn.Module):
         # at the returned chunk, it is already exact where the chunk was clamped.
         return actions, self.clamped_log_prob(actions, context), torch.zeros_like(pick, dtype=torch.bool)
 
-    def _transform_noise_one(self, context: Tensor, eps: Tensor, sigma: float,
-                             component_u: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    def _transform_noise_one(self, context: Tensor, eps: Tensor, sigma: float, component_u: Tensor | None,
+                             context_kv: ContextKV | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """:meth:`transform_noise` of one flow (``context`` carries its component token, if any)."""
         cfg = self.config
         if self.base is None:
@@ -816,7 +864,7 @@ class ChunkFlow(nn.Module):
             mixture = self.base(self.context_norm(context))
             z = self.base.latent(eps, component_u, sigma, *mixture)
             base_log_prob = self.base.log_prob(z, *mixture)
-        actions, logdet = self._inverse_transform(z, context)  # [B, N, H, A], [B, N]
+        actions, logdet = self._inverse_transform(z, context, context_kv)  # [B, N, H, A], [B, N]
         log_prob = base_log_prob - logdet
         bound = 1.0 - cfg.clamp_eps
         clamped = (actions.abs() > bound).flatten(2).any(dim=-1)  # [B, N]
@@ -828,6 +876,7 @@ class ChunkFlow(nn.Module):
         num_samples: int,
         sigma: float = 0.7,
         generator: torch.Generator | None = None,
+        context_kv: ContextKV | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Draw ``N`` chunks per context: ``(actions [B, N, H, A], log_prob [B, N])``.
 
@@ -842,12 +891,16 @@ class ChunkFlow(nn.Module):
         chunk with a clamped entry (only ever for ``|u| > atanh(1 - eps)``, i.e. a flow that puts
         mass on the boundary) ``log_prob`` is recomputed at the returned, clamped chunk, so the
         two methods always agree on what the sampler returns (the tanh-space density of the
-        unclamped point would describe an action that is never executed).
+        unclamped point would describe an action that is never executed). ``context_kv``: the
+        context's keys and values from :meth:`context_kv`, when another pass shares them.
         """
-        actions, log_prob, clamped = self.sample_deferring_clamped(context, num_samples, sigma, generator)
+        actions, log_prob, clamped = self.sample_deferring_clamped(context, num_samples, sigma, generator,
+                                                                   context_kv)
         if bool(clamped.any()):
             rows, cols = clamped.nonzero(as_tuple=True)
-            log_prob = log_prob.index_put((rows, cols), self.clamped_log_prob(actions[rows, cols], context[rows]))
+            rows_kv = None if context_kv is None else select_context_kv(context_kv, rows)
+            log_prob = log_prob.index_put(
+                (rows, cols), self.clamped_log_prob(actions[rows, cols], context[rows], rows_kv))
         return actions, log_prob
 
     def sample_deferring_clamped(
@@ -856,6 +909,7 @@ class ChunkFlow(nn.Module):
         num_samples: int,
         sigma: float = 0.7,
         generator: torch.Generator | None = None,
+        context_kv: ContextKV | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """:meth:`sample` without its density fix: ``(actions [B, N, H, A], log_prob [B, N],
         clamped [B, N])``, the same draws, where ``log_prob`` of a ``clamped`` candidate is still
@@ -866,14 +920,16 @@ class ChunkFlow(nn.Module):
         component_u = None
         if self.base is not None or self.config.components > 1:  # after eps: N(0, I)'s stream is unchanged
             component_u = torch.rand(eps.shape[:2], generator=generator, device=eps.device, dtype=eps.dtype)
-        return self.transform_noise(context, eps, sigma, component_u)
+        return self.transform_noise(context, eps, sigma, component_u, context_kv)
 
-    def clamped_log_prob(self, actions: Tensor, context: Tensor) -> Tensor:
+    def clamped_log_prob(self, actions: Tensor, context: Tensor, context_kv: ContextKV | None = None) -> Tensor:
         """``log pi`` ``[B]`` / ``[B, N]`` of chunks ``actions [B, H, A]`` / ``[B, N, H, A]``
         already inside the clamp (what :meth:`log_prob` computes for them, without clamping
         again). For a mixture of flows, ``log sum_m pi_m(c) p(a | c, m)`` over the M flows."""
         if self.config.components == 1:
-            return self._clamped_log_prob_one(actions, context)
+            return self._clamped_log_prob_one(actions, context, context_kv)
+        if context_kv is not None:
+            raise ValueError("context_kv is for one flow (components 1), not a mixture of flows")
         squeeze = actions.ndim == 3
         log_w, per_flow = self._flow_log_probs(actions.unsqueeze(1) if squeeze else actions, context)
         log_prob = torch.logsumexp(log_w[:, :, None] + per_flow, dim=1)  # [B, N]
@@ -890,8 +946,9 @@ class ChunkFlow(nn.Module):
         per_flow = self._clamped_log_prob_one(self._per_component(actions), self._component_contexts(context))
         return self.component_log_weights(context), per_flow.view(b, m, n)
 
-    def _clamped_log_prob_one(self, actions: Tensor, context: Tensor) -> Tensor:
-        z, logdet = self._forward_transform(actions, context)
+    def _clamped_log_prob_one(self, actions: Tensor, context: Tensor,
+                              context_kv: ContextKV | None = None) -> Tensor:
+        z, logdet = self._forward_transform(actions, context, context_kv)
         return self.base_log_prob(z, context) + logdet
 
     # -- the mixture of flows (``components >= 2``) -------------------------------------------

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from sernf_policy.flow import ChunkFlow, ChunkFlowConfig, coupling_keep_masks
+from sernf_policy.flow import ChunkFlow, ChunkFlowConfig, coupling_keep_masks, select_context_kv
 
 CONFIGS = [  # (H, A, K): odd H, H=1 (split over actions), A=1, H=A=1
     (3, 2, 4),
@@ -135,6 +135,67 @@ def test_sample_is_reparameterised(perturb):
     assert ctx.grad is not None and ctx.grad.abs().sum() > 0
     head = flow.layers[0].conditioner.head_b[-1].weight
     assert head.grad is not None and head.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("base_components", [0, 1])
+def test_shared_context_keys_and_values_give_the_same_samples_densities_and_gradients(perturb, base_components):
+    """Passes given ``context_kv`` (computed once) compute what they compute from the context
+    themselves: the same draws, densities (also for a subset of the contexts) and gradients."""
+    flow = make_flow(3, 2, 4, perturb, base_components=base_components).train()
+    ctx = torch.randn(5, 3, 6, dtype=torch.float64, requires_grad=True)
+    data = torch.rand(5, 3, 2, dtype=torch.float64) * 1.8 - 0.9
+    rows = torch.tensor([True, False, True, True, False])
+
+    def losses(shared: bool):
+        torch.manual_seed(4)  # the same draws (noise and dropout masks) for both
+        kv = flow.context_kv(ctx) if shared else None
+        sample_kw = {"context_kv": kv} if shared else {}
+        rows_kw = {"context_kv": select_context_kv(kv, rows)} if shared else {}
+        actions, log_prob = flow.sample(ctx, 3, 0.7, **sample_kw)
+        nll = -flow.log_prob(data[rows], ctx[rows], add_noise=True, **rows_kw)
+        return actions, log_prob, nll
+
+    separate, shared = losses(False), losses(True)
+    for a, b in zip(separate, shared, strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)  # forward: bit for bit
+    grads = []
+    for parts in (separate, shared):
+        total = sum(p.sum() for p in parts)
+        grads.append(torch.autograd.grad(total, [ctx, *flow.parameters()], allow_unused=True))
+    for a, b in zip(*grads, strict=True):
+        if a is None:
+            assert b is None
+        else:
+            torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-10)
+
+
+def test_shared_context_keys_and_values_cover_clamped_samples(perturb):
+    """Samples on the clamp get their density recomputed from the shared keys and values of
+    their own contexts."""
+    torch.manual_seed(3)
+    flow = perturb(ChunkFlow(ChunkFlowConfig(action_dim=2, horizon=3, context_dim=6, num_layers=4,
+                                             hidden_dim=16, num_heads=2)), std=3.0).double().eval()
+    ctx = 5.0 * torch.randn(4, 3, 6, dtype=torch.float64)
+    with torch.no_grad():
+        actions, log_prob = flow.sample(ctx, 32, 1.5, generator=torch.Generator().manual_seed(0))
+        again, log_prob_shared = flow.sample(ctx, 32, 1.5, generator=torch.Generator().manual_seed(0),
+                                             context_kv=flow.context_kv(ctx))
+    assert (actions.abs() >= 1.0 - flow.config.clamp_eps).any(), "the perturbed flow should reach the clamp"
+    assert torch.equal(again, actions) and torch.equal(log_prob_shared, log_prob)
+
+
+def test_shared_context_keys_and_values_are_checked(perturb):
+    flow = make_flow(3, 2, 4, perturb)
+    ctx = torch.randn(4, 3, 6, dtype=torch.float64)
+    kv = flow.context_kv(ctx)
+    with pytest.raises(ValueError, match="context_kv must hold"):
+        flow.sample(ctx[:2], 2, context_kv=kv)  # another batch
+    with pytest.raises(ValueError, match="context_kv must hold"):
+        flow.log_prob(torch.zeros(4, 3, 2, dtype=torch.float64), ctx, context_kv=kv[:-1])  # a layer short
+    mixture = ChunkFlow(ChunkFlowConfig(action_dim=2, horizon=3, context_dim=6, num_layers=2, hidden_dim=16,
+                                        num_heads=2, components=2))
+    with pytest.raises(ValueError, match="mixture of 2 flows"):
+        mixture.context_kv(torch.randn(4, 3, 6))
 
 
 def test_fresh_flow_is_identity_coupling():
