@@ -47,6 +47,7 @@ from sernf_learner.td_targets import (
     critic_update,
     make_critic_optimizer,
 )
+from sernf_policy.fast_paths import fast_paths_enabled
 from sernf_policy.flow import ChunkFlow, select_context_kv
 from sernf_policy.mixed_precision import autocast, check_precision
 
@@ -166,10 +167,12 @@ def _actor_loss(policy, batch: dict, config: ActorConfig):
     # the reparameterised samples and the data likelihood.
     context = policy.actor_context(batch["obs"], prefix)  # [B, L+P, D]
     flow = policy.flow
-    # One flow: both passes also share each coupling's cross-attention keys and values of that
-    # context (one projection and one backward instead of two; ~3.5 % of a paper-size update,
-    # docs/performance.md). Same numbers: the keys and values do not depend on the pass.
-    context_kv = flow.context_kv(context) if isinstance(flow, ChunkFlow) and flow.config.components == 1 else None
+    # One flow, optimised paths: both passes also share each coupling's cross-attention keys and
+    # values of that context (one projection and one backward instead of two; ~3 % of a
+    # paper-size update, docs/performance.md). The same forward numbers; the reference paths
+    # keep two projections, so their runs stay bit for bit those made before.
+    one_flow = isinstance(flow, ChunkFlow) and flow.config.components == 1
+    context_kv = flow.context_kv(context) if one_flow and fast_paths_enabled() else None
     shared = {} if context_kv is None else {"context_kv": context_kv}
     chunks, _ = flow.sample(context, config.num_samples, config.sigma, **shared)  # [B, N, H, A]
     with frozen(policy.critic_parameters()):
