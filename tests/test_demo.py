@@ -92,6 +92,8 @@ def test_demo_runs_end_to_end_and_writes_its_outputs(tmp_path, ros_env):
         assert 0.0 <= s["success"] <= 1.0
         assert set(s["subtask_success"]) == {"grasp", "place"}
         assert s["episodes"] == 4
+        # What the robot's safety hold would have stopped, beside the in-process figure.
+        assert 0.0 <= s["joints_past_range"] <= 1.0 and 0.0 <= s["success_if_held"] <= s["success"]
     assert "online_rl_vs_il" in summary["significance"]
     assert summary["data"]["offline"]["episodes"] == 8
     assert summary["data"]["online"]["episodes"] == 1
@@ -123,6 +125,7 @@ def test_demo_runs_end_to_end_and_writes_its_outputs(tmp_path, ros_env):
     assert png.startswith(b"\x89PNG") and len(png) > 1000
     assert "HAND PICK-AND-PLACE SUCCESS RATES" in proc.stdout
     assert "SERNF (full)" in proc.stdout
+    assert "would have stopped (place success if they count as failures): il " in proc.stdout
 
     # A finished run resumes to the same results without training again.
     again = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env, timeout=300, check=False)

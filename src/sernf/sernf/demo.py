@@ -365,6 +365,10 @@ def build_summary(run: RunConfig, results: Mapping[str, Any], offline: Mapping[s
             "mean_return": r.get("mean_return"),
             "mean_length": r.get("mean_length"),
             "data": data[stage],
+            # Episodes the robot's policy node would have stopped (a finger reading past its
+            # range + 0.1 rad); the in-process evaluation lets them run on.
+            "joints_past_range": r.get("joints_past_range_rate"),
+            "success_if_held": r.get("success_rate_if_held"),
         }
     significance: dict[str, Any] = {}
     if "il" in stages:
@@ -418,6 +422,11 @@ def format_table(summary: Mapping[str, Any], run: RunConfig) -> str:
             f"layouts, seed {ev.seed}, the same for every row; + = successful trajectories; [95 % Wilson CI])",
             " | ".join(h.ljust(w) for h, w in zip(rows[0], widths, strict=True)), line]
     text += [" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows[1:]]
+    held = {stage: s for stage, s in summary["stages"].items() if s.get("joints_past_range") is not None}
+    if held:
+        text.append("Episodes with a finger reading more than 0.1 rad past its range, which the robot's policy node "
+                    "would have stopped (place success if they count as failures): " + "; ".join(
+                        f"{stage} {s['joints_past_range']:.2f} ({s['success_if_held']:.2f})" for stage, s in held.items()))
     return "\n".join(text)
 
 

@@ -110,6 +110,12 @@ class RolloutResult:
     """Per-episode metadata (always filled), in episode order."""
     episodes: list[Episode] = field(default_factory=list)
     """Per-episode ``(steps, metadata)`` when recording, else empty."""
+    joints_past_range_rate: float | None = None
+    """Fraction of episodes in which a hand joint reading went further past its range than the
+    policy node accepts (the env's ``info["joints_past_range"]``): on the robot the node would
+    have held there and the episode would have failed. None when the env does not report it."""
+    success_rate_if_held: float | None = None
+    """Success rate counting those episodes as failures, as the robot would have ended them."""
 
     @property
     def num_episodes(self) -> int:
@@ -117,13 +123,17 @@ class RolloutResult:
 
     def summary(self) -> dict[str, Any]:
         """Plain-JSON summary (for logs and eval reports)."""
-        return {
+        out = {
             "num_episodes": self.num_episodes,
             "success_rate": self.success_rate,
             "subtask_success_rates": dict(self.subtask_success_rates),
             "mean_return": self.mean_return,
             "mean_length": self.mean_length,
         }
+        if self.joints_past_range_rate is not None:
+            out["joints_past_range_rate"] = self.joints_past_range_rate
+            out["success_rate_if_held"] = self.success_rate_if_held
+        return out
 
 
 def rollout_chunked(
@@ -314,6 +324,8 @@ def _run_batch(
                 }
                 if config_dicts is not None:
                     extra["config"] = config_dicts[j]
+                if "joints_past_range" in info:
+                    extra["joints_past_range"] = bool(_info_array(info, "joints_past_range", (n,))[j])
                 meta[j] = {
                     "success": bool(success[j]),
                     "subtask_success": {name: bool(v[j]) for name, v in sub.items()},
@@ -342,7 +354,12 @@ def _run_batch(
 
 def _summarize(metadata: list[dict[str, Any]], episodes: list[Episode]) -> RolloutResult:
     names = sorted({k for m in metadata for k in m["subtask_success"]})
+    past = [m["extra"].get("joints_past_range") for m in metadata]
+    reported = all(p is not None for p in past)
     return RolloutResult(
+        joints_past_range_rate=float(np.mean(past)) if reported else None,
+        success_rate_if_held=float(np.mean([m["success"] and not p for m, p in zip(metadata, past, strict=True)]))
+        if reported else None,
         success_rate=float(np.mean([m["success"] for m in metadata])),
         subtask_success_rates={
             k: float(np.mean([m["subtask_success"].get(k, False) for m in metadata])) for k in names

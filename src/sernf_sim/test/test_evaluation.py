@@ -298,3 +298,27 @@ def test_prefixes_are_queued_in_executed_form_so_they_match_the_recorded_actions
             break
         np.testing.assert_array_equal(seen[k][0], steps["action"][rows])
     assert np.linalg.norm(seen[1][0], axis=-1).max() <= env.config.max_step * (1 + 1e-5)
+
+
+def test_summary_counts_episodes_the_policy_node_would_have_held():
+    """Envs that report ``joints_past_range`` (the hand task) get the fraction of such episodes
+    and the success rate counting them as failures; others (the point task) do not."""
+    from sernf_sim.hand_pick_place.config import DomainShift
+    from sernf_sim.hand_pick_place.env import HandPickPlace
+
+    def hold(env):
+        return lambda obs, prefix: np.repeat(env.hold_action()[:, None], 4, axis=1)
+
+    calm = HandPickPlace(num_envs=2, max_steps=3)
+    summary = rollout_chunked(calm, hold(calm), 1, 1, 4, num_episodes=2).summary()
+    assert summary["joints_past_range_rate"] == 0.0
+    assert summary["success_rate_if_held"] == summary["success_rate"]
+    noisy = HandPickPlace(num_envs=2, max_steps=3, domain_shift=DomainShift(obs_noise_std=5.0))
+    result = rollout_chunked(noisy, hold(noisy), 1, 1, 4, num_episodes=2)
+    assert result.summary()["joints_past_range_rate"] == 1.0 and result.success_rate_if_held == 0.0
+    assert all(m["extra"]["joints_past_range"] is True for m in result.metadata)
+    json.dumps(result.summary())  # plain JSON for the eval reports
+    point = PointTask(num_envs=2, seed=2)
+    expert = PointExpert(point.config, ExpertConfig.from_quality(0.5), seed=3)
+    plain = rollout_chunked(point, expert.chunk_act_fn(4), 1, 1, 4, num_episodes=2)
+    assert "joints_past_range_rate" not in plain.summary() and plain.joints_past_range_rate is None

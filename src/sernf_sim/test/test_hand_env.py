@@ -1,5 +1,6 @@
 """HandPickPlace: interface, relative EE actions, reward/termination rules, rendering, shift."""
 
+import dataclasses
 import os
 
 import mujoco
@@ -551,3 +552,30 @@ def test_wrist_action_tilts_the_palm_while_the_flange_holds_the_ee_pose():
     action[0, 7 + wrist] = 3.0
     _, _, _, _, info = env.step(action)
     assert info["executed_action"][0, 7 + wrist] == pytest.approx(JOINT_HIGH[wrist])
+
+
+def test_readings_past_the_policy_nodes_joint_bounds_are_reported_without_ending_the_episode():
+    """``info["joints_past_range"]``: the policy node refuses hand readings further than
+    JOINT_RANGE_MARGIN_RAD outside their range and holds the robot; the in-process env keeps
+    the episode going but says, per episode and for good, that the robot would have stopped."""
+    from sernf_sim.hand_pick_place.env import JOINT_RANGE_MARGIN_RAD
+
+    assert JOINT_RANGE_MARGIN_RAD == 0.1  # the policy node's joint_limit_margin_rad default
+    calm = HandPickPlace(num_envs=2, max_steps=4)
+    obs = calm.reset(seed=3)
+    for _ in range(3):
+        obs, _, term, trunc, info = calm.step(calm.hold_action(obs))
+        assert info["joints_past_range"].dtype == bool and not info["joints_past_range"].any()
+    # Readings 5 rad off (sensor noise here; bent fingers under contact in the demo's runs).
+    noisy = HandPickPlace(num_envs=2, max_steps=4, domain_shift=DomainShift(obs_noise_std=5.0))
+    obs = noisy.reset(seed=3)
+    obs, _, term, trunc, info = noisy.step(noisy.hold_action(obs))
+    far = (obs["hand_joints"] < JOINT_LOW - 0.1) | (obs["hand_joints"] > JOINT_HIGH + 0.1)
+    np.testing.assert_array_equal(info["joints_past_range"], far.any(axis=1))
+    assert info["joints_past_range"].all() and not (term | trunc).any()  # reported, not ended
+    # Sticky for the episode, cleared by a reset.
+    noisy.config = dataclasses.replace(noisy.config, domain_shift=DomainShift())
+    obs, _, _, _, info = noisy.step(noisy.hold_action(obs))
+    assert info["joints_past_range"].all()
+    obs = noisy.reset(seed=4)
+    assert not noisy.step(noisy.hold_action(obs))[4]["joints_past_range"].any()

@@ -77,6 +77,11 @@ OBJECT_STATE_DIM = 10 * NUM_OBJECTS
 JOINT_LOW = np.array([s.range[0] for s in M.FINGER_JOINTS])
 JOINT_HIGH = np.array([s.range[1] for s in M.FINGER_JOINTS])
 HOME_JOINTS = np.array([s.home for s in M.FINGER_JOINTS])
+JOINT_RANGE_MARGIN_RAD = 0.1
+"""How far a hand joint reading may lie outside its range before the policy node refuses it and
+holds the robot (its ``joint_limit_margin_rad`` default). :meth:`HandPickPlace.step` reports
+episodes that crossed it (``info["joints_past_range"]``) without ending them, so in-process
+evaluations can say how many episodes the robot would have stopped."""
 
 #: Fraction of the control period over which the commanded pose/targets are interpolated. The
 #: whole period: consecutive commands then chain into a continuous motion instead of a
@@ -158,6 +163,7 @@ class HandPickPlace:
         self._truncated = np.zeros(n, dtype=bool)
         self._grasped = np.zeros(n, dtype=bool)
         self._placed = np.zeros(n, dtype=bool)
+        self._joints_past_range = np.zeros(n, dtype=bool)
         self._grasped_object = np.full(n, -1, dtype=np.int64)
         self._unstable = np.zeros(n, dtype=bool)
         self._reason = np.array([""] * n, dtype=object)
@@ -308,6 +314,7 @@ class HandPickPlace:
         self._truncated[:] = False
         self._grasped[:] = False
         self._placed[:] = False
+        self._joints_past_range[:] = False
         self._grasped_object[:] = -1
         self._unstable[:] = False
         self._reason[:] = ""
@@ -327,8 +334,11 @@ class HandPickPlace:
         ``executed_action`` ``[n, A]`` float32, ``success`` bool[n], ``subtask_success``
         ``{"grasp", "place"}`` bool[n] (achieved so far this episode), ``failure`` bool[n],
         ``termination_reason`` (str per env: "", "success", "dropped", "fell_off_table",
-        "unstable", "time_limit"), ``grasped_object`` int[n] (-1 = none yet), ``steps`` int[n].
-        ``terminated``/``truncated`` stay set for envs whose episode already ended.
+        "unstable", "time_limit"), ``grasped_object`` int[n] (-1 = none yet), ``steps`` int[n],
+        ``joints_past_range`` bool[n] (a hand joint reading of this episode so far lay more than
+        :data:`JOINT_RANGE_MARGIN_RAD` outside its range: the policy node would have held the
+        robot there; the episode goes on here). ``terminated``/``truncated`` stay set for envs
+        whose episode already ended.
         """
         if not self._was_reset:
             raise RuntimeError("HandPickPlace.step called before reset()")
@@ -354,6 +364,12 @@ class HandPickPlace:
         self._simulate(applied, active)
         self._steps += active
         reward = self._update_episode(active)
+        obs = self._obs()
+        # The readings the drivers would publish (sensor noise included), against the policy
+        # node's bounds: contact can bend the simulated fingers past their soft limits.
+        joints = obs["hand_joints"]
+        past = (joints < JOINT_LOW - JOINT_RANGE_MARGIN_RAD) | (joints > JOINT_HIGH + JOINT_RANGE_MARGIN_RAD)
+        self._joints_past_range |= active & past.any(axis=1)
         info = {
             "executed_action": executed.astype(np.float32),
             "success": self._placed.copy(),
@@ -362,8 +378,9 @@ class HandPickPlace:
             "termination_reason": self._reason.copy(),
             "grasped_object": self._grasped_object.copy(),
             "steps": self._steps.copy(),
+            "joints_past_range": self._joints_past_range.copy(),
         }
-        return self._obs(), reward, self._terminated.copy(), self._truncated.copy(), info
+        return obs, reward, self._terminated.copy(), self._truncated.copy(), info
 
     # -- continuous time (the simulated world behind the drivers, sernf_sim.sim_world_node) -----
 
@@ -421,7 +438,8 @@ class HandPickPlace:
         termination rules exactly as :meth:`step` does after its physics.
 
         Returns ``(reward [n], terminated [n], truncated [n], info)`` with ``info`` as in
-        :meth:`step` minus ``executed_action`` (the drivers report what they executed).
+        :meth:`step` minus ``executed_action`` (the drivers report what they executed) and
+        ``joints_past_range`` (behind the drivers the policy node applies the hold itself).
         """
         if not self._was_reset:
             raise RuntimeError("HandPickPlace.finish_control_step called before reset()")
