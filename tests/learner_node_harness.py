@@ -143,11 +143,12 @@ class Peer:
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.add, 50)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
 
     def _spin(self) -> None:
-        while self.context.ok():
+        while self.context.ok() and not self._stop.is_set():
             try:
                 self.executor.spin_once(timeout_sec=0.05)
             except rclpy.executors.ExternalShutdownException:
@@ -197,10 +198,13 @@ class Peer:
         raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{details}")
 
     def close(self) -> None:
+        # The spin thread first: destroying the node under a running spin_once raises
+        # InvalidHandle in that thread.
+        self._stop.set()
+        self._thread.join(timeout=2.0)
         self.executor.shutdown(timeout_sec=1.0)
         self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)
-        self._thread.join(timeout=2.0)
 
 
 def assert_checkpoint_valid(msg: CheckpointAvailable, step: int, stage: str = "online_rl") -> Any:
