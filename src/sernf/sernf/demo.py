@@ -366,7 +366,7 @@ def build_summary(run: RunConfig, results: Mapping[str, Any], offline: Mapping[s
             "mean_length": r.get("mean_length"),
             "data": data[stage],
             # Episodes the robot's policy node would have stopped (a finger reading past its
-            # range + 0.1 rad); the in-process evaluation lets them run on.
+            # range + JOINT_RANGE_MARGIN_RAD); the in-process evaluation lets them run on.
             "joints_past_range": r.get("joints_past_range_rate"),
             "success_if_held": r.get("success_rate_if_held"),
         }
@@ -424,7 +424,9 @@ def format_table(summary: Mapping[str, Any], run: RunConfig) -> str:
     text += [" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows[1:]]
     held = {stage: s for stage, s in summary["stages"].items() if s.get("joints_past_range") is not None}
     if held:
-        text.append("Episodes with a finger reading more than 0.1 rad past its range, which the robot's policy node "
+        from sernf_sim.hand_pick_place.env import JOINT_RANGE_MARGIN_RAD
+
+        text.append(f"Episodes with a finger reading more than {JOINT_RANGE_MARGIN_RAD:g} rad past its range, which the robot's policy node "
                     "would have stopped (place success if they count as failures): " + "; ".join(
                         f"{stage} {s['joints_past_range']:.2f} ({s['success_if_held']:.2f})" for stage, s in held.items()))
     return "\n".join(text)
