@@ -554,6 +554,29 @@ def test_wrist_action_tilts_the_palm_while_the_flange_holds_the_ee_pose():
     assert info["executed_action"][0, 7 + wrist] == pytest.approx(JOINT_HIGH[wrist])
 
 
+@pytest.mark.parametrize("thumb_mcp", ["lower", "upper"])
+def test_pressing_the_hand_onto_the_table_does_not_bend_a_finger_past_its_stop(thumb_mcp):
+    """The table pushes back on a thumb pressed into it; its joints stay at their stops, as the
+    ORCA hand's mechanical stops hold them. Until 2026-12-03 the finger joints had no armature,
+    damping or stiff limit (their default class was never applied) and contact bent the thumb
+    up to 1.3 rad past its range here; online RL learned to do that, and the policy node then
+    held the robot (docs/results.md, section 2)."""
+    names = [s.name for s in M.FINGER_JOINTS]
+    k = names.index("thumb_mcp")
+    env = HandPickPlace(num_envs=1, max_steps=40)
+    obs = env.reset(seed=3)
+    worst = -np.inf
+    for _ in range(30):
+        action = env.hold_action(obs).astype(np.float64)
+        action[0, :3] = (0.0, 0.0, 0.03)  # along the EE z axis: down onto the table
+        action[0, 7 + k] = (JOINT_LOW if thumb_mcp == "lower" else JOINT_HIGH)[k]
+        obs, *_ = env.step(action)
+        j = obs["hand_joints"][0]
+        worst = max(worst, float(np.max(np.maximum(JOINT_LOW - j, j - JOINT_HIGH))))
+    assert obs["ee_pose"][0, 2] < 0.05  # the hand did get down to the table
+    assert worst < 0.03, f"a finger joint bent {worst:.3f} rad past its range"
+
+
 def test_readings_past_the_policy_nodes_joint_bounds_are_reported_without_ending_the_episode():
     """``info["joints_past_range"]``: the policy node refuses hand readings further than
     JOINT_RANGE_MARGIN_RAD outside their range and holds the robot; the in-process env keeps

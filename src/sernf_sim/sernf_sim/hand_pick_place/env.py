@@ -366,7 +366,8 @@ class HandPickPlace:
         reward = self._update_episode(active)
         obs = self._obs()
         # The readings the drivers would publish (sensor noise included), against the policy
-        # node's bounds: contact can bend the simulated fingers past their soft limits.
+        # node's bounds. The joints' stops hold under contact (model.py), so mostly sensor
+        # noise (DomainShift.obs_noise_std) crosses them.
         joints = obs["hand_joints"]
         past = (joints < JOINT_LOW - JOINT_RANGE_MARGIN_RAD) | (joints > JOINT_HIGH + JOINT_RANGE_MARGIN_RAD)
         self._joints_past_range |= active & past.any(axis=1)

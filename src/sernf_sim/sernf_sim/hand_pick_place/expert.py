@@ -212,12 +212,15 @@ class HandExpertConfig:
 
 
 #: Quality of :func:`default_demo_quality` (tuned: see its docstring).
-DEFAULT_DEMO_QUALITY = 0.55
+DEFAULT_DEMO_QUALITY = 0.5
+"""0.55 until 2026-12-03: the finger joints' stops (model.py's finger joint class) made the
+expert's grasps firmer (74 % successful episodes instead of 66 % over seeds 0, 1, 11 of 120), and
+0.5 brings the rate back (68 %), so the dataset keeps its share of failures."""
 
 
 def default_demo_quality(**overrides: float) -> HandExpertConfig:
-    """The expert setting for the default demonstration dataset: ~60 % successful episodes
-    (82/120 and 71/120 on two seeds; 74/120 and 69/120 with the earlier 16-joint hand), the
+    """The expert setting for the default demonstration dataset: ~60-70 % successful episodes
+    (82/120, 78/120 and 86/120 on seeds 0, 1 and 11 of the test's rollout), the
     failures being drops after the grasp (~2/3: weak
     grips, early releases, shaky or off-centre grasps) and timeouts (~1/3: pauses, slow moves,
     missed grasps and retries)."""

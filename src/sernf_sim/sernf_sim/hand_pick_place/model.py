@@ -247,7 +247,7 @@ def _finger_xml(name: str, lengths, joints: list[JointSpec]) -> str:
     sign = -1.0 if thumb else 1.0  # the thumb extends along -x
 
     def jx(s: JointSpec) -> str:
-        return f'<joint name="{s.name}" axis="{_fmt(s.axis)}" range="{_fmt(s.range)}"/>'
+        return f'<joint name="{s.name}" class="finger" axis="{_fmt(s.axis)}" range="{_fmt(s.range)}"/>'
 
     first = jx(j["abd"]) + jx(j["mcp"])
     second = jx(j["pip"])
@@ -256,7 +256,7 @@ def _finger_xml(name: str, lengths, joints: list[JointSpec]) -> str:
     else:
         pip = j["pip"]
         third = (
-            f'<joint name="{name}_distal" axis="{_fmt(pip.axis)}"'
+            f'<joint name="{name}_distal" class="finger" axis="{_fmt(pip.axis)}"'
             f' range="{_fmt(np.multiply(pip.range, DISTAL_COUPLING))}"/>'
         )
     seg = 'class="finger" type="capsule"'
@@ -368,7 +368,8 @@ def build_mjcf(timestep: float = 0.004) -> str:
            actuators low-pass their target (timeconst, like the finger motors' limited
            bandwidth): without it a grasp shakes loose under 10 Hz command jitter of a few
            hundredths of a radian, which any learned policy produces. -->
-      <joint damping="0.05" armature="0.002" limited="true"/>
+      <joint damping="0.05" armature="0.002" limited="true" solreflimit="0.008 1"
+             solimplimit="0.95 0.99 0.001"/>
       <position kp="{FINGER_KP}" kv="0.03" timeconst="{FINGER_TIMECONST}"/>
     </default>
     <default class="wrist">
