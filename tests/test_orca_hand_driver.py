@@ -306,6 +306,42 @@ def test_calibration_routine_finds_the_hard_stops(tmp_path):
     assert load_calibration(path, MODEL).limits == cal.limits
 
 
+def test_late_answers_are_never_taken_for_a_later_requests_answer():
+    """A servo answering after the SDK's packet timeout: the retry takes the first attempt's
+    answer, and the retry's own answer arrives during the next request. dynamixel-sdk's
+    readTxRx takes any status packet from the servo, so a write's late status read as the
+    register value 161 (its CRC byte) and the driver's set-up reported "operating mode did not
+    take" on a loaded machine. The client checks each answer's parameter count: a read returns
+    the register's value or raises, never another request's bytes."""
+    from orca_hand_driver.bus import (
+        ADDR_OPERATING_MODE,
+        ADDR_RETURN_DELAY,
+        DynamixelClient,
+        ServoNotAnswering,
+    )
+
+    with SimulatedDynamixelBus(servo_ids=(1,)) as bus:
+        client = DynamixelClient(bus.port, MODEL.baud_rate, retries=2)
+        client.open()
+        try:
+            mode = client.read(1, ADDR_OPERATING_MODE, 1)
+            bus.set_answer_delay(1, 0.05)
+            values, refused = [], 0
+            for _ in range(8):
+                try:
+                    client.write(1, ADDR_RETURN_DELAY, 1, 0)
+                    values.append(client.read(1, ADDR_OPERATING_MODE, 1))
+                except ServoNotAnswering:
+                    refused += 1
+            bus.set_answer_delay(1, 0.0)
+            time.sleep(0.2)  # the last late answers arrive; the next request's send flushes them
+            assert client.read(1, ADDR_OPERATING_MODE, 1) == mode
+        finally:
+            client.close()
+    assert values.count(mode) == len(values), (mode, values)
+    assert client.stale_answers >= 1 and len(values) + refused == 8
+
+
 def test_stuffing_guard_gets_multi_turn_goals_through():
     """dynamixel-sdk 4.1.0 sends FF FF FD payloads unstuffed; the bus drops them like a servo.
     The client's guard moves such a goal by one tick so it arrives."""

@@ -33,6 +33,13 @@ from dataclasses import dataclass
 
 import dynamixel_sdk as dxl
 import serial
+from dynamixel_sdk.protocol2_packet_handler import (
+    PKT_ID,
+    PKT_INSTRUCTION,
+    PKT_LENGTH_H,
+    PKT_LENGTH_L,
+    PKT_PARAMETER0,
+)
 
 __all__ = ["BusError", "DynamixelClient", "PresentState", "ServoError", "ServoNotAnswering",
            "contains_header", "guard_goal"]
@@ -55,6 +62,14 @@ MODE_CURRENT_BASED_POSITION = 5
 ALERT_BIT = 0x80
 
 _HEADER = (0xFF, 0xFF, 0xFD)
+_COMM_STALE_ANSWER = -3100
+"""Our result code (beside dynamixel-sdk's COMM_*) for a status packet that answers another request."""
+
+
+def _result_text(ph, result: int) -> str:
+    if result == _COMM_STALE_ANSWER:
+        return "only late answers to earlier requests arrived"
+    return ph.getTxRxResult(result)
 
 
 class BusError(RuntimeError):
@@ -116,6 +131,8 @@ class DynamixelClient:
         self.port = dxl.PortHandler(port_name)
         self.ph = dxl.PacketHandler(2.0)
         self.stuffing_adjustments = 0
+        self.stale_answers = 0
+        """Status packets taken for an earlier request's late answer and retried (see ``_checked``)."""
         self.retries = retries
         """Extra attempts of a single read/write/ping that got no answer (not used per cycle:
         the loop's next cycle is the retry there)."""
@@ -149,9 +166,33 @@ class DynamixelClient:
         for _ in range(self.retries):
             answer = self._guarded(call, *args)
             result = answer[-2]  # (…, result, error) for ping, read and write
-            if result != dxl.COMM_RX_TIMEOUT:
+            if result not in (dxl.COMM_RX_TIMEOUT, _COMM_STALE_ANSWER):
                 return answer
         return self._guarded(call, *args)
+
+    def _checked(self, servo_id: int, instruction: int, params: list[int], answer_params: int):
+        """One request and its status packet as ``(params, result, error)``. A status packet
+        whose parameter count is not the one this request gets is the late answer to an earlier
+        request (one that timed out and was retried: its answer arrived after the retry took the
+        first one), not ours: dynamixel-sdk's ``readTxRx``/``writeTxRx`` would take it, and a
+        write's late status then reads as a register value made of its CRC byte. Such an answer
+        counts as ``_COMM_STALE_ANSWER`` (retried like a timeout; ``stale_answers`` counts them).
+        A late answer of the same shape (a 1-byte read's for another 1-byte read) cannot be
+        told apart in Protocol 2.0."""
+        tx = [0] * (10 + len(params))
+        tx[PKT_ID] = servo_id
+        tx[PKT_LENGTH_L], tx[PKT_LENGTH_H] = dxl.DXL_LOBYTE(len(params) + 3), dxl.DXL_HIBYTE(len(params) + 3)
+        tx[PKT_INSTRUCTION] = instruction
+        tx[PKT_PARAMETER0:PKT_PARAMETER0 + len(params)] = params
+        rx, result, error = self.ph.txRxPacket(self.port, tx)
+        if result != dxl.COMM_SUCCESS:
+            return [], result, error
+        # LENGTH = instruction + error + parameters + CRC (2)
+        got = dxl.DXL_MAKEWORD(rx[PKT_LENGTH_L], rx[PKT_LENGTH_H]) - 4
+        if got != answer_params:
+            self.stale_answers += 1
+            return [], _COMM_STALE_ANSWER, 0
+        return list(rx[PKT_PARAMETER0 + 1:PKT_PARAMETER0 + 1 + answer_params]), result, error
 
     def _guarded(self, call, *args):
         if not self._is_open:
@@ -175,9 +216,10 @@ class DynamixelClient:
         return model, firmware
 
     def read(self, servo_id: int, address: int, size: int, signed: bool = False) -> int:
-        data, result, error = self._txrx(self.ph.readTxRx, self.port, servo_id, address, size)
+        request = [dxl.DXL_LOBYTE(address), dxl.DXL_HIBYTE(address), dxl.DXL_LOBYTE(size), dxl.DXL_HIBYTE(size)]
+        data, result, error = self._txrx(self._checked, servo_id, dxl.INST_READ, request, size)
         if result != dxl.COMM_SUCCESS:
-            raise ServoNotAnswering(servo_id, f"read {address}: {self.ph.getTxRxResult(result)}")
+            raise ServoNotAnswering(servo_id, f"read {address}: {_result_text(self.ph, result)}")
         if error & ~ALERT_BIT:
             raise ServoError(servo_id, error, f"read {address}")
         return int.from_bytes(bytes(data), "little", signed=signed)
@@ -189,9 +231,10 @@ class DynamixelClient:
             self.stuffing_adjustments += adjusted
         data = _le(value, size)
         if (self.status_return_level if level is None else level) >= 2:
-            result, error = self._txrx(self.ph.writeTxRx, self.port, servo_id, address, size, data)
+            request = [dxl.DXL_LOBYTE(address), dxl.DXL_HIBYTE(address), *data]
+            _, result, error = self._txrx(self._checked, servo_id, dxl.INST_WRITE, request, 0)
             if result != dxl.COMM_SUCCESS:
-                raise ServoNotAnswering(servo_id, f"write {address}: {self.ph.getTxRxResult(result)}")
+                raise ServoNotAnswering(servo_id, f"write {address}: {_result_text(self.ph, result)}")
             if error & ~ALERT_BIT:
                 raise ServoError(servo_id, error, f"write {address}={value}")
         else:
