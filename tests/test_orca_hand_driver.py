@@ -241,6 +241,7 @@ def test_driver_end_to_end(processes, graph, bus, calibration_file):
     diag = next(d for d in g.diagnostics if len(d.status) == 18)
     hand = {kv.key: kv.value for kv in diag.status[0].values}
     assert float(hand["loop_rate_hz"]) > 10 and float(hand["cycle_time_p50_ms"]) > 0
+    assert int(hand["stale_answers"]) >= 0 and int(hand["stuffing_adjustments"]) >= 0
     servo9 = next(s for s in diag.status if s.name.startswith("orca_hand_driver: servo 9 "))
     values9 = {kv.key: kv.value for kv in servo9.values}
     assert values9["reboots"] == "1" and "temperature_c" in values9 and "current_ma" in values9

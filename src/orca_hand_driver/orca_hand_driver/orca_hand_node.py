@@ -232,6 +232,7 @@ class OrcaHandNode(DeviceLifecycleNode):
                 "rejected_commands": hand.stats.rejected_commands,
                 "holding": bool(report.holding) if report else True,
                 "stuffing_adjustments": hand.client.stuffing_adjustments if hand.client else 0,
+                "stale_answers": hand.client.stale_answers if hand.client else 0,
             })
             if report is not None and report.holding and self.state_label == "active":
                 level, message = DiagnosticStatus.WARN, "holding the measured position (no valid command)"
