@@ -64,6 +64,11 @@ class ActorConfig:
     """Actor dropout during RL (G2: 0.1; higher values degrade offline RL)."""
     bc_weight: float = 0.1
     """λ: weight of the NLL of data chunks (§IV-E b: 0.1 for all tasks)."""
+    bc_success_only: bool = False
+    """Take the λ·NLL term on chunks of successful offline episodes only, the data Stage I
+    imitates (§IV-D a), instead of on every offline chunk (the paper's §IV-E b, whose
+    teleoperated demonstrations are mostly successful). With mixed-quality demonstrations the
+    full term pulls the actor towards the failures as well (docs/results.md, section 2)."""
     normalize_q: bool = True
     """Divide the Q term by its detached batch scale mean|Q|/α (TD3+BC [17]) instead of using raw
     Q. On (default) the actor objective does not depend on the reward scale. Measured on the
@@ -95,6 +100,8 @@ class ActorConfig:
                 raise ValueError(f"ActorConfig.{name} must be >= 0, got {v!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"ActorConfig.dropout must be in [0, 1), got {self.dropout}")
+        if not isinstance(self.bc_success_only, bool):
+            raise ValueError(f"ActorConfig.bc_success_only must be a bool, got {self.bc_success_only!r}")
         if not isinstance(self.normalize_q, bool):
             raise ValueError(f"ActorConfig.normalize_q must be a bool, got {self.normalize_q!r}")
         check_int(self, "num_samples")
@@ -160,7 +167,7 @@ def actor_update(policy, optimizer: torch.optim.Optimizer, batch: dict, config: 
 
 def _actor_loss(policy, batch: dict, config: ActorConfig):
     """The actor objective of :func:`actor_update` with its parts: loss, mean Q, Q scale, NLL,
-    the batch's offline mask."""
+    the mask of the rows the NLL is taken on (offline; and successful with ``bc_success_only``)."""
     norm = policy.action_normalizer
     prefix = norm.normalize(batch["prefix"])  # [B, P, A]
     # The actor context (observation encoder + prefix tokens) is computed once and shared by
@@ -184,6 +191,8 @@ def _actor_loss(policy, batch: dict, config: ActorConfig):
         scale = config.q_alpha / mean_over_ranks(q.detach().abs().mean()).clamp_min(1e-6).item()
 
     offline = batch["is_offline"].to(torch.bool)  # [B]
+    if config.bc_success_only:
+        offline = offline & batch["episode_success"].to(torch.bool)
     num_offline = int(offline.sum())  # one host synchronisation for both tests below
     if num_offline > 0:
         chunk = norm.normalize(batch["chunk"][offline])  # [B_off, H, A]

@@ -353,6 +353,7 @@ class TransitionSampler:
             "discount": np.full(t.shape, self.timing.discount, dtype=np.float32),  # [B]
             "done": done.astype(np.float32),  # [B]
             "is_offline": np.full(t.shape, self.config.is_offline, dtype=bool),  # [B]
+            "episode_success": self._success[episode],  # [B] bool: the episode succeeded
             "episode": episode,  # [B] int64: the episode's index in this sampler's store
             "step": t,  # [B] int64: the decision step t within that episode
         }
@@ -424,6 +425,7 @@ class TransitionSampler:
         self._lengths = snap.episode_lengths[:num_visible]  # [N]
         episodes = snap.episodes[:num_visible]
         self._terminated = np.array([bool(m["terminated"]) for m in episodes], dtype=bool)  # [N]
+        self._success = np.array([bool(m["success"]) for m in episodes], dtype=bool)  # [N]
         keep = np.ones(num_visible, dtype=bool)
         if self.config.success_only:
             keep &= np.array([bool(m["success"]) for m in episodes], dtype=bool)

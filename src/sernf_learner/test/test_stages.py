@@ -188,6 +188,42 @@ def test_stage4_bc_term_uses_only_offline_samples(point_store):
     assert metrics["actor/offline_fraction"] == pytest.approx(mask.float().mean().item())
 
 
+def test_batches_say_whether_their_episode_succeeded(point_store):
+    batch = TransitionSampler(point_store, TIMING, 64, seed=1).sample_numpy()
+    success = np.array([bool(m["success"]) for m in point_store.load_arrays().episodes])
+    np.testing.assert_array_equal(batch["episode_success"], success[batch["episode"]])
+    assert batch["episode_success"].any() and not batch["episode_success"].all()
+
+
+def test_bc_success_only_takes_the_nll_on_successful_offline_episodes(point_store):
+    """``ActorConfig.bc_success_only``: the λ·NLL term over offline rows of successful episodes
+    only (Stage I's data); off, over every offline row."""
+    policy = tiny_policy(point_store, dropout=0.0)
+    policy.flow.config.noise_std = 0.0  # deterministic NLL for the comparison
+    policy.flow.set_dropout(0.0)
+    batch = TransitionSampler(point_store, TIMING, 32, seed=2).sample()
+    offline = torch.ones(32, dtype=torch.bool)
+    offline[::4] = False
+    batch["is_offline"] = offline
+    good = offline & batch["episode_success"]
+    assert 0 < int(good.sum()) < int(offline.sum())
+    norm = policy.action_normalizer
+
+    def nll(rows):
+        with torch.no_grad():
+            return -policy.log_prob({k: v[rows] for k, v in batch["obs"].items()}, norm.normalize(batch["prefix"][rows]),
+                                    norm.normalize(batch["chunk"][rows])).mean().item()
+
+    for only, rows in ((True, good), (False, offline)):
+        with torch.no_grad():
+            _, _, _, bc_nll, mask = _actor_loss(policy, batch, ActorConfig(bc_success_only=only))
+        assert torch.equal(mask, rows)
+        assert bc_nll.item() == pytest.approx(nll(rows), rel=1e-5)
+    assert nll(good) != pytest.approx(nll(offline))
+    with pytest.raises(ValueError, match="bc_success_only"):
+        ActorConfig(bc_success_only=1)
+
+
 @pytest.mark.parametrize("offline_every", [1, 3])
 def test_actor_loss_projects_the_context_once_for_both_flow_passes(point_store, offline_every):
     """The reparameterised samples and the data NLL share each coupling's context keys and
