@@ -428,7 +428,7 @@ class TransitionSampler:
         self._success = np.array([bool(m["success"]) for m in episodes], dtype=bool)  # [N]
         keep = np.ones(num_visible, dtype=bool)
         if self.config.success_only:
-            keep &= np.array([bool(m["success"]) for m in episodes], dtype=bool)
+            keep &= self._success
         if self.config.sources is not None:
             keep &= np.array([m["source"] in self.config.sources for m in episodes], dtype=bool)
         # Episodes whose source the store's label settings require labels for wait for a label
