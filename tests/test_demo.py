@@ -52,6 +52,49 @@ def test_two_proportion_test_matches_a_hand_computation():
     assert lo == 0.0 and 0.0 < hi < 0.1
 
 
+def test_paired_test_matches_a_hand_computation():
+    # 10 episodes: new wins 4 (episodes 0-3), loses 1 (episode 4), 5 concordant.
+    base = [0, 0, 0, 0, 1, 1, 1, 0, 0, 0]
+    new = [1, 1, 1, 1, 0, 1, 1, 0, 0, 0]
+    t = demo.paired_test(base, new)
+    assert (t["new_only"], t["base_only"], t["episodes"]) == (4, 1, 10)
+    # P[Binomial(5, 1/2) >= 4] = (5 + 1) / 32
+    assert t["p_value_one_sided"] == pytest.approx(6 / 32)
+    # d = new - base: four +1, one -1, five 0: mean 0.3, sd(ddof=1) = sqrt((4*0.49 + 1.69 + 5*0.09) / 9)
+    half = 1.96 * ((4 * 0.49 + 1.69 + 5 * 0.09) / 9) ** 0.5 / 10 ** 0.5
+    assert t["difference"] == pytest.approx(0.3)
+    assert t["ci95"] == pytest.approx([0.3 - half, 0.3 + half])
+    # Identical rows: no evidence either way.
+    assert demo.paired_test(base, base)["p_value_one_sided"] == 1.0
+    with pytest.raises(ValueError, match="equally long"):
+        demo.paired_test(base, new[:-1])
+    with pytest.raises(ValueError, match="0/1"):
+        demo.paired_test(base, [2] * 10)
+
+
+def test_the_verdict_uses_the_paired_test_when_both_rows_kept_their_episodes(tmp_path):
+    """Same success rates, opposite verdicts: the unpaired z-test cannot tell 0.30 from 0.40 on
+    100 + 100 episodes at alpha 0.01, the paired test can when the gain is consistent (the new
+    policy wins 10 episodes and loses none)."""
+    base = [1] * 30 + [0] * 70
+    new = [1] * 40 + [0] * 60
+    run = demo.load_demo_config(TINY)[1]
+
+    def summary(with_episodes):
+        results = {s: {"success_rate": sum(v) / 100, "num_episodes": 100, "subtask_success_rates": {},
+                       **({"episode_success": v} if with_episodes else {})}
+                   for s, v in (("il", base), ("online_rl", new))}
+        return demo.build_summary(run, results, {"episodes": 8, "successes": 4}, {"episodes": 1, "successes": 0},
+                                  [], 1.0, tmp_path, TINY)
+
+    unpaired, paired = summary(False)["significance"]["online_rl_vs_il"], summary(True)["significance"]["online_rl_vs_il"]
+    assert "paired" not in unpaired and not unpaired["significant"]
+    assert unpaired["p_value_one_sided"] > 0.05
+    assert paired["paired"]["p_value_one_sided"] == pytest.approx(0.5 ** 10)
+    assert paired["significant"]
+    assert "exact McNemar one-sided p = 0.00098" in demo.format_significance(summary(True))
+
+
 def test_learning_curve_starts_stage_iv_on_its_own_layouts(tmp_path):
     """Stage IV's line starts from the offline policy evaluated on the per-iteration layouts
     (iteration 0), not from the stage evaluation over all layouts."""
@@ -95,6 +138,11 @@ def test_demo_runs_end_to_end_and_writes_its_outputs(tmp_path, ros_env):
         # What the robot's safety hold would have stopped, beside the in-process figure.
         assert 0.0 <= s["joints_past_range"] <= 1.0 and 0.0 <= s["success_if_held"] <= s["success"]
     assert "online_rl_vs_il" in summary["significance"]
+    # Every row kept its episodes, so the final policy is compared with imitation pair by pair.
+    for stage in STAGES:
+        assert len(summary["stages"][stage]["episode_success"]) == 4
+    paired = summary["significance"]["online_rl_vs_il"]["paired"]
+    assert paired["episodes"] == 4 and 0.0 <= paired["p_value_one_sided"] <= 1.0
     assert summary["data"]["offline"]["episodes"] == 8
     assert summary["data"]["online"]["episodes"] == 1
     # Stage IV ran through the ROS graph: the policy node recorded the rollouts into its store,

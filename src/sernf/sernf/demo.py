@@ -62,6 +62,7 @@ from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
+import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
 from sernf_learner.configs import RunConfig  # noqa: E402
@@ -198,6 +199,30 @@ def two_proportion_test(p_base: float, n_base: int, p_new: float, n_new: int) ->
         "p_value_one_sided": p_value,
         "episodes": [n_base, n_new],
     }
+
+
+def paired_test(base: Sequence[int], new: Sequence[int]) -> dict[str, Any]:
+    """One-sided exact McNemar test of "new succeeds more often than base" on the same episodes.
+
+    Every stage is evaluated on the same layouts, so the rows pair episode by episode; only the
+    discordant episodes (one succeeded, the other failed) carry evidence, and under H0 each is a
+    fair coin: p = P[Binomial(new_only + base_only, 1/2) >= new_only]. The interval is the
+    paired difference's normal 95 % interval (mean ± 1.96 · sd(new − base) / √n).
+    """
+    from scipy import stats
+
+    a = np.asarray(base, dtype=np.int64)
+    b = np.asarray(new, dtype=np.int64)
+    if a.ndim != 1 or a.shape != b.shape or a.size < 2 or not np.isin(a, (0, 1)).all() or not np.isin(b, (0, 1)).all():
+        raise ValueError(f"paired_test needs two equally long 0/1 outcome lists (>= 2 episodes), got {a.size} and {b.size}")
+    new_only, base_only = int(np.sum((b == 1) & (a == 0))), int(np.sum((a == 1) & (b == 0)))
+    discordant = new_only + base_only
+    p_value = 1.0 if discordant == 0 else float(stats.binomtest(new_only, discordant, 0.5, alternative="greater").pvalue)
+    d = (b - a).astype(np.float64)
+    half = 1.96 * float(d.std(ddof=1)) / math.sqrt(d.size)
+    diff = float(d.mean())
+    return {"difference": diff, "ci95": [diff - half, diff + half], "new_only": new_only, "base_only": base_only,
+            "p_value_one_sided": p_value, "episodes": int(d.size)}
 
 
 # -------------------------------------------------------------------------------- steps
@@ -369,6 +394,7 @@ def build_summary(run: RunConfig, results: Mapping[str, Any], offline: Mapping[s
             # range + JOINT_RANGE_MARGIN_RAD); the in-process evaluation lets them run on.
             "joints_past_range": r.get("joints_past_range_rate"),
             "success_if_held": r.get("success_rate_if_held"),
+            "episode_success": r.get("episode_success"),  # [episodes] 0/1 in layout order
         }
     significance: dict[str, Any] = {}
     if "il" in stages:
@@ -377,8 +403,14 @@ def build_summary(run: RunConfig, results: Mapping[str, Any], offline: Mapping[s
             if stage in stages:
                 s = stages[stage]
                 test = two_proportion_test(base["success"], base["episodes"], s["success"], s["episodes"])
+                # The verdict uses the paired test when both rows kept their episodes (every run
+                # since 2026-12-03); the unpaired z-test stays for comparison with older runs.
+                verdict_p = test["p_value_one_sided"]
+                if base.get("episode_success") is not None and s.get("episode_success") is not None:
+                    test["paired"] = paired_test(base["episode_success"], s["episode_success"])
+                    verdict_p = test["paired"]["p_value_one_sided"]
                 test["significant_at_alpha"] = ALPHA
-                test["significant"] = bool(test["p_value_one_sided"] < ALPHA)
+                test["significant"] = bool(verdict_p < ALPHA)
                 significance[f"{stage}_vs_il"] = test
     return {
         "task": "hand_pick_place",
@@ -441,9 +473,17 @@ def format_significance(summary: Mapping[str, Any]) -> str:
         lo, hi = t["ci95"]
         n1, n2 = t["episodes"]
         verdict = "significant" if t["significant"] else "NOT significant"
-        lines.append(f"{label}: difference {t['difference']:+.3f} (95 % CI [{lo:+.3f}, {hi:+.3f}]), two-proportion "
-                     f"z = {t['z']:.2f}, one-sided p = {t['p_value_one_sided']:.2g} over {n1} + {n2} episodes "
-                     f"-> {verdict} at alpha = {t['significant_at_alpha']}")
+        paired = t.get("paired")
+        if paired is None:
+            lines.append(f"{label}: difference {t['difference']:+.3f} (95 % CI [{lo:+.3f}, {hi:+.3f}]), two-proportion "
+                         f"z = {t['z']:.2f}, one-sided p = {t['p_value_one_sided']:.2g} over {n1} + {n2} episodes "
+                         f"-> {verdict} at alpha = {t['significant_at_alpha']}")
+            continue
+        plo, phi = paired["ci95"]
+        lines.append(f"{label}: difference {paired['difference']:+.3f} (paired 95 % CI [{plo:+.3f}, {phi:+.3f}]) on the "
+                     f"same {paired['episodes']} episodes; won {paired['new_only']}, lost {paired['base_only']}: exact "
+                     f"McNemar one-sided p = {paired['p_value_one_sided']:.2g} -> {verdict} at alpha = "
+                     f"{t['significant_at_alpha']} (unpaired z-test p = {t['p_value_one_sided']:.2g})")
     return "\n".join(lines)
 
 
@@ -499,7 +539,10 @@ def evaluate_checkpoint(run: RunConfig, policy_dir: str | os.PathLike[str], epis
     env = make_env(run, min(ev.num_envs, episodes), ev.seed)
     result = evaluate_policy(policy, env, episodes, num_samples=ev.num_samples, sigma=ev.sigma, seed=ev.seed,
                              threads=ev.torch_threads)
-    return {**result.summary(), "selection": "best_of_n"}
+    # Per-episode outcomes in episode order, as the trainer's stage evaluations keep them, so the
+    # final policy is compared with imitation episode by episode (paired_test).
+    episode_success = [int(bool(m["success"])) for m in result.metadata]
+    return {**result.summary(), "selection": "best_of_n", "episode_success": episode_success}
 
 
 def start_record(evaluation: Mapping[str, Any]) -> dict[str, Any]:
