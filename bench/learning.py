@@ -493,7 +493,7 @@ def evaluate_exported_policy(policy_dir: Path, config: RunConfig, selection: str
         rollout = evaluate_policy(policy, make_env(config, ev.num_envs, ev.seed), ev.episodes,
                                   num_samples=ev.num_samples, sigma=ev.sigma, seed=ev.seed,
                                   threads=ev.torch_threads)
-    return {**rollout.summary(), "episode_success": [int(bool(m["success"])) for m in rollout.metadata]}
+    return {**rollout.summary(), "episode_success": rollout.episode_success}
 
 
 def evaluate_variants(directory: Path, spec: dict[str, Any], config: RunConfig,

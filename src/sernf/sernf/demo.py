@@ -541,8 +541,7 @@ def evaluate_checkpoint(run: RunConfig, policy_dir: str | os.PathLike[str], epis
                              threads=ev.torch_threads)
     # Per-episode outcomes in episode order, as the trainer's stage evaluations keep them, so the
     # final policy is compared with imitation episode by episode (paired_test).
-    episode_success = [int(bool(m["success"])) for m in result.metadata]
-    return {**result.summary(), "selection": "best_of_n", "episode_success": episode_success}
+    return {**result.summary(), "selection": "best_of_n", "episode_success": result.episode_success}
 
 
 def start_record(evaluation: Mapping[str, Any]) -> dict[str, Any]:

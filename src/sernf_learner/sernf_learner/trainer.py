@@ -647,8 +647,7 @@ class Trainer:
             policy.config.selection = original
         # Per-episode outcomes in episode order (the same fixed-seed episodes for every run), so
         # benchmarks can pair methods episode by episode (bench/learning.py's McNemar tests).
-        episode_success = [int(bool(m["success"])) for m in result.metadata]
-        return {**result.summary(), "selection": selection, "episode_success": episode_success}
+        return {**result.summary(), "selection": selection, "episode_success": result.episode_success}
 
     # -- checkpoints ------------------------------------------------------------------------
     def latest_checkpoint(self) -> Path | None:

@@ -121,6 +121,12 @@ class RolloutResult:
     def num_episodes(self) -> int:
         return len(self.metadata)
 
+    @property
+    def episode_success(self) -> list[int]:
+        """Per-episode outcome (1 succeeded, 0 failed) in episode order: with fixed-seed episodes,
+        two evaluations pair episode by episode (McNemar tests of the benchmark and the demo)."""
+        return [int(bool(m["success"])) for m in self.metadata]
+
     def summary(self) -> dict[str, Any]:
         """Plain-JSON summary (for logs and eval reports)."""
         out = {

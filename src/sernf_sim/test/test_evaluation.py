@@ -177,6 +177,9 @@ def test_batches_configs_seeds_and_reset_hook():
     assert [m["extra"]["episode_index"] for m in result.metadata] == list(range(5))
     assert [m["extra"]["length"] for m in result.metadata] == [5, 8, 3, 5, 8]
     assert result.success_rate == pytest.approx(2 / 5)
+    # Per-episode outcomes in episode order, the same as each episode's metadata.
+    assert result.episode_success == [int(m["success"]) for m in result.metadata]
+    assert sum(result.episode_success) == 2 and len(result.episode_success) == 5
     assert act.resets == 3 and len(env.resets) == 3
     # The last batch has one episode; the spare env slot is padded with a valid config.
     assert env.resets[2][1] == [8, 8]
