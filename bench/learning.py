@@ -30,7 +30,7 @@ Protocol:
   (``il_one_sample``), the likelihood-free baselines' acting rule, and the flow-matching
   baseline is paired with that evaluation too. A run finished before an evaluation was
   planned gets it on the next call, without training again.
-* Statistics (``bench/learning_stats.py``): per method the mean over seeds with a 95 % Student
+* Statistics (``sernf_learner.paired_statistics``): per method the mean over seeds with a 95 % Student
   t interval over seeds; paired comparisons (each method vs ``nf_il``, full vs offline, each RL
   method's best-of-N after RL vs its own IL policy) with McNemar's exact test on the
   (seed, episode) pairs pooled over seeds and a paired bootstrap over seeds of the mean
@@ -108,12 +108,10 @@ for _pkg in ("sernf_policy", "sernf_learner", "sernf_sim"):
     except ImportError:  # running from a source checkout without the colcon overlay
         sys.path.insert(0, str(_ROOT / "src" / _pkg))
 
-sys.path.insert(0, str(_ROOT / "bench"))
-
-import learning_stats  # noqa: E402 - bench/learning_stats.py
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
+from sernf_learner import paired_statistics  # noqa: E402
 from sernf_learner.configs import SCHEDULES, RunConfig  # noqa: E402
 
 SCHEMA = "sernf-bench-learning/2"
@@ -673,7 +671,7 @@ def _std(values: list[float]) -> float:
 
 
 def _interval(values: list[float]) -> dict[str, Any] | None:
-    return learning_stats.mean_interval(values).to_dict() if values else None
+    return paired_statistics.mean_interval(values).to_dict() if values else None
 
 
 def aggregate(out: Path, names: list[str], seeds: list[int]) -> tuple[dict[str, Any], list[str]]:
@@ -773,7 +771,7 @@ def _side_name(side: tuple[str, str | None]) -> str:
 
 
 def paired_comparisons(methods: dict[str, Any]) -> list[dict[str, Any]]:
-    """:func:`comparison_plan`'s pairs with their statistics (``learning_stats.compare_paired``);
+    """:func:`comparison_plan`'s pairs with their statistics (``paired_statistics.compare_paired``);
     a pair that cannot be computed carries the reason in ``"error"``."""
     rows = []
     for a, b in comparison_plan(methods):
@@ -783,7 +781,7 @@ def paired_comparisons(methods: dict[str, Any]) -> list[dict[str, Any]]:
             out_b, setting_b = episode_outcomes(methods[b[0]], b[1])
             if setting_a != setting_b:
                 raise ValueError("the two methods were evaluated on different episodes")
-            row.update(learning_stats.compare_paired(out_a, out_b))
+            row.update(paired_statistics.compare_paired(out_a, out_b))
         except ValueError as exc:
             row["error"] = str(exc)
         rows.append(row)

@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     args = parser.parse_args(argv)
     learning = _load_learning()
-    stats = learning.learning_stats
+    stats = learning.paired_statistics
     try:
         settings = guard_settings(args.top_k, args.max_disagreement)
     except ValueError as exc:

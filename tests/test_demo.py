@@ -52,26 +52,6 @@ def test_two_proportion_test_matches_a_hand_computation():
     assert lo == 0.0 and 0.0 < hi < 0.1
 
 
-def test_paired_test_matches_a_hand_computation():
-    # 10 episodes: new wins 4 (episodes 0-3), loses 1 (episode 4), 5 concordant.
-    base = [0, 0, 0, 0, 1, 1, 1, 0, 0, 0]
-    new = [1, 1, 1, 1, 0, 1, 1, 0, 0, 0]
-    t = demo.paired_test(base, new)
-    assert (t["new_only"], t["base_only"], t["episodes"]) == (4, 1, 10)
-    # P[Binomial(5, 1/2) >= 4] = (5 + 1) / 32
-    assert t["p_value_one_sided"] == pytest.approx(6 / 32)
-    # d = new - base: four +1, one -1, five 0: mean 0.3, sd(ddof=1) = sqrt((4*0.49 + 1.69 + 5*0.09) / 9)
-    half = 1.96 * ((4 * 0.49 + 1.69 + 5 * 0.09) / 9) ** 0.5 / 10 ** 0.5
-    assert t["difference"] == pytest.approx(0.3)
-    assert t["ci95"] == pytest.approx([0.3 - half, 0.3 + half])
-    # Identical rows: no evidence either way.
-    assert demo.paired_test(base, base)["p_value_one_sided"] == 1.0
-    with pytest.raises(ValueError, match="equally long"):
-        demo.paired_test(base, new[:-1])
-    with pytest.raises(ValueError, match="0/1"):
-        demo.paired_test(base, [2] * 10)
-
-
 def test_the_verdict_uses_the_paired_test_when_both_rows_kept_their_episodes(tmp_path):
     """Same success rates, opposite verdicts: the unpaired z-test cannot tell 0.30 from 0.40 on
     100 + 100 episodes at alpha 0.01, the paired test can when the gain is consistent (the new

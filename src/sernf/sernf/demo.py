@@ -62,10 +62,10 @@ from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
 from sernf_learner.configs import RunConfig  # noqa: E402
+from sernf_learner.paired_statistics import one_sided_paired_test  # noqa: E402
 from sernf_policy.config_io import build_dataclass, to_jsonable  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -199,30 +199,6 @@ def two_proportion_test(p_base: float, n_base: int, p_new: float, n_new: int) ->
         "p_value_one_sided": p_value,
         "episodes": [n_base, n_new],
     }
-
-
-def paired_test(base: Sequence[int], new: Sequence[int]) -> dict[str, Any]:
-    """One-sided exact McNemar test of "new succeeds more often than base" on the same episodes.
-
-    Every stage is evaluated on the same layouts, so the rows pair episode by episode; only the
-    discordant episodes (one succeeded, the other failed) carry evidence, and under H0 each is a
-    fair coin: p = P[Binomial(new_only + base_only, 1/2) >= new_only]. The interval is the
-    paired difference's normal 95 % interval (mean ± 1.96 · sd(new − base) / √n).
-    """
-    from scipy import stats
-
-    a = np.asarray(base, dtype=np.int64)
-    b = np.asarray(new, dtype=np.int64)
-    if a.ndim != 1 or a.shape != b.shape or a.size < 2 or not np.isin(a, (0, 1)).all() or not np.isin(b, (0, 1)).all():
-        raise ValueError(f"paired_test needs two equally long 0/1 outcome lists (>= 2 episodes), got {a.size} and {b.size}")
-    new_only, base_only = int(np.sum((b == 1) & (a == 0))), int(np.sum((a == 1) & (b == 0)))
-    discordant = new_only + base_only
-    p_value = 1.0 if discordant == 0 else float(stats.binomtest(new_only, discordant, 0.5, alternative="greater").pvalue)
-    d = (b - a).astype(np.float64)
-    half = 1.96 * float(d.std(ddof=1)) / math.sqrt(d.size)
-    diff = float(d.mean())
-    return {"difference": diff, "ci95": [diff - half, diff + half], "new_only": new_only, "base_only": base_only,
-            "p_value_one_sided": p_value, "episodes": int(d.size)}
 
 
 # -------------------------------------------------------------------------------- steps
@@ -407,7 +383,7 @@ def build_summary(run: RunConfig, results: Mapping[str, Any], offline: Mapping[s
                 # since 2026-12-03); the unpaired z-test stays for comparison with older runs.
                 verdict_p = test["p_value_one_sided"]
                 if base.get("episode_success") is not None and s.get("episode_success") is not None:
-                    test["paired"] = paired_test(base["episode_success"], s["episode_success"])
+                    test["paired"] = one_sided_paired_test(base["episode_success"], s["episode_success"])
                     verdict_p = test["paired"]["p_value_one_sided"]
                 test["significant_at_alpha"] = ALPHA
                 test["significant"] = bool(verdict_p < ALPHA)
@@ -540,7 +516,7 @@ def evaluate_checkpoint(run: RunConfig, policy_dir: str | os.PathLike[str], epis
     result = evaluate_policy(policy, env, episodes, num_samples=ev.num_samples, sigma=ev.sigma, seed=ev.seed,
                              threads=ev.torch_threads)
     # Per-episode outcomes in episode order, as the trainer's stage evaluations keep them, so the
-    # final policy is compared with imitation episode by episode (paired_test).
+    # final policy is compared with imitation episode by episode (one_sided_paired_test).
     return {**result.summary(), "selection": "best_of_n", "episode_success": result.episode_success}
 
 

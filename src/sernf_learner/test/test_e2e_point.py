@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from sernf_learner.configs import load_config
+from sernf_learner.paired_statistics import mcnemar_exact
 from sernf_learner.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[3]
@@ -23,7 +24,7 @@ CONFIG = REPO / "config" / "point_full.yaml"
 
 
 @pytest.mark.slow
-def test_online_rl_beats_imitation_on_the_point_task(tmp_path, bench_script):
+def test_online_rl_beats_imitation_on_the_point_task(tmp_path):
     # The shipped config, but 800 of its 3,000 imitation updates, 3 of its 5 online iterations
     # and no offline-RL evaluation: the suite's 25-minute budget (the 5-seed figures in
     # docs/results.md use the whole config). The shorter imitation stage also leaves the RL
@@ -43,7 +44,7 @@ def test_online_rl_beats_imitation_on_the_point_task(tmp_path, bench_script):
     # Paired on the same 200 fixed episodes (one seed costs ~4 min; the 5-seed claim is
     # bench/learning.py's): a clear margin and an exact McNemar test, so one lucky stretch of
     # episodes cannot pass it.
-    test = bench_script("learning_stats").mcnemar_exact(results["online_rl"]["episode_success"], results["il"]["episode_success"])
+    test = mcnemar_exact(results["online_rl"]["episode_success"], results["il"]["episode_success"])
     print(json.dumps({"mcnemar": test.to_dict()}))
     # The actor alone after RL gains about +0.1 over IL; the margin needs the critic's selection.
     assert online >= il + 0.25, report

@@ -1,21 +1,15 @@
-"""bench/learning_stats.py against answers worked out by hand."""
+"""sernf_learner.paired_statistics against answers worked out by hand."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[3]
+from sernf_learner import paired_statistics as st
 
 
-@pytest.fixture(scope="module")
-def st(bench_script):
-    return bench_script("learning_stats")
-
-
-def test_t_interval_over_seeds(st):
+def test_t_interval_over_seeds():
     r = st.mean_interval([0.5, 0.6, 0.7])
     # s = 0.1, t(0.975, 2 dof) = 4.3027 (tables): half-width 4.3027 * 0.1 / sqrt(3) = 0.24841
     assert r.mean == pytest.approx(0.6) and r.n == 3
@@ -32,7 +26,7 @@ def test_t_interval_over_seeds(st):
         st.mean_interval([0.1, 0.2], confidence=95)
 
 
-def test_mcnemar_exact_counts_only_discordant_pairs(st):
+def test_mcnemar_exact_counts_only_discordant_pairs():
     a = [1, 1, 1, 0, 0, 1, 0]
     b = [0, 0, 0, 0, 1, 1, 0]
     r = st.mcnemar_exact(a, b)
@@ -50,7 +44,7 @@ def test_mcnemar_exact_counts_only_discordant_pairs(st):
         st.mcnemar_exact([0.5, 1], [1, 1])
 
 
-def test_paired_bootstrap_known_answers(st):
+def test_paired_bootstrap_known_answers():
     constant = st.paired_bootstrap([0.1] * 5)
     assert constant.mean == pytest.approx(0.1) and constant.low == pytest.approx(0.1) and constant.high == pytest.approx(0.1)
     # Two seeds with differences 0 and 1: resampled means are 0, 0.5, 1 with p 1/4, 1/2, 1/4,
@@ -65,7 +59,7 @@ def test_paired_bootstrap_known_answers(st):
     assert st.paired_bootstrap([0.1, 0.4, 0.2], seed=3) == st.paired_bootstrap([0.1, 0.4, 0.2], seed=3)
 
 
-def test_paired_difference_and_comparison(st):
+def test_paired_difference_and_comparison():
     diff, se = st.paired_difference_se([1, 1, 0, 0], [0, 1, 0, 1])
     # d = [1, 0, 0, -1]: mean 0, sample std sqrt(2/3), SE sqrt(2/3) / 2
     assert diff == 0.0 and se == pytest.approx(math.sqrt(2 / 3) / 2)
@@ -80,3 +74,34 @@ def test_paired_difference_and_comparison(st):
         st.compare_paired({0: [1, 0]}, {0: [1, 0, 1]})
     with pytest.raises(ValueError, match="no seed"):
         st.compare_paired({0: [1]}, {1: [1]})
+
+
+def test_one_sided_mcnemar():
+    # A wins 4, loses 1: P[Bin(5, 1/2) >= 4] = 6/32; the other direction P[Bin(5, 1/2) >= 1] = 31/32
+    a = [1, 1, 1, 1, 0, 1, 0]
+    b = [0, 0, 0, 0, 1, 1, 0]
+    assert st.mcnemar_exact(a, b, alternative="greater").p_value == pytest.approx(6 / 32)
+    assert st.mcnemar_exact(b, a, alternative="greater").p_value == pytest.approx(31 / 32)
+    assert st.mcnemar_exact(a, a, alternative="greater").p_value == 1.0
+    with pytest.raises(ValueError, match="alternative"):
+        st.mcnemar_exact(a, b, alternative="less")
+
+
+def test_one_sided_paired_test_matches_a_hand_computation():
+    # 10 episodes: new wins 4 (episodes 0-3), loses 1 (episode 4), 5 concordant.
+    base = [0, 0, 0, 0, 1, 1, 1, 0, 0, 0]
+    new = [1, 1, 1, 1, 0, 1, 1, 0, 0, 0]
+    t = st.one_sided_paired_test(base, new)
+    assert (t["new_only"], t["base_only"], t["episodes"]) == (4, 1, 10)
+    # P[Binomial(5, 1/2) >= 4] = (5 + 1) / 32
+    assert t["p_value_one_sided"] == pytest.approx(6 / 32)
+    # d = new - base: four +1, one -1, five 0: mean 0.3, sd(ddof=1) = sqrt((4*0.49 + 1.69 + 5*0.09) / 9)
+    half = 1.96 * ((4 * 0.49 + 1.69 + 5 * 0.09) / 9) ** 0.5 / 10 ** 0.5
+    assert t["difference"] == pytest.approx(0.3)
+    assert t["ci95"] == pytest.approx([0.3 - half, 0.3 + half])
+    # Identical rows: no evidence either way.
+    assert st.one_sided_paired_test(base, base)["p_value_one_sided"] == 1.0
+    with pytest.raises(ValueError, match="equally long"):
+        st.one_sided_paired_test(base, new[:-1])
+    with pytest.raises(ValueError, match="0/1"):
+        st.one_sided_paired_test(base, [2] * 10)

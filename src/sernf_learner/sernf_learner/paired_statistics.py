@@ -1,7 +1,8 @@
-"""Statistics of the learning benchmark (bench/learning.py): intervals over seeds and paired tests.
+"""Statistics for comparing evaluations: intervals over seeds and paired tests on episodes.
 
-Pure functions on plain numbers (numpy + scipy, nothing of the learner), so they are tested with
-answers worked out by hand (src/sernf_learner/test/test_bench_learning_stats.py).
+Used by the learning benchmark (``bench/learning.py``) and by ``make demo``'s verdict
+(``sernf.demo``), so both report the same test. Pure functions on plain numbers (numpy + scipy,
+nothing of the learner), tested with answers worked out by hand (``test_paired_statistics.py``).
 
 The unit of replication is the seed: one seed is one independent training run (network
 initialisation, sampling noise, online episodes). Every run is evaluated on the same fixed-seed
@@ -15,7 +16,10 @@ evaluation episodes, so two methods can also be compared episode by episode:
   pooled over seeds: under H0 "both methods succeed on the same episodes equally often", each
   discordant pair (one succeeded, the other failed) is a fair coin, so the count of pairs won by
   A is Binomial(discordant, 1/2). It treats episodes as the sample and so ignores the run-to-run
-  spread; it answers "are these trained policies different on these episodes?".
+  spread; it answers "are these trained policies different on these episodes?". Two-sided by
+  default; ``alternative="greater"`` asks only "does A succeed more often than B?".
+* :func:`one_sided_paired_test`: one run against another on the same episodes (the demo's
+  verdict): the one-sided McNemar test with the paired difference's normal 95 % interval.
 * :func:`paired_bootstrap`: the mean over seeds of the per-seed success difference A - B, with a
   percentile bootstrap interval that resamples seeds (whole runs) with replacement: the
   between-run spread again, which the pooled McNemar test leaves out. With few seeds (5) the
@@ -84,7 +88,8 @@ class McNemar:
     b_only: int
     """Pairs where B succeeded and A failed."""
     p_value: float
-    """Two-sided exact p: ``min(1, 2 * P[Binomial(a_only + b_only, 1/2) <= min(a_only, b_only)])``."""
+    """Exact p. Two-sided: ``min(1, 2 * P[Binomial(a_only + b_only, 1/2) <= min(a_only, b_only)])``;
+    one-sided (``alternative="greater"``): ``P[Binomial(a_only + b_only, 1/2) >= a_only]``."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -97,19 +102,27 @@ def _binary(values: Sequence, name: str) -> np.ndarray:
     return x.astype(bool)
 
 
-def mcnemar_exact(a: Sequence, b: Sequence) -> McNemar:
+def mcnemar_exact(a: Sequence, b: Sequence, alternative: str = "two-sided") -> McNemar:
     """McNemar's exact (binomial) test of paired outcomes ``a[i]`` vs ``b[i]``.
 
     Concordant pairs carry no information about which method is better; only the discordant
-    ones count. No discordant pairs: p = 1.
+    ones count. No discordant pairs: p = 1. ``alternative``: ``"two-sided"`` (A and B differ)
+    or ``"greater"`` (A succeeds more often than B).
     """
+    if alternative not in ("two-sided", "greater"):
+        raise ValueError(f'alternative must be "two-sided" or "greater", got {alternative!r}')
     x, y = _binary(a, "a"), _binary(b, "b")
     if x.shape != y.shape:
         raise ValueError(f"paired outcomes need equal lengths, got {x.size} and {y.size}")
     a_only = int(np.sum(x & ~y))
     b_only = int(np.sum(~x & y))
     discordant = a_only + b_only
-    p = 1.0 if discordant == 0 else min(1.0, 2.0 * float(stats.binom.cdf(min(a_only, b_only), discordant, 0.5)))
+    if discordant == 0:
+        p = 1.0
+    elif alternative == "greater":
+        p = float(stats.binom.sf(a_only - 1, discordant, 0.5))
+    else:
+        p = min(1.0, 2.0 * float(stats.binom.cdf(min(a_only, b_only), discordant, 0.5)))
     return McNemar(int(x.size), a_only, b_only, p)
 
 
@@ -182,3 +195,20 @@ def compare_paired(
         "difference": boot.to_dict(),
         "mcnemar": mcnemar_exact(pooled_a, pooled_b).to_dict(),
     }
+
+
+def one_sided_paired_test(base: Sequence, new: Sequence) -> dict:
+    """Does ``new`` succeed more often than ``base`` on the same episodes?
+
+    The one-sided exact McNemar test (:func:`mcnemar_exact` with ``alternative="greater"``) and
+    the paired difference's normal 95 % interval, ``mean ± 1.96 · SE`` with the SE of
+    :func:`paired_difference_se`. Plain JSON: ``difference``, ``ci95``, ``new_only``,
+    ``base_only``, ``p_value_one_sided``, ``episodes``. Needs >= 2 episodes.
+    """
+    if len(base) < 2 or len(base) != len(new):
+        raise ValueError(f"one_sided_paired_test needs two equally long 0/1 outcome lists (>= 2 episodes), "
+                         f"got {len(base)} and {len(new)}")
+    test = mcnemar_exact(new, base, alternative="greater")
+    diff, se = paired_difference_se(new, base)
+    return {"difference": diff, "ci95": [diff - 1.96 * se, diff + 1.96 * se], "new_only": test.a_only,
+            "base_only": test.b_only, "p_value_one_sided": test.p_value, "episodes": test.pairs}
