@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import os
-import random
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ros_domains import free_domain_id
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_domain_id() -> int:
-    # Fast DDS maps a domain to UDP ports 7400 + 250·id (+ offsets); ids 1..100 stay clear of
-    # the ephemeral port range. Random per test so concurrent runs on one machine rarely meet;
-    # discovery is also limited to localhost below, so a clash never leaves this machine.
-    return random.SystemRandom().randint(1, 100)
 
 
 @pytest.fixture
@@ -27,7 +20,7 @@ def ros_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 
     Applied to this process (for in-process rclpy) and returned for subprocesses.
     """
-    domain = str(_free_domain_id())
+    domain = str(free_domain_id())
     monkeypatch.setenv("ROS_DOMAIN_ID", domain)
     monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     monkeypatch.setenv("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
