@@ -108,8 +108,11 @@ class FlowAssignment:
     assignment settled on a split that is not the strategies' (box 9 / 23, cylinder 18 / 21
     demonstrations on the two flows): the flows' difference in the first chunks' likelihood
     varies between demonstrations (standard deviation ~20 nats) more than between the two
-    strategies (~12 nats), and imitation did not improve. It does what it should where the
-    strategy dominates the chunks (the toy of ``test_flow_assignment.py``).
+    strategies (~12 nats), and imitation did not improve. Nor did it with each demonstration put
+    on the flow of its true strategy (an oracle run: the flows then split the strategies, and
+    imitation scored 0.140 against one flow's 0.160), so on that task the strategies are not
+    what limits imitation. It does what it should where the strategy dominates the chunks (the
+    toy of ``test_flow_assignment.py``).
     """
 
     def __init__(self, components: int, seed: int, horizon: int) -> None:
