@@ -7,8 +7,11 @@ IN_ENV := source env.sh &&
 export OMP_NUM_THREADS ?= 2
 PYTEST_ARGS ?=
 # Test worker processes (pytest-xdist): one per core of the 2-core target machine. Tests of one file
-# stay in one worker (--dist loadfile), so module fixtures are built once.
+# stay in one worker (--dist loadfile), so module fixtures are built once. Each worker runs torch
+# on one thread: two workers of two threads each on two cores made the heaviest tests up to 7x
+# slower (OpenMP threads spinning against each other); tests that need more set it themselves.
 TEST_WORKERS ?= 2
+TEST_ENV := OMP_NUM_THREADS=1
 
 .PHONY: setup test test-fast lint demo sim-data scissors-sim-data bench bench-learning lock clean
 
@@ -21,11 +24,11 @@ lint: setup
 
 ## Every test (unit, ROS integration over DDS, slow end-to-end); non-zero exit on any failure.
 test: lint
-	@$(IN_ENV) python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	@$(IN_ENV) $(TEST_ENV) python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 ## The same without the slow end-to-end tests, for quick local iteration.
 test-fast: lint
-	@$(IN_ENV) python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
+	@$(IN_ENV) $(TEST_ENV) python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 ## The main job: the simulated SERNF pipeline (IL -> critic warm-up -> offline RL -> online RL).
 demo: setup
