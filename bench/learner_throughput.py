@@ -19,8 +19,9 @@ Run:  .venv/bin/python bench/learner_throughput.py [--configs paper small] [--up
 Prints one line per config: updates/s and ms per update (median of timed updates after warm-up),
 the FLOP per update (torch's FLOP counter, forward + backward) and the achieved fraction of the
 matmul rate measured in the same run (``bench/matmul_rate.py``). ``--reference`` also times the
-reference model paths (``sernf_policy.fast_paths.reference_paths``) interleaved with the
-optimised ones; ``--bf16`` also times the update in mixed precision (``trainer.precision:
+reference model paths (``sernf_policy.fast_paths.reference_paths``; a learner built there, so
+with the multi-tensor AdamW the code had before the fused one) interleaved with the optimised
+ones; ``--bf16`` also times the update in mixed precision (``trainer.precision:
 bf16``, ``sernf_policy.mixed_precision``) interleaved with the float32 one, and prints its FLOP
 rate against both the float32 and the bfloat16 matmul rate; ``--profile`` prints the torch.profiler table of a few updates; ``--compile``
 times ``torch.compile(OfflineRL.update)`` (the whole training step with its backward; graph
@@ -111,6 +112,11 @@ def bench(name: str, updates: int, warmup: int, device: str, reference: bool = F
         raise ValueError(problem)
     learner, batches = make_learner(name, device, batch)
     learner16 = make_learner(name, device, batch, precision="bf16")[0] if bf16 else None
+    # The reference learner is built on the reference paths too: its optimisers are the
+    # multi-tensor AdamW the code had before the fused one (sernf_learner.distributed.make_adamw).
+    if reference:
+        with reference_paths():
+            reference_learner = make_learner(name, device, batch)[0]
     eager_update = learner.update  # FLOP are counted on it: the counter does not see compiled code
     if compile_update:
         learner.update = torch.compile(learner.update)
@@ -130,7 +136,7 @@ def bench(name: str, updates: int, warmup: int, device: str, reference: bool = F
         fast = one(i)
         if reference:
             with reference_paths():
-                ref = one(i)
+                ref = one(i, reference_learner)
         if learner16 is not None:
             half = one(i, learner16)
         if i >= warmup:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sernf_learner.distributed import gradient_step
+from sernf_learner.distributed import gradient_step, make_adamw
 from sernf_learner.il import check_int
 from sernf_learner.metrics import MetricsLogger
 from sernf_policy.mixed_precision import autocast, check_precision
@@ -196,9 +196,7 @@ class Distillation:
         self.config = config
         self.precision = check_precision(precision)
         self.params = [p for p in policy.actor_parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            self.params, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.999), eps=1e-8
-        )
+        self.optimizer = make_adamw(self.params, config.lr, config.weight_decay)
         policy.flow.set_dropout(config.dropout)
         self.buffer = DistillBuffer(config.buffer_capacity)
         self.rng = np.random.default_rng(config.seed)

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sernf_learner.distributed import gradient_step, world_size
+from sernf_learner.distributed import gradient_step, make_adamw, world_size
 from sernf_learner.metrics import MetricsLogger, RateMeter
 from sernf_policy.mixed_precision import autocast, check_precision
 
@@ -191,10 +191,7 @@ class ImitationLearning:
         self.config = config
         self.precision = check_precision(precision)
         self.params = [p for p in policy.actor_parameters() if p.requires_grad]
-        # foreach: one multi-tensor kernel per Adam step instead of a loop over parameters.
-        self.optimizer = torch.optim.AdamW(
-            self.params, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.999), eps=1e-8, foreach=True
-        )
+        self.optimizer = make_adamw(self.params, config.lr, config.weight_decay)
         policy.flow.set_dropout(config.dropout)
         components = policy.config.flow.components if policy.config.actor == "flow" else 1
         self.assignment = None

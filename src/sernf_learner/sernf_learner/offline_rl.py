@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from sernf_learner.distributed import gradient_step, mean_over_ranks
+from sernf_learner.distributed import gradient_step, make_adamw, mean_over_ranks
 from sernf_learner.il import check_int
 from sernf_learner.metrics import MetricsLogger, RateMeter
 from sernf_learner.td_targets import (
@@ -142,10 +142,7 @@ def frozen(params: Iterable[torch.nn.Parameter]) -> Iterator[None]:
 
 def make_actor_optimizer(policy, config: ActorConfig) -> torch.optim.Optimizer:
     params = [p for p in policy.actor_parameters() if p.requires_grad]
-    # foreach: one multi-tensor kernel per Adam step instead of a loop over parameters (same
-    # arithmetic; torch only picks it by itself on GPUs).
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.999), eps=1e-8,
-                             foreach=True)
+    return make_adamw(params, config.lr, config.weight_decay)
 
 
 def actor_update(policy, optimizer: torch.optim.Optimizer, batch: dict, config: ActorConfig,

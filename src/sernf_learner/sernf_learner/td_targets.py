@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sernf_learner.distributed import gradient_step
+from sernf_learner.distributed import gradient_step, make_adamw
 from sernf_policy.mixed_precision import autocast
 
 NEXT_ACTION_MODES = ("sample", "best_of_n")
@@ -238,10 +238,7 @@ class CriticConfig:
 def make_critic_optimizer(policy: nn.Module, config: CriticConfig) -> torch.optim.Optimizer:
     """AdamW over the critic's trainable parameters (G2: wd 1e-4, default betas / eps)."""
     params = [p for p in policy.critic_parameters() if p.requires_grad]
-    # foreach: one multi-tensor kernel per Adam step instead of a loop over parameters (same
-    # arithmetic; torch only picks it by itself on GPUs).
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.999), eps=1e-8,
-                             foreach=True)
+    return make_adamw(params, config.lr, config.weight_decay)
 
 
 @torch.no_grad()

@@ -16,6 +16,7 @@ from sernf_learner.il import ILConfig, ImitationLearning
 from sernf_learner.offline_rl import ActorConfig, OfflineRL, OfflineRLConfig
 from sernf_learner.td_targets import CriticConfig, TargetCritic
 from sernf_policy.encoders import EncoderConfig
+from sernf_policy.fast_paths import reference_paths
 from sernf_policy.policy import Policy, PolicyConfig
 
 A, H, P, T, BATCH, STEPS = 3, 4, 1, 2, 8, 3
@@ -124,6 +125,75 @@ def test_single_process_helpers_are_no_ops():
     value = torch.tensor(3.0)
     assert distributed.mean_over_ranks(value) is value
     assert distributed.init_from_env() is None or os.environ.get("WORLD_SIZE", "1") != "1"
+
+
+def _adamw_steps(make, steps: int = 5) -> list[torch.Tensor]:
+    """Parameters after ``steps`` AdamW steps on fixed gradients (two tensors of odd sizes)."""
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(7, 3, generator=gen)), torch.nn.Parameter(torch.randn(5, generator=gen))]
+    optimizer = make(params)
+    for _ in range(steps):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen)
+        optimizer.step()
+    return [p.detach() for p in params]
+
+
+def test_make_adamw_is_fused_and_steps_as_torchs_plain_adamw():
+    """Every stage's optimiser is torch's fused AdamW (one kernel over all tensors) with the
+    stage's lr and weight decay and G2's betas / eps; its steps are the plain single-tensor
+    AdamW's to float rounding. On the reference paths it is the multi-tensor one it replaced."""
+    fused = distributed.make_adamw([torch.nn.Parameter(torch.zeros(2))], lr=3e-4, weight_decay=1e-4)
+    assert fused.defaults["fused"] and not fused.defaults["foreach"]
+    assert fused.defaults["lr"] == 3e-4 and fused.defaults["weight_decay"] == 1e-4
+    assert fused.defaults["betas"] == (0.9, 0.999) and fused.defaults["eps"] == 1e-8
+    with reference_paths():
+        multi = distributed.make_adamw([torch.nn.Parameter(torch.zeros(2))], lr=3e-4, weight_decay=1e-4)
+    assert multi.defaults["foreach"] and not multi.defaults["fused"]
+
+    ours = _adamw_steps(lambda ps: distributed.make_adamw(ps, lr=0.05, weight_decay=0.1))
+    plain = _adamw_steps(lambda ps: torch.optim.AdamW(ps, lr=0.05, weight_decay=0.1, betas=(0.9, 0.999), eps=1e-8,
+                                                       foreach=False))
+    start = _adamw_steps(lambda ps: torch.optim.SGD(ps, lr=0.0))
+    for a, b, s in zip(ours, plain, start, strict=True):
+        assert (a - s).abs().max() > 0.1  # the steps moved the parameters
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_acting_after_a_fused_optimiser_step_uses_the_new_weights():
+    """Acting caches values derived from the weights (joined head weights, stacked critics),
+    keyed by the parameters' version counters; the fused AdamW kernel does not move them, so
+    gradient_step must. Acting after a step matches the reference paths (which cache nothing)."""
+    torch.manual_seed(0)
+    spec = {"state": {"kind": "lowdim", "shape": [3]}}
+    policy = Policy(PolicyConfig.create(
+        spec, action_dim=2, obs_history=1, prefix_len=1, horizon=3, encoder=EncoderConfig(token_dim=16),
+        flow={"num_layers": 2, "hidden_dim": 16, "num_heads": 2},
+        critic={"d_model": 16, "num_heads": 2, "num_layers": 1, "ff_dim": 16}, num_samples=8))
+    policy.fit_normalizers(torch.rand(100, 2) * 2 - 1)
+    obs = {"state": torch.randn(1, 1, 3).numpy()}
+    prefix = (torch.rand(1, 1, 2) * 2 - 1).numpy()
+
+    def act():
+        chunk, info = policy.act_batch(obs, prefix, generator=torch.Generator().manual_seed(5))
+        return chunk, info["q"]
+
+    before = act()  # builds the acting caches
+    params = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = distributed.make_adamw(params, lr=0.05, weight_decay=0.0)
+    policy.train()
+    obs_t = {"state": torch.as_tensor(obs["state"])}
+    prefix_norm = policy.action_normalizer.normalize(torch.as_tensor(prefix))
+    chunk = torch.full((1, 3, 2), 0.5)
+    loss = -policy.log_prob(obs_t, prefix_norm, chunk).mean() - policy.min_q(obs_t, prefix_norm, chunk[:, None]).mean()
+    distributed.gradient_step(optimizer, loss)
+    policy.eval()
+    after = act()
+    with reference_paths():
+        reference = act()
+    assert torch.as_tensor(after[1] - before[1]).abs().max() > 1e-3  # the step changed the scores
+    torch.testing.assert_close(torch.as_tensor(after[0]), torch.as_tensor(reference[0]), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(torch.as_tensor(after[1]), torch.as_tensor(reference[1]), rtol=1e-4, atol=1e-4)
 
 
 def test_init_from_env_refuses_an_incomplete_environment(monkeypatch):
