@@ -84,11 +84,12 @@ class OnlineRL(OfflineRL):
     config: OnlineRLConfig
 
 
-def policy_act_fn(policy, num_samples: int, sigma: float) -> Callable:
-    """``act_fn(obs_history, prefix) -> chunk [n, H, A]`` acting by Alg. 2 (raw units)."""
+def policy_act_fn(policy, num_samples: int, sigma: float, generator=None) -> Callable:
+    """``act_fn(obs_history, prefix) -> chunk [n, H, A]`` acting by Alg. 2 (raw units); the
+    candidates' latents come from ``generator`` (a ``torch.Generator``), or torch's global RNG."""
 
     def act(obs: dict, prefix: np.ndarray) -> np.ndarray:
-        return policy.act_batch(obs, prefix, num_samples=num_samples, sigma=sigma)[0]
+        return policy.act_batch(obs, prefix, num_samples=num_samples, sigma=sigma, generator=generator)[0]
 
     return act
 
@@ -100,6 +101,11 @@ def evaluate_policy(
 
     ``threads`` > 0 runs the policy on that many torch intra-op threads during the evaluation
     (restored afterwards); 0 keeps the caller's setting.
+
+    The candidates' latents come from a generator of their own seeded with ``seed``, as the
+    layouts are: evaluating a policy twice gives the same episodes, methods compared on the same
+    seed share their candidate noise as well as their layouts, and an evaluation leaves torch's
+    global RNG alone, so a training run does not depend on how often or how long it evaluates.
 
     An ACT policy with ``act.temporal_ensembling`` is queried every step instead (ACT's own
     execution, ``sernf_sim.temporal_ensembling``): ``rollout_chunked`` with ``H = 1`` and the
@@ -117,8 +123,9 @@ def evaluate_policy(
             ensemble = TemporalEnsemble(policy.predict_full_chunk_batch, cfg.act.chunk_len, cfg.act.ensemble_m)
             return rollout_chunked(env, ensemble, cfg.obs_history, cfg.prefix_len, 1, num_episodes, seed=seed,
                                    record=False)
+        generator = torch.Generator(device=policy.device).manual_seed(seed)
         return rollout_chunked(
-            env, policy_act_fn(policy, num_samples, sigma), cfg.obs_history, cfg.prefix_len, cfg.horizon,
+            env, policy_act_fn(policy, num_samples, sigma, generator), cfg.obs_history, cfg.prefix_len, cfg.horizon,
             num_episodes, seed=seed, record=False,
         )
     finally:

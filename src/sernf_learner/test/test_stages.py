@@ -469,6 +469,38 @@ def test_evaluation_runs_on_its_own_thread_count_and_restores_the_run_s(point_st
         torch.set_num_threads(before)
 
 
+def test_evaluation_draws_its_candidates_from_its_own_seed(point_store):
+    """``evaluate_policy`` samples the candidates from a generator seeded with its ``seed``: the
+    same seed executes the same actions whatever state torch's global RNG is in, it leaves that
+    RNG where it was (training does not depend on evaluating), and another seed draws others."""
+    from sernf_learner.online_rl import evaluate_policy
+
+    class ActionRecordingTask(PointTask):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.actions: list[np.ndarray] = []
+
+        def step(self, actions):
+            self.actions.append(np.array(actions, copy=True))
+            return super().step(actions)
+
+    policy = tiny_policy(point_store)
+
+    def executed(seed: int, global_seed: int) -> np.ndarray:
+        torch.manual_seed(global_seed)
+        state = torch.get_rng_state()
+        env = ActionRecordingTask(num_envs=2, seed=0)
+        evaluate_policy(policy, env, 2, num_samples=4, sigma=1.0, seed=seed)
+        assert torch.equal(torch.get_rng_state(), state)  # the global RNG did not move
+        return np.concatenate(env.actions)
+
+    first = executed(seed=3, global_seed=0)
+    np.testing.assert_array_equal(executed(seed=3, global_seed=123), first)
+    other = executed(seed=4, global_seed=0)
+    rows = min(len(first), len(other))
+    assert not np.allclose(other[:rows], first[:rows])
+
+
 def test_online_rounds_are_evaluated_with_the_evaluation_settings(point_store, tmp_path):
     """``train_online_rl`` evaluates with ``eval_num_samples`` / ``eval_sigma`` (the trainer
     passes ``trainer.eval``'s), not with the collection's N and σ: at σ = 1e-6 its evaluation
