@@ -469,20 +469,23 @@ def test_evaluation_runs_on_its_own_thread_count_and_restores_the_run_s(point_st
         torch.set_num_threads(before)
 
 
+class ActionRecordingTask(PointTask):
+    """The point task, keeping every batch of actions it executed."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.actions: list[np.ndarray] = []
+
+    def step(self, actions):
+        self.actions.append(np.array(actions, copy=True))
+        return super().step(actions)
+
+
 def test_evaluation_draws_its_candidates_from_its_own_seed(point_store):
     """``evaluate_policy`` samples the candidates from a generator seeded with its ``seed``: the
     same seed executes the same actions whatever state torch's global RNG is in, it leaves that
     RNG where it was (training does not depend on evaluating), and another seed draws others."""
     from sernf_learner.online_rl import evaluate_policy
-
-    class ActionRecordingTask(PointTask):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.actions: list[np.ndarray] = []
-
-        def step(self, actions):
-            self.actions.append(np.array(actions, copy=True))
-            return super().step(actions)
 
     policy = tiny_policy(point_store)
 
@@ -507,15 +510,6 @@ def test_online_rounds_are_evaluated_with_the_evaluation_settings(point_store, t
     executes the same actions as a separate evaluation of the final policy at those settings."""
     from sernf_learner.online_rl import evaluate_policy, train_online_rl
     from sernf_learner.transitions import MixedSampler
-
-    class ActionRecordingTask(PointTask):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.actions: list[np.ndarray] = []
-
-        def step(self, actions):
-            self.actions.append(np.array(actions, copy=True))
-            return super().step(actions)
 
     policy = tiny_policy(point_store)
     online = EpisodeStore(tmp_path / "online", "a", point_store.spec)
