@@ -94,6 +94,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 import uuid
@@ -897,7 +898,9 @@ def plot(methods: dict[str, Any], path: Path, title: str) -> None:
     ax.set_xticks(x, names, rotation=20, ha="right")
     ax.set_ylim(0.0, 1.08)
     ax.set_ylabel("success rate (mean over seeds, 95 % t interval)")
-    ax.set_title(title, fontsize=10)
+    # Titles wrapped to their panel's width (about 11 characters per inch at this size): with
+    # one or two methods the panels are narrow and the two titles would run into each other.
+    ax.set_title(textwrap.fill(title, max(24, int(widths[0] * 11))), fontsize=10)
     ax.grid(axis="y", alpha=0.3, zorder=0)
     if any(methods[n]["success"] for n in names):
         ax.legend(loc="upper left", fontsize=8)
@@ -913,7 +916,8 @@ def plot(methods: dict[str, Any], path: Path, title: str) -> None:
                    color=colors[k % len(colors)], edgecolor="#444444", label=variant.label, zorder=1)
         ax.set_xticks(np.arange(len(rl)), rl, rotation=20, ha="right")
         ax.set_ylim(0.0, 1.08)
-        ax.set_title("RL methods: four evaluations on the same episodes", fontsize=10)
+        ax.set_title(textwrap.fill("RL methods: four evaluations on the same episodes", max(24, int(widths[1] * 11))),
+                     fontsize=10)
         ax.grid(axis="y", alpha=0.3, zorder=0)
         ax.legend(loc="upper left", fontsize=7)
     fig.tight_layout()
