@@ -868,6 +868,12 @@ def _ci_errors(entries: list[dict[str, Any] | None]) -> np.ndarray:
     return err
 
 
+
+def _fit_title(title: str, panel_inches: float) -> str:
+    """The title wrapped to its panel's width (about 11 characters per inch at this size): with
+    one or two methods the panels are narrow and the two titles would run into each other."""
+    return textwrap.fill(title, max(24, int(panel_inches * 11)))
+
 def plot(methods: dict[str, Any], path: Path, title: str) -> None:
     """Left: each method's success, mean over seeds with its 95 % t interval, seeds as dots.
     Right (when there are RL methods): their four evaluation variants, likewise."""
@@ -898,9 +904,7 @@ def plot(methods: dict[str, Any], path: Path, title: str) -> None:
     ax.set_xticks(x, names, rotation=20, ha="right")
     ax.set_ylim(0.0, 1.08)
     ax.set_ylabel("success rate (mean over seeds, 95 % t interval)")
-    # Titles wrapped to their panel's width (about 11 characters per inch at this size): with
-    # one or two methods the panels are narrow and the two titles would run into each other.
-    ax.set_title(textwrap.fill(title, max(24, int(widths[0] * 11))), fontsize=10)
+    ax.set_title(_fit_title(title, widths[0]), fontsize=10)
     ax.grid(axis="y", alpha=0.3, zorder=0)
     if any(methods[n]["success"] for n in names):
         ax.legend(loc="upper left", fontsize=8)
@@ -916,8 +920,7 @@ def plot(methods: dict[str, Any], path: Path, title: str) -> None:
                    color=colors[k % len(colors)], edgecolor="#444444", label=variant.label, zorder=1)
         ax.set_xticks(np.arange(len(rl)), rl, rotation=20, ha="right")
         ax.set_ylim(0.0, 1.08)
-        ax.set_title(textwrap.fill("RL methods: four evaluations on the same episodes", max(24, int(widths[1] * 11))),
-                     fontsize=10)
+        ax.set_title(_fit_title("RL methods: four evaluations on the same episodes", widths[1]), fontsize=10)
         ax.grid(axis="y", alpha=0.3, zorder=0)
         ax.legend(loc="upper left", fontsize=7)
     fig.tight_layout()
