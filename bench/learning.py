@@ -868,11 +868,11 @@ def _ci_errors(entries: list[dict[str, Any] | None]) -> np.ndarray:
     return err
 
 
-
 def _fit_title(title: str, panel_inches: float) -> str:
     """The title wrapped to its panel's width (about 11 characters per inch at this size): with
     one or two methods the panels are narrow and the two titles would run into each other."""
     return textwrap.fill(title, max(24, int(panel_inches * 11)))
+
 
 def plot(methods: dict[str, Any], path: Path, title: str) -> None:
     """Left: each method's success, mean over seeds with its 95 % t interval, seeds as dots.
