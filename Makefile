@@ -52,7 +52,7 @@ bench: setup
 	@$(IN_ENV) python bench/model_size.py
 	@$(IN_ENV) python bench/replay_throughput.py
 	@$(IN_ENV) python bench/matmul_rate.py
-	@$(IN_ENV) python bench/inference_latency.py --reference
+	@$(IN_ENV) python bench/inference_latency.py --reference --node-threads
 	@$(IN_ENV) python bench/chunk_latency.py --threads 2 --scissors-chunks 3 --cube-chunks 100
 	@$(IN_ENV) python bench/learner_throughput.py --reference
 	@$(IN_ENV) python bench/feature_cache.py --threads 1 --updates 6 --episodes 10 --length 30

@@ -16,8 +16,14 @@ interleaved with the eager optimised path.
 ``--interop-threads 1`` sets ``torch.set_num_interop_threads(1)`` first. ``--bf16`` also times
 chunks under ``torch.autocast("cpu", dtype=torch.bfloat16)`` interleaved with float32 (same
 latents) and prints how far the chosen chunks move.
+``--node-threads`` times chunks the way ``policy_node`` runs them, in a fresh process each: the
+policy loaded from a checkpoint and dry-run on a checkpoint thread, chunks on an inference
+thread, and a reload half-way; once with the node's checkpoint thread that ends after each load
+(``sernf_policy.transient_worker``), once with a persistent one (``ThreadPoolExecutor(1)``, what
+the node used before), whose OpenMP thread pool stays beside the inference thread's.
 
-Run:  .venv/bin/python bench/inference_latency.py [--threads 2] [--chunks 200] [--reference] [--compile] [--profile]
+Run:  .venv/bin/python bench/inference_latency.py [--threads 2] [--chunks 200] [--reference] [--compile]
+      [--profile] [--node-threads]
 """
 
 from __future__ import annotations
@@ -143,6 +149,57 @@ def compare_bf16(policy: Policy, chunks: int = 12) -> str:
             f"in {same}/{chunks} chunks; max |chunk difference| {worst:.3g} (raw units)")
 
 
+def _node_layout_times(checkpoint: str, loader_kind: str, chunks: int, warmup: int, threads: int) -> list[float]:
+    """Chunk times [s] in policy_node's thread layout (runs in a fresh process; see the module
+    docstring): nothing but the loader and the inference threads touch torch here."""
+    import concurrent.futures
+
+    from sernf_policy.transient_worker import TransientWorker
+
+    if threads:
+        torch.set_num_threads(threads)
+    loader = TransientWorker("checkpoint") if loader_kind == "transient" else concurrent.futures.ThreadPoolExecutor(1)
+    inference = concurrent.futures.ThreadPoolExecutor(1)
+
+    def load() -> Policy:
+        policy = Policy.load(checkpoint)
+        policy.warm_up(batch_size=1, num_samples=1)  # the node's dry run
+        return policy
+
+    policy = loader.submit(load).result()
+    rng = np.random.default_rng(0)
+    times = []
+    for i in range(warmup + chunks):
+        if i == warmup + chunks // 2:
+            policy = loader.submit(load).result()  # a hot reload; its own time is not counted
+        obs, prefix = cube_observation(rng)
+        t0 = time.perf_counter()
+        inference.submit(policy.act_batch, obs, prefix).result()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    loader.shutdown()
+    inference.shutdown()
+    return times
+
+
+def node_layout(policy: Policy, chunks: int, warmup: int, threads: int, rate: float, flops: float) -> None:
+    """Print p50 / p99 in policy_node's thread layout, with a transient and a persistent
+    checkpoint thread (each in a fresh spawned process, the persistent one last)."""
+    import concurrent.futures
+    import multiprocessing
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        policy.save(tmp)
+        for kind, what in (("transient", "checkpoint thread ends after each load (policy_node)"),
+                           ("persistent", "persistent checkpoint thread (before)")):
+            with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as proc:
+                times = proc.submit(_node_layout_times, tmp, kind, chunks, warmup, threads).result()
+            p50, p99 = percentiles(times)
+            print(f"node layout, {what}: p50 {p50:7.1f} ms  p99 {p99:7.1f} ms  "
+                  f"({flops / (p50 / 1000) / rate * 100:5.1f} % of the matmul rate at p50)")
+
+
 def profile(policy: Policy, chunks: int = 10, rows: int = 15) -> str:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
@@ -166,6 +223,8 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time Policy.compile_for_acting, interleaved")
     parser.add_argument("--bf16", action="store_true", help="also compare bf16 autocast with float32")
     parser.add_argument("--interop-threads", type=int, default=0, help="torch inter-op threads (0: default)")
+    parser.add_argument("--node-threads", action="store_true",
+                        help="also time chunks in policy_node's thread layout (fresh processes)")
     args = parser.parse_args()
     if args.interop_threads:
         torch.set_num_interop_threads(args.interop_threads)
@@ -221,6 +280,8 @@ def main() -> None:
     if times["compiled"]:
         ratio = np.median(np.asarray(times["optimised"]) / np.asarray(times["compiled"]))
         print(f"compiled speed-up over the eager optimised path (median of per-chunk ratios): {ratio:.2f}x")
+    if args.node_threads:
+        node_layout(policy, args.chunks, args.warmup, args.threads, rate, flops)
     if args.bf16:
         print(compare_bf16(policy))
     if args.profile:

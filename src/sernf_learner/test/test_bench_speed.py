@@ -28,7 +28,8 @@ def test_gpu_bench_says_why_it_measured_nothing_without_a_gpu():
 
 
 def test_inference_latency_prints_percentiles_beside_the_matmul_rate():
-    result = _run("inference_latency.py", "--chunks", "2", "--warmup", "1", "--threads", "1", "--reference")
+    result = _run("inference_latency.py", "--chunks", "2", "--warmup", "1", "--threads", "1", "--reference",
+                  "--node-threads")
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert re.search(r"matmul rate: [0-9.]+ GFLOP/s", out)
@@ -36,6 +37,9 @@ def test_inference_latency_prints_percentiles_beside_the_matmul_rate():
     assert flops and 0 < float(flops.group(1)) < float(flops.group(2))
     assert re.search(r"optimised chunk: p50 +[0-9.]+ ms +p99 +[0-9.]+ ms", out)
     assert re.search(r"reference chunk: p50 +[0-9.]+ ms +p99 +[0-9.]+ ms", out)
+    # policy_node's thread layout, with the node's transient checkpoint thread and a persistent one.
+    assert re.search(r"node layout, checkpoint thread ends after each load \(policy_node\): p50 +[0-9.]+ ms", out)
+    assert re.search(r"node layout, persistent checkpoint thread \(before\): p50 +[0-9.]+ ms", out)
 
 
 def test_learner_throughput_prints_updates_and_matmul_fraction():

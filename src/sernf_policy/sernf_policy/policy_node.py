@@ -13,6 +13,8 @@ Threads, and why: the control timer has its own mutually exclusive callback grou
 callbacks never delay it; inference runs on a worker thread (a decision may take up to P ticks
 without the queue running dry: execution never waits for it); checkpoint loading and replay
 commits run on their own worker threads because they touch disks or networks of unknown speed.
+The checkpoint thread ends after each load, so that torch's OpenMP pool lives on the inference
+thread alone (:mod:`transient_worker`: a second, persistent pool made every chunk ~1.6x slower).
 
 Safety and hold semantics (docs/design.md §2, "fail safe: hold, never jump"):
 
@@ -127,6 +129,7 @@ from .ros_conversions import (
     relative_pose_command,
     time_to_seconds,
 )
+from .transient_worker import TransientWorker
 
 __all__ = ["PolicyNode", "PolicyNodeConfig", "main"]
 
@@ -551,7 +554,8 @@ class PolicyNode(Node):
         self._replay_key = load_optional_key(self.cfg.replay_key_file)
 
         self._inference_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="inference")
-        self._checkpoint_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
+        # A thread that ends after each load: see transient_worker (OpenMP pools slow acting).
+        self._checkpoint_pool = TransientWorker("checkpoint")
         self._replay_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="replay")
 
         if self.cfg.torch_num_threads > 0:
