@@ -746,8 +746,9 @@ def episode_outcomes(entry: dict[str, Any], variant: str | None = None) -> tuple
 
 def comparison_plan(methods: dict[str, Any]) -> list[tuple[tuple[str, str | None], tuple[str, str | None]]]:
     """The paired comparisons reported: every method vs ``nf_il`` (their results), the
-    flow-matching baseline vs ``nf_il`` acting by one sample as it does, SERNF full vs offline
-    and vs each ablation (the paper's ordering claim), and each RL method's best-of-N after RL
+    flow-matching baseline vs ``nf_il`` acting by one sample as it does, SERNF full vs offline,
+    vs each ablation (the paper's ordering claim) and vs ``nf_il_more_demos`` (online RL against
+    the same episodes spent on demonstrations), and each RL method's best-of-N after RL
     vs its own IL policy (same runs); for SERNF full also the actor alone after RL and IL +
     warmed-up critic vs its IL policy."""
     pairs: list[tuple[tuple[str, str | None], tuple[str, str | None]]] = []
@@ -757,7 +758,7 @@ def comparison_plan(methods: dict[str, Any]) -> list[tuple[tuple[str, str | None
             pairs.append((("fm_il", None), ("nf_il", "il_one_sample")))
     if "sernf_full" in methods:
         pairs += [(("sernf_full", None), (name, None)) for name in methods
-                  if name == "sernf_offline" or name.startswith("ablation_")]
+                  if name in ("sernf_offline", "nf_il_more_demos") or name.startswith("ablation_")]
     for name, m in methods.items():
         if "rl_best_of_n" in m["variants"] and "il_most_likely" in m["variants"]:
             pairs.append(((name, "rl_best_of_n"), (name, "il_most_likely")))

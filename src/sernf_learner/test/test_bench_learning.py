@@ -49,6 +49,25 @@ def test_run_specs_apply_each_methods_changes(bench):
     assert bench.run_spec(base, "nf_il", 2, 1, vary_demo_seed=True)["config"]["data"]["demo_seed"] == 2
 
 
+def test_comparison_plan_pairs_the_methods_the_protocol_names(bench):
+    variants = {"nf_il": {"il_one_sample": {}}, "fm_il": {}, "nf_il_more_demos": {"il_one_sample": {}},
+                "sernf_offline": {"rl_best_of_n": {}, "il_most_likely": {}}, "ablation_gaussian_actor": {},
+                "sernf_full": {"rl_best_of_n": {}, "il_most_likely": {}, "rl_actor_most_likely": {},
+                               "il_critic_best_of_n": {}}}
+    pairs = {(bench._side_name(a), bench._side_name(b))
+             for a, b in bench.comparison_plan({name: {"variants": v} for name, v in variants.items()})}
+    assert {(name, "nf_il") for name in variants if name != "nf_il"} <= pairs
+    assert ("fm_il", "nf_il:il_one_sample") in pairs
+    # SERNF full against offline, the ablation, and the same episode budget spent on demonstrations.
+    assert {("sernf_full", "sernf_offline"), ("sernf_full", "ablation_gaussian_actor"),
+            ("sernf_full", "nf_il_more_demos")} <= pairs
+    assert {("sernf_full:rl_best_of_n", "sernf_full:il_most_likely"),
+            ("sernf_full:rl_actor_most_likely", "sernf_full:il_most_likely"),
+            ("sernf_full:il_critic_best_of_n", "sernf_full:il_most_likely"),
+            ("sernf_offline:rl_best_of_n", "sernf_offline:il_most_likely")} <= pairs
+    assert ("sernf_offline", "nf_il_more_demos") not in pairs and ("fm_il", "sernf_full") not in pairs
+
+
 def test_aggregate_reports_mean_sample_std_and_missing_runs(bench, tmp_path):
     for seed, success in ((0, 0.5), (1, 0.6), (2, 0.7)):
         d = bench.run_dir(tmp_path, "nf_il", seed)
