@@ -20,7 +20,9 @@ latents) and prints how far the chosen chunks move.
 policy loaded from a checkpoint and dry-run on a checkpoint thread, chunks on an inference
 thread, and a reload half-way; once with the node's checkpoint thread that ends after each load
 (``sernf_policy.transient_worker``), once with a persistent one (``ThreadPoolExecutor(1)``, what
-the node used before), whose OpenMP thread pool stays beside the inference thread's.
+the node used before), whose OpenMP thread pool stays beside the inference thread's; with
+``--compile`` also with the node's ``compile_for_acting`` (compiled and warmed up on the
+checkpoint thread).
 
 Run:  .venv/bin/python bench/inference_latency.py [--threads 2] [--chunks 200] [--reference] [--compile]
       [--profile] [--node-threads]
@@ -149,9 +151,11 @@ def compare_bf16(policy: Policy, chunks: int = 12) -> str:
             f"in {same}/{chunks} chunks; max |chunk difference| {worst:.3g} (raw units)")
 
 
-def _node_layout_times(checkpoint: str, loader_kind: str, chunks: int, warmup: int, threads: int) -> list[float]:
+def _node_layout_times(checkpoint: str, loader_kind: str, chunks: int, warmup: int, threads: int,
+                       compiled: bool = False) -> list[float]:
     """Chunk times [s] in policy_node's thread layout (runs in a fresh process; see the module
-    docstring): nothing but the loader and the inference threads touch torch here."""
+    docstring): nothing but the loader and the inference threads touch torch here. ``compiled``:
+    the loader also compiles and warms up, as the node's ``compile_for_acting`` does."""
     import concurrent.futures
 
     from sernf_policy.transient_worker import TransientWorker
@@ -164,6 +168,10 @@ def _node_layout_times(checkpoint: str, loader_kind: str, chunks: int, warmup: i
     def load() -> Policy:
         policy = Policy.load(checkpoint)
         policy.warm_up(batch_size=1, num_samples=1)  # the node's dry run
+        if compiled:
+            policy.compile_for_acting()
+            for _ in range(2):  # the first call compiles, the second runs the compiled path
+                policy.warm_up(batch_size=1, num_samples=policy.config.num_samples)
         return policy
 
     policy = loader.submit(load).result()
@@ -182,19 +190,25 @@ def _node_layout_times(checkpoint: str, loader_kind: str, chunks: int, warmup: i
     return times
 
 
-def node_layout(policy: Policy, chunks: int, warmup: int, threads: int, rate: float, flops: float) -> None:
+def node_layout(policy: Policy, chunks: int, warmup: int, threads: int, rate: float, flops: float,
+                compiled: bool = False) -> None:
     """Print p50 / p99 in policy_node's thread layout, with a transient and a persistent
-    checkpoint thread (each in a fresh spawned process, the persistent one last)."""
+    checkpoint thread (each in a fresh spawned process, the persistent one last); with
+    ``compiled`` also the transient layout with ``compile_for_acting``."""
     import concurrent.futures
     import multiprocessing
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         policy.save(tmp)
-        for kind, what in (("transient", "checkpoint thread ends after each load (policy_node)"),
-                           ("persistent", "persistent checkpoint thread (before)")):
+        layouts = [("transient", False, "checkpoint thread ends after each load (policy_node)"),
+                   ("transient", True, "the same, compile_for_acting"),
+                   ("persistent", False, "persistent checkpoint thread (before)")]
+        for kind, compile_it, what in layouts:
+            if compile_it and not compiled:
+                continue
             with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as proc:
-                times = proc.submit(_node_layout_times, tmp, kind, chunks, warmup, threads).result()
+                times = proc.submit(_node_layout_times, tmp, kind, chunks, warmup, threads, compile_it).result()
             p50, p99 = percentiles(times)
             print(f"node layout, {what}: p50 {p50:7.1f} ms  p99 {p99:7.1f} ms  "
                   f"({flops / (p50 / 1000) / rate * 100:5.1f} % of the matmul rate at p50)")
@@ -281,7 +295,7 @@ def main() -> None:
         ratio = np.median(np.asarray(times["optimised"]) / np.asarray(times["compiled"]))
         print(f"compiled speed-up over the eager optimised path (median of per-chunk ratios): {ratio:.2f}x")
     if args.node_threads:
-        node_layout(policy, args.chunks, args.warmup, args.threads, rate, flops)
+        node_layout(policy, args.chunks, args.warmup, args.threads, rate, flops, compiled=args.compile)
     if args.bf16:
         print(compare_bf16(policy))
     if args.profile:
