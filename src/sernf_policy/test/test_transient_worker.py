@@ -84,19 +84,23 @@ def test_shutdown_cancels_queued_tasks_and_refuses_new_ones():
 
 
 def test_the_openmp_pool_of_the_workers_thread_goes_with_it():
-    """A parallel matmul gives the worker's thread an OpenMP pool (extra OS threads); once the
-    queue is empty the OS thread count is back where it was: a persistent pool would make
+    """Parallel torch operators give the worker's thread an OpenMP pool (extra OS threads); once
+    the queue is empty the OS thread count is back where it was: a persistent pool would make
     another thread's parallel regions slower (see transient_worker's docstring)."""
     previous = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        a = torch.randn(512, 512)
+        a, x = torch.randn(512, 512), torch.randn(2_000_000)
         worker = TransientWorker("omp")
         baseline = _os_threads()
         hold = threading.Event()
 
         def parallel_work() -> None:
+            # An elementwise op far above torch's parallel grain (32,768 elements) runs on
+            # torch's own OpenMP team whatever OMP_NUM_THREADS says (the suite sets it to 1,
+            # and MKL's matmuls then stay on one thread in a new thread); a matmul as well.
             for _ in range(5):
+                (x * 2.0).sum()
                 a @ a
             hold.wait(10)
 
