@@ -354,11 +354,13 @@ class _Conditioner(nn.Module):
         h = h + self._residual(self.self_out(att.transpose(-3, -2).flatten(-2)))
 
         ck, cv = ctx_kv  # [B, 1, heads, L, hd]
-        if torch.compiler.is_compiling() or torch.is_inference_mode_enabled():  # (only acting compiles)
-            # Acting: the N samples' queries as one sequence against their shared context keys
-            # (one attention of N R query rows per head instead of N attentions of R rows).
-            # Training keeps the per-sample layout, and with it the order in which attention
-            # dropout draws its masks, so training runs reproduce earlier ones.
+        if p == 0.0 and (torch.compiler.is_compiling() or torch.is_inference_mode_enabled()):
+            # Acting (and compiled code without dropout): the N samples' queries as one sequence
+            # against their shared context keys (one attention of N R query rows per head
+            # instead of N attentions of R rows); it has no dropout, so compiled training with
+            # dropout takes the per-sample layout below, as eager training does. Eager training
+            # keeps that layout always, and with it the order in which attention dropout draws
+            # its masks, so training runs reproduce earlier ones.
             rows = plan.rows.numel()
             q = self.cross_q(self.norm_cross(h)).reshape(b_, n_ * rows, self.num_heads, self.head_dim).transpose(1, 2)
             att = F.scaled_dot_product_attention(q, ck.squeeze(1), cv.squeeze(1))  # [B, heads, N R, hd]

@@ -243,6 +243,34 @@ def test_set_dropout_changes_every_dropout():
     assert flow.config.dropout == 0.1
 
 
+def test_compiled_training_keeps_attention_dropout():
+    """Under torch.compile in training mode every attention of the couplings, self and cross,
+    drops out at the configured rate: acting's shared-context cross-attention (no dropout) is
+    for code without dropout only. The graph dynamo hands to the backend is read directly."""
+    rates: list[float] = []
+
+    def recording_backend(gm: torch.fx.GraphModule, example_inputs):
+        for node in gm.graph.nodes:
+            if "scaled_dot_product_attention" in str(node.target):
+                rates.append(float(node.kwargs.get("dropout_p", node.args[4] if len(node.args) > 4 else 0.0)))
+        return gm.forward
+
+    cfg = ChunkFlowConfig(action_dim=3, horizon=4, context_dim=6, num_layers=2, hidden_dim=16, num_heads=2, dropout=0.3)
+    flow = ChunkFlow(cfg).train()
+    actions, context = torch.rand(5, 4, 3) * 1.8 - 0.9, torch.randn(5, 3, 6)
+    torch._dynamo.reset()
+    try:
+        torch.compile(flow.log_prob, backend=recording_backend, dynamic=False)(actions, context)
+        assert len(rates) == 2 * cfg.num_layers  # a self- and a cross-attention per coupling
+        assert rates == [0.3] * len(rates)
+        rates.clear()
+        flow.eval()  # without dropout the compiled code may take the shared-context layout
+        torch.compile(flow.log_prob, backend=recording_backend, dynamic=False)(actions, context)
+        assert rates and set(rates) == {0.0}
+    finally:
+        torch._dynamo.reset()
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
