@@ -162,6 +162,14 @@ def actor_update(policy, optimizer: torch.optim.Optimizer, batch: dict, config: 
     }
 
 
+def actor_loss_terms(policy, batch: dict, config: ActorConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The actor objective's two terms ``(-Q(o, a_pi) / s, lambda * NLL(a_data))`` for ``batch``,
+    differentiable in the actor's parameters; their sum is what :func:`actor_update` minimises.
+    For diagnostics (``bench/actor_loss_balance.py``): how strongly each term pulls the actor."""
+    loss, q_mean, scale, bc_nll, _ = _actor_loss(policy, batch, config)
+    return -scale * q_mean, config.bc_weight * bc_nll
+
+
 def _actor_loss(policy, batch: dict, config: ActorConfig):
     """The actor objective of :func:`actor_update` with its parts: loss, mean Q, Q scale, NLL,
     the mask of the rows the NLL is taken on (offline; and successful with ``bc_success_only``)."""
