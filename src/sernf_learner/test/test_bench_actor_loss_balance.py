@@ -60,3 +60,37 @@ def test_no_batches_is_an_error(bench_script, small_policy_and_batches):
     policy, _ = small_policy_and_batches
     with pytest.raises(ValueError, match="no batches"):
         bench.gradient_norms(policy, [], ActorConfig())
+
+
+def test_command_line_on_an_exported_policy_and_a_store(bench_script, tmp_path, capsys):
+    import json
+
+    import numpy as np
+
+    from sernf_data.store import EpisodeStore, ObsKeySpec, StoreSpec
+    from sernf_policy.policy import Policy, PolicyConfig
+
+    bench = bench_script("actor_loss_balance")
+    torch.manual_seed(0)
+    policy = Policy(PolicyConfig.create({"state": {"kind": "lowdim", "shape": [3]}}, 2, 1, 1, 3))
+    policy.fit_normalizers(torch.rand(50, 2) * 2 - 1)
+    policy.save(tmp_path / "policy")
+    store = EpisodeStore(str(tmp_path / "replay"), mode="a",
+                         spec=StoreSpec(obs={"state": ObsKeySpec((3,), "lowdim")}, action_dim=2, control_rate_hz=10.0))
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        n = 12
+        store.append_episode({"state": rng.normal(size=(n, 3)).astype(np.float32),
+                              "action": rng.uniform(-0.9, 0.9, size=(n, 2)).astype(np.float32),
+                              "reward": np.eye(n, dtype=np.float32)[-1] * (i % 2), "timestamp": np.arange(n) / 10.0},
+                             {"source": "demo", "success": bool(i % 2), "terminated": bool(i % 2)})
+    out = tmp_path / "balance.json"
+    assert bench.main(["--policy", str(tmp_path / "policy"), "--store", str(tmp_path / "replay"),
+                       "--batches", "2", "--batch-size", "8", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    figures = json.loads(out.read_text())
+    assert figures["batches"] == 2 and figures["chunk_dims"] == 6 and figures["bc_weight"] == 0.1
+    assert figures["q_term_grad_norm"] > 0 and figures["bc_term_grad_norm"] > 0
+    assert f"{figures['balanced_bc_weight']:.3g}" in printed and "imitation / Q" in printed
+    with pytest.raises(SystemExit):
+        bench.main(["--policy", str(tmp_path / "policy"), "--store", str(tmp_path / "replay"), "--bc-weight", "0"])
