@@ -64,7 +64,7 @@ def table(trials: list[Trial]) -> str:
 def isolated_env() -> dict[str, str]:
     """This process's environment with its own DDS domain and localhost discovery."""
     env = dict(os.environ)
-    env.update(ROS_DOMAIN_ID=str(free_domain_id(101, 200)), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+    env.update(ROS_DOMAIN_ID=str(free_domain_id()), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
                RMW_IMPLEMENTATION="rmw_fastrtps_cpp", PYTHONUNBUFFERED="1")
     return env
 

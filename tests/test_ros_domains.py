@@ -13,7 +13,7 @@ def test_workers_get_disjoint_slices(monkeypatch):
         monkeypatch.setenv("PYTEST_XDIST_WORKER", worker)
         seen[worker] = {free_domain_id(1, 100) for _ in range(400)}
     assert seen["gw0"] <= set(range(1, 51)) and seen["gw1"] <= set(range(51, 101))
-    assert len(seen["gw0"]) > 30 and len(seen["gw1"]) > 30  # still random within the slice
+    assert seen["gw0"] == set(range(1, 51)) and seen["gw1"] == set(range(51, 101))  # the whole slice
     monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw1")
     assert {free_domain_id(101, 200) for _ in range(200)} <= set(range(151, 201))
 
@@ -30,3 +30,12 @@ def test_too_many_workers_is_an_error(monkeypatch):
     monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw7")
     with pytest.raises(RuntimeError, match="cannot share"):
         free_domain_id(1, 100)
+
+
+def test_successive_tests_never_reuse_a_recent_domain(monkeypatch):
+    # What one test's graph leaves while it shuts down must not meet the next tests' graphs.
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw0")
+    drawn = [free_domain_id(1, 100) for _ in range(200)]
+    for i in range(len(drawn) - 49):
+        assert len(set(drawn[i:i + 50])) == 50, f"a domain came back within 50 calls: {drawn[i:i + 50]}"
