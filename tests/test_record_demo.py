@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -43,11 +44,15 @@ def hand(t):
 class Demonstrator:
     """Publishes the demonstration streams at 30 Hz from a background thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, before_streams: Callable[[Node], None] | None = None) -> None:
+        """``before_streams(node)`` runs before any stream publisher exists (e.g. to match a
+        subscription to the recorder first)."""
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
         self.node = Node("demo_streams", context=self.context)
         n = self.node
+        if before_streams is not None:
+            before_streams(n)
         self.joint_pub = n.create_publisher(JointState, "/orca_hand/joint_states", BEST_EFFORT)
         self.pose_pub = n.create_publisher(PoseStamped, "/franka/ee_pose", BEST_EFFORT)
         self.image_pub = n.create_publisher(Image, "/cameras/front/image_raw", BEST_EFFORT)
@@ -150,12 +155,21 @@ def test_recorder_waits_for_the_streams_and_for_the_end_of_an_episode_inside_it(
         assert recorder.poll() is None, processes.log(recorder)
         time.sleep(0.1)
     time.sleep(1.5)  # the recorder now waits for publishers that do not exist yet
-    streams_up = time.time()
-    demonstrator = Demonstrator()
     events: list[EpisodeEvent] = []
-    node = demonstrator.node
-    publish_event = node.create_publisher(EpisodeEvent, "/sernf/episode", 10).publish
-    node.create_subscription(EpisodeEvent, "/sernf/episode", events.append, 10)
+
+    def listen_to_the_recorder(node: Node) -> None:
+        # The recorder sends START (reliable, volatile) as soon as it has matched the streams: our
+        # subscription must be matched to its event publisher before the streams exist, or
+        # START races our subscription's discovery and is lost.
+        subscription = node.create_subscription(EpisodeEvent, "/sernf/episode", events.append, 10)
+        deadline = time.monotonic() + 30
+        while subscription.get_publisher_count() < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert subscription.get_publisher_count() >= 1, "the recorder's /sernf/episode publisher never matched"
+
+    streams_up = time.time()
+    demonstrator = Demonstrator(before_streams=listen_to_the_recorder)
+    publish_event = demonstrator.node.create_publisher(EpisodeEvent, "/sernf/episode", 10).publish
 
     def event(kind: int, prefix: str) -> EpisodeEvent | None:
         return next((e for e in events if e.event == kind and e.episode_id.startswith(prefix)), None)
