@@ -20,6 +20,7 @@ import policy_node_harness as h  # noqa: E402
 import rclpy  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 
+from rqt_sernf_rewards.live_model import STATUS_STALE_AFTER_S  # noqa: E402
 from rqt_sernf_rewards.live_node import LiveLink  # noqa: E402
 from rqt_sernf_rewards.qt import QtCore  # noqa: E402
 from rqt_sernf_rewards.widget import RewardLabelingWidget  # noqa: E402
@@ -125,6 +126,16 @@ def test_live_buttons_reach_the_recorder(qtbot, processes, tmp_path):
         assert float(steps["reward"].sum()) == pytest.approx(1.0)  # the operator's reward is in the episode
         assert meta["subtask_success"]["grasp"] is True and meta["terminated"] is True
         assert harness.diag().get("rewards_rejected") == "0"
+
+        # While the node reports, the connection line is plain; once it stops, the page says
+        # that what it shows is old instead of showing a finished episode as running.
+        qtbot.wait(int(1000 * STATUS_STALE_AFTER_S) + 500)  # longer than a status stays current
+        assert widget.live_state.text() == "connected as /rqt_sernf_rewards", views()
+        proc.terminate()
+        proc.wait(timeout=20)
+        wait(qtbot, lambda: "no policy diagnostics for" in widget.live_state.text(), 15.0,
+             "the page to flag the stopped policy node", views)
+        assert "color: #c62828" in widget.live_state.styleSheet()
     finally:
         widget.shutdown()
         listener.close()

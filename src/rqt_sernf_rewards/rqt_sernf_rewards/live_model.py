@@ -8,10 +8,14 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["EpisodeEnd", "OperatorReward", "PolicyStatus", "parse_policy_status"]
+__all__ = ["EpisodeEnd", "OperatorReward", "PolicyStatus", "link_state", "parse_policy_status"]
 
 #: The policy node reports its control loop under this hardware id (policy_node.py).
 POLICY_HARDWARE_ID = "sernf_policy"
+
+#: The policy node reports at least once a second (``diagnostics_period_s``, default 1 s); a
+#: panel with nothing newer than this is showing the past.
+STATUS_STALE_AFTER_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -103,3 +107,20 @@ def parse_policy_status(name: str, hardware_id: str, level: int, message: str,
         rewards_rejected=_int(values, "rewards_rejected"),
         last_reward_rejection=values.get("last_reward_rejection", ""),
     )
+
+
+def link_state(node_name: str, status_age_s: float | None, link_error: str = "",
+               stale_after_s: float = STATUS_STALE_AFTER_S) -> tuple[str, bool]:
+    """The live page's connection line and whether the panel shows the policy as it is now.
+
+    An operator labels from this panel: values that stopped updating (the policy node stopped,
+    runs on another ROS_DOMAIN_ID, or our ROS thread died) must say so, or a finished episode
+    looks as if it were still running."""
+    if link_error:
+        return f"ROS link stopped ({link_error}): press Connect to ROS", False
+    if status_age_s is None:
+        return f"connected as {node_name}; waiting for the policy node's /diagnostics", False
+    if status_age_s > stale_after_s:
+        return (f"connected as {node_name}; no policy diagnostics for {status_age_s:.0f} s (policy node "
+                "stopped, or on another ROS_DOMAIN_ID?): the values below are old", False)
+    return f"connected as {node_name}", True

@@ -11,6 +11,7 @@ polls ``latest_status()`` from a timer, so no Qt object is touched from the ROS 
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 
 import rclpy
@@ -64,6 +65,9 @@ class LiveLink:
             DiagnosticArray, self.config.diagnostics_topic, self._on_diagnostics, 10)
         self._lock = threading.Lock()
         self._status: PolicyStatus | None = None
+        self._status_at: float | None = None  # time.monotonic() of the newest status
+        self.error = ""
+        """Why the ROS thread stopped ('' while it runs)."""
         self._executor = SingleThreadedExecutor(context=self._context)
         self._executor.add_node(self.node)
         self._thread = threading.Thread(target=self._spin, name="rqt_sernf_rewards-ros", daemon=True)
@@ -101,6 +105,11 @@ class LiveLink:
         with self._lock:
             return self._status
 
+    def status_age_s(self) -> float | None:
+        """Seconds since the newest policy status arrived; None before the first."""
+        with self._lock:
+            return None if self._status_at is None else time.monotonic() - self._status_at
+
     def close(self) -> None:
         self._executor.shutdown(timeout_sec=1.0)
         self.node.destroy_node()
@@ -116,12 +125,16 @@ class LiveLink:
             if parsed is not None:
                 with self._lock:
                     self._status = parsed
+                    self._status_at = time.monotonic()
 
     def _spin(self) -> None:
         try:
             self._executor.spin()
         except ExternalShutdownException:
             return
+        except Exception as exc:  # noqa: BLE001 - shown on the page (link_state), never silent
+            self.error = f"{type(exc).__name__}: {exc}"
+            self.node.get_logger().error(f"ROS thread stopped: {self.error}")
 
 
 def _level(level: bytes | int) -> int:

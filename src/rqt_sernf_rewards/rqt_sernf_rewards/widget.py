@@ -26,7 +26,7 @@ from sernf_data.labels import LabelConflictError, default_author
 
 from .episode_source import EpisodeData, EpisodeRow, EpisodeSource
 from .label_model import LabelDocument, next_event_step, previous_event_step
-from .live_model import EpisodeEnd, OperatorReward, PolicyStatus
+from .live_model import EpisodeEnd, OperatorReward, PolicyStatus, link_state
 from .qt import QtCore, QtGui, QtWidgets, Signal
 from .timeline import FrameView, TimelineWidget, subtask_color
 
@@ -692,6 +692,17 @@ class RewardLabelingWidget(QtWidgets.QWidget):
 
     def _poll_live(self) -> None:
         if self.live_link is None:
+            return
+        error = self.live_link.error
+        text, current = link_state(self.live_link.fully_qualified_name, self.live_link.status_age_s(), error)
+        if text != self.live_state.text():
+            self.live_state.setText(text)
+            self.live_state.setStyleSheet("" if current else "color: #c62828; font-weight: bold")
+        if error:  # the ROS thread is gone: free the node so "Connect to ROS" can start a new one
+            self._live_timer.stop()
+            self.live_link.close()
+            self.live_link = None
+            self.connect_button.setEnabled(True)
             return
         status = self.live_link.latest_status()
         if status is None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from rqt_sernf_rewards.label_model import LabelDocument, next_event_step, previous_event_step
-from rqt_sernf_rewards.live_model import parse_policy_status
+from rqt_sernf_rewards.live_model import STATUS_STALE_AFTER_S, link_state, parse_policy_status
 from sernf_data.labels import LabelConflictError, LabelStore, RewardEvent
 from sernf_data.spec import ObsKeySpec
 from sernf_data.store import EpisodeStore, StoreSpec
@@ -144,3 +144,16 @@ def test_policy_diagnostics_are_parsed():
     assert parse_policy_status("x", "orca_hand", 0, "", values) is None
     broken = parse_policy_status("p: control", "sernf_policy", 0, "", {"q": "nan?", "episode_steps": "x"})
     assert math.isnan(broken.q) and broken.episode_steps == 0
+
+
+def test_the_connection_line_says_when_the_panel_shows_the_past():
+    text, current = link_state("/rqt_sernf_rewards", 0.4)
+    assert current and text == "connected as /rqt_sernf_rewards"
+    text, current = link_state("/rqt_sernf_rewards", None)
+    assert not current and "waiting for the policy node's /diagnostics" in text
+    text, current = link_state("/rqt_sernf_rewards", STATUS_STALE_AFTER_S + 2.0)
+    assert not current and f"no policy diagnostics for {STATUS_STALE_AFTER_S + 2.0:.0f} s" in text
+    assert link_state("/rqt_sernf_rewards", STATUS_STALE_AFTER_S - 0.1)[1]
+    # A dead ROS thread wins over a status that happens to be recent.
+    text, current = link_state("/rqt_sernf_rewards", 0.1, "RuntimeError: boom")
+    assert not current and "RuntimeError: boom" in text
